@@ -1,0 +1,92 @@
+"""Per-architecture facts behind one small interface.
+
+Adding an architecture means one adapter class here and a line in ``ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from halviz.models.geometry import patch_boxes
+
+DEFAULT_PROMPT = "Please describe this image in detail."
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where the image sits in one prompt and how its tokens tile the picture."""
+
+    positions: tuple[int, ...]  # sequence indices of the image tokens, in grid order (row-major)
+    rows: int
+    cols: int
+    boxes: np.ndarray  # (rows, cols, 4) x0, y0, x1, y1 in the uploaded image's pixels
+    image_size: tuple[int, int]  # (width, height) of the uploaded image
+
+
+class LlavaAdapter:
+    """LLaVA-style checkpoints: a vision tower, a projector and a decoder-only LM.
+
+    Covers LLaVA-1.5 (CLIP ViT-L/14-336 + Llama/Vicuna, 576 tokens on 24×24) and LLaVA-interleave
+    (SigLIP + Qwen2 with grouped-query attention, 729 tokens on 27×27).
+    """
+
+    model_types = ("llava",)
+    text_model_types = ("llama", "qwen2", "mistral")
+
+    def __init__(self, model, processor):
+        self.config = model.config
+        self.processor = processor
+        text = self.config.text_config
+        self.family = {"llama": "llava-1.5", "qwen2": "llava-interleave"}.get(text.model_type, f"llava-{text.model_type}")
+        self.num_layers = int(text.num_hidden_layers)
+        self.num_heads = int(text.num_attention_heads)
+        self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
+        self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // self.num_heads)
+        self.image_token_id = int(self.config.image_token_id)
+        self.patch_size = int(self.config.vision_config.patch_size)
+        tok = processor.tokenizer
+        self.bos_token_id = tok.bos_token_id
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        gen_eos = gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
+        self.eos_token_ids = frozenset(i for i in (tok.eos_token_id, *gen_eos) if i is not None)
+
+    def chat_text(self, prompt: str) -> str:
+        """The full prompt string with one image placeholder, in the checkpoint's own chat format."""
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return f"USER: {self.processor.image_token}\n{prompt} ASSISTANT:"
+
+    def prepare(self, image, prompt: str, device: torch.device, dtype: torch.dtype) -> tuple[dict, ImageLayout]:
+        inputs = self.processor(text=self.chat_text(prompt), images=image, return_tensors="pt")
+        input_ids = inputs["input_ids"]
+        positions = torch.nonzero(input_ids[0] == self.image_token_id).flatten().tolist()
+        height, width = inputs["pixel_values"].shape[-2:]
+        rows, cols = height // self.patch_size, width // self.patch_size
+        if len(positions) != rows * cols:
+            raise ValueError(
+                f"the prompt holds {len(positions)} image tokens but the patch grid is {rows}×{cols}; "
+                "this checkpoint's processor and vision tower disagree"
+            )
+        boxes = patch_boxes(self.processor.image_processor, image.width, image.height, rows, cols, self.patch_size)
+        layout = ImageLayout(tuple(positions), rows, cols, boxes, (image.width, image.height))
+        model_inputs = {
+            "input_ids": input_ids.to(device),
+            "pixel_values": inputs["pixel_values"].to(device=device, dtype=dtype),
+        }
+        return model_inputs, layout
+
+
+ADAPTERS = (LlavaAdapter,)
+
+
+def adapter_for(model, processor):
+    config = model.config
+    for adapter in ADAPTERS:
+        text_type = getattr(getattr(config, "text_config", None), "model_type", None)
+        if config.model_type in adapter.model_types and text_type in adapter.text_model_types:
+            return adapter(model, processor)
+    raise ValueError(f"no halviz adapter for model_type={config.model_type!r}")

@@ -1,0 +1,131 @@
+"""Load a multimodal checkpoint by hub id, local folder or the alias ``toy``.
+
+Real transformers classes only; ``trust_remote_code`` is never enabled. Failures raise
+:class:`ModelLoadError` with a message that names what was tried, within seconds when offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from halviz.engine.attention import ATTENTION_NAME, register_attention
+from halviz.models.adapters import LlavaAdapter, adapter_for
+
+TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy-llava"
+HUB_HOST = "huggingface.co"
+SUPPORTED = "LLaVA-1.5 (CLIP + Llama) and LLaVA-interleave (SigLIP + Qwen2)"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message is meant for the person who asked."""
+
+
+@dataclass
+class LoadedModel:
+    name: str  # what the user asked for
+    source: str  # the folder or hub id it came from
+    model: LlavaForConditionalGeneration
+    processor: object
+    adapter: LlavaAdapter
+    device: torch.device
+    dtype: torch.dtype
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _check_architecture(config: dict, where: str) -> None:
+    model_type = config.get("model_type")
+    text_type = (config.get("text_config") or {}).get("model_type", "llama")
+    if model_type not in LlavaAdapter.model_types or text_type not in LlavaAdapter.text_model_types:
+        raise ModelLoadError(
+            f"{where} is a {model_type!r} model (text: {text_type!r}); halviz supports {SUPPORTED}."
+        )
+
+
+def _resolve(name: str) -> tuple[str, bool]:
+    """Return (source, is_local_folder)."""
+    if name.strip().lower() in ("toy", "toy-llava", ""):
+        if not (TOY_MODEL_DIR / "config.json").is_file():
+            raise ModelLoadError(f"the bundled toy model is missing from {TOY_MODEL_DIR}")
+        return str(TOY_MODEL_DIR), True
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"the folder {path} is not a model: it has no config.json")
+        return str(path), True
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file; give the folder that holds config.json")
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelLoadError(
+            f"{name!r} is neither a local model folder nor a hub id of the form 'organisation/name'"
+        )
+    return name, False
+
+
+def _read_config(source: str, local: bool) -> dict:
+    if local:
+        return json.loads((Path(source) / "config.json").read_text())
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:  # a cached copy works offline
+        return json.loads(Path(hf_hub_download(source, "config.json", local_files_only=True)).read_text())
+    except (LocalEntryNotFoundError, EntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"{source!r} is not in the local Hugging Face cache and the hub ({HUB_HOST}) cannot be reached; "
+            "use the bundled 'toy' model or a local folder"
+        )
+    try:
+        return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"no model {source!r} on the Hugging Face hub (or it is private)") from None
+    except Exception as exc:  # network faults surface here as many different types
+        raise ModelLoadError(f"could not fetch {source!r} from the hub: {exc}") from None
+
+
+def load_model(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load ``name`` (``toy``, a folder, or a hub id) with our attention function on the language model.
+
+    float32 on CPU, bfloat16 on GPU, unless ``dtype`` says otherwise (tests use float64).
+    """
+    register_attention()
+    source, local = _resolve(name)
+    config = _read_config(source, local)
+    _check_architecture(config, source)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        processor = AutoProcessor.from_pretrained(source, local_files_only=local)
+        model = LlavaForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, local_files_only=local,
+            attn_implementation={"text_config": ATTENTION_NAME, "vision_config": "sdpa"},
+        )
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"could not load {source!r}: {type(exc).__name__}: {exc}") from None
+    if not hasattr(processor, "image_processor"):
+        raise ModelLoadError(f"{source!r} has no image processor: AutoProcessor returned {type(processor).__name__}")
+    model.to(device).eval()
+    return LoadedModel(name, source, model, processor, adapter_for(model, processor), device, dtype)
