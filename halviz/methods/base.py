@@ -77,6 +77,8 @@ class Method:
     hook_points: ClassVar[frozenset[str]] = frozenset()
     # Stacking order when several methods run together: lower acts first at each hook point.
     order: ClassVar[int] = 0
+    # Methods this one cannot run with, each with the reason shown to the user.
+    incompatible_with: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **values: Any):
         known = {k.name: k for k in self.knobs}

@@ -1,0 +1,43 @@
+"""Decoding methods: one module each, discovered through ``METHODS``.
+
+Stacking order at each hook point follows ``Method.order`` (lower first); see each class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from halviz.methods.base import HOOK_POINTS, Knob, Method
+from halviz.methods.vanilla import Vanilla
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla,)}
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def build_stack(names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[Method]:
+    """Instantiate the methods of one decode (``vanilla`` contributes nothing) and check they can stack."""
+    params = params or {}
+    stack = [method_class(n)(**dict(params.get(n, {}))) for n in names if n != "vanilla"]
+    check_compatible(stack)
+    return stack
+
+
+def check_compatible(stack: Sequence[Method]) -> None:
+    """Refuse combinations that cannot work together, with a reason."""
+    names = [m.name for m in stack]
+    if len(set(names)) != len(names):
+        raise ValueError("a method can appear only once in a stack")
+    for method in stack:
+        for other in stack:
+            if other is not method and other.name in getattr(method, "incompatible_with", ()):
+                raise ValueError(f"{method.title} cannot be combined with {other.title}: "
+                                 f"{method.incompatible_with[other.name]}")
+
+
+__all__ = ["HOOK_POINTS", "Knob", "METHODS", "Method", "build_stack", "check_compatible", "method_class"]
