@@ -210,3 +210,12 @@ def test_bad_arguments(tiny_models, photo):
         Decoder(tiny_models["llava-1.5"], photo, prompt="   ")
     with pytest.raises(ValueError):
         Decoder(tiny_models["llava-1.5"], photo, max_new_tokens=0)
+
+
+def test_trace_size_formula_matches_a_real_trace(tiny_models, photo):
+    from halviz.engine.recorder import trace_bytes_per_step
+
+    loaded = tiny_models["llava-1.5"]
+    trace = Decoder(loaded, photo, max_new_tokens=3, stop_at_eos=False).run_to_end()
+    per_step = trace_bytes_per_step(loaded.adapter.num_layers, loaded.adapter.num_heads, 576, RecordOptions())
+    assert trace.nbytes() == 3 * per_step

@@ -29,7 +29,7 @@ class Decoder:
 
     def __init__(self, loaded: LoadedModel, image: Image.Image, prompt: str = DEFAULT_PROMPT,
                  methods: Sequence[Method] = (), max_new_tokens: int = 64,
-                 record: RecordOptions = RecordOptions()):
+                 record: RecordOptions = RecordOptions(), stop_at_eos: bool = True):
         if not isinstance(image, Image.Image):
             raise TypeError("image must be a PIL image")
         if not prompt or not prompt.strip():
@@ -39,6 +39,7 @@ class Decoder:
         self.loaded = loaded
         self.prompt = prompt
         self.max_new_tokens = int(max_new_tokens)
+        self.stop_at_eos = stop_at_eos  # benchmarks turn it off to time a fixed number of tokens
         adapter = loaded.adapter
         inputs, layout = adapter.prepare(image.convert("RGB"), prompt, loaded.device, loaded.dtype)
         self.inputs = inputs
@@ -82,7 +83,7 @@ class Decoder:
             for method in run.methods:
                 method.after_step(run, token)
             record = run.recorder.take() if run.recorder is not None else None
-            is_eos = token in self.loaded.adapter.eos_token_ids
+            is_eos = self.stop_at_eos and token in self.loaded.adapter.eos_token_ids
             step = Step(run.step, token, "" if is_eos else self._piece(generated), top_ids.int().cpu().numpy(),
                         top_probs.float().cpu().numpy(), record, (time.perf_counter() - t0) * 1e3, is_eos)
             self.steps.append(step)

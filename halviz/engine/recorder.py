@@ -90,3 +90,12 @@ class Recorder:
         self._entropy = [None] * self.num_layers
         self._head_rows = [None] * len(self.head_layers)
         return record
+
+
+def trace_bytes_per_step(num_layers: int, num_heads: int, num_image_tokens: int, options: RecordOptions,
+                         top_k_tokens: int = 5) -> int:
+    """Bytes one step adds to a trace in memory (and uncompressed on disk), from the record layout."""
+    head_layers = len(options.resolve_head_layers(num_layers))
+    per_layer = num_image_tokens * 2 + 4 + len(SEGMENTS) * 4 + options.top_keys * (4 + 2)
+    per_step = num_layers * per_layer + head_layers * num_heads * num_image_tokens * 2
+    return per_step + 8 + top_k_tokens * (4 + 4) + 4  # token id, top-k ids and probs, step time
