@@ -1,0 +1,173 @@
+"""CHAIR evaluation of decoding methods over a seeded sample.
+
+    python -m halviz.eval --model toy --methods vanilla,prunehal,kvsmooth,vasparse,vhr \\
+        --n 200 --max-new-tokens 64 [--scenes heldout|broken:knife,fork|control:knife,fork] [--json PATH]
+    python -m halviz.eval --model FOLDER_OR_HUB_ID --images DIR --annotations instances.json [--captions-annotations captions.json]
+
+Toy scenes (the default) carry their exact object lists; for real images the ground truth is a
+COCO-format annotation file. Prints one row per method (the papers' table) and writes
+``{"config": {...}, "methods": {NAME: {"chair_s", "chair_i", "recall", "precision", "f1", "len",
+"ms_per_token", ...}}}`` with metrics as fractions. On broken-pair and control sets the row adds
+``partner_rate``: the share of captions naming the absent partner object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from halviz.chair import InputError, write_json_atomically
+from halviz.engine.decode import Decoder
+from halviz.engine.recorder import RecordOptions
+from halviz.hallucination import chair_metrics, extract_mentions, load_coco_annotations
+from halviz.methods import METHODS, build_stack
+from halviz.models import DEFAULT_PROMPT, ModelLoadError, load_model
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def toy_sample(spec: str, n: int, seed: int) -> tuple[list[tuple[str, Image.Image, frozenset[str]]], str | None]:
+    """(id, image, objects) for n toy scenes, and the partner object for broken/control sets."""
+    from halviz.toy import scenes
+
+    kind, _, pair_text = spec.partition(":")
+    if kind == "heldout":
+        chosen, partner = scenes.heldout(n, seed=seed), None
+    elif kind in ("broken", "control"):
+        pair = tuple(p.strip() for p in pair_text.split(","))
+        if len(pair) != 2:
+            raise InputError(f"--scenes {spec}: give a pair as {kind}:TRIGGER,PARTNER")
+        try:
+            chosen = (scenes.broken_pair if kind == "broken" else scenes.control)(pair, n, seed=seed)
+        except ValueError as exc:
+            raise InputError(f"--scenes {spec}: {exc}") from None
+        partner = pair[1]
+    else:
+        raise InputError(f"--scenes {spec}: expected heldout, broken:A,B or control:A,B")
+    return [(f"{kind}-{i}", s.image, frozenset(s.names)) for i, s in enumerate(chosen)], partner
+
+
+def folder_sample(images: Path, annotations: Path, captions: Path | None, n: int, seed: int):
+    truths = load_coco_annotations(annotations, captions)
+    if not images.is_dir():
+        raise InputError(f"{images}: not a folder")
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name in truths)
+    if not files:
+        raise InputError(f"{images}: no image in this folder has an entry in {annotations}")
+    random.Random(seed).shuffle(files)
+    sample = []
+    for path in files[:n]:
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise InputError(f"{path}: not a readable image ({exc})") from None
+        sample.append((path.name, image, truths[path.name].objects))
+    return sample
+
+
+def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
+    params: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        method, dot, knob = key.partition(".")
+        if not eq or not dot:
+            raise InputError(f"--param {item}: expected METHOD.KNOB=VALUE")
+        params.setdefault(method, {})[knob] = value
+    return params
+
+
+def evaluate(loaded, sample, method_names, params, max_new_tokens: int, prompt: str,
+             partner: str | None, progress: bool = True) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for name in method_names:
+        captions, truths, tokens, seconds = [], [], 0, 0.0
+        for image_id, image, objects in tqdm(sample, desc=name, disable=not progress, leave=False):
+            decoder = Decoder(loaded, image, prompt, build_stack([name], params),
+                              max_new_tokens, record=RecordOptions(enabled=False))
+            t0 = time.perf_counter()
+            trace = decoder.run_to_end()
+            seconds += time.perf_counter() - t0
+            tokens += trace.num_steps
+            captions.append(trace.caption)
+            truths.append(objects)
+        result = chair_metrics(captions, truths)
+        row = {"chair_s": result.chair_s, "chair_i": result.chair_i, "recall": result.recall,
+               "precision": result.precision, "f1": result.f1, "len": result.len,
+               "ms_per_token": 1e3 * seconds / max(tokens, 1), "captions": len(captions)}
+        if partner is not None:
+            row["partner_rate"] = sum(any(m.canonical == partner for m in extract_mentions(c))
+                                      for c in captions) / len(captions)
+        rows[name] = row
+    return rows
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    partner = any("partner_rate" in r for r in rows.values())
+    head = f"{'method':<12}{'CHAIR_s':>9}{'CHAIR_i':>9}{'Recall':>8}{'Prec':>8}{'F1':>8}{'Len':>7}{'ms/tok':>8}"
+    lines = [head + (f"{'partner':>9}" if partner else "")]
+    for name, r in rows.items():
+        line = (f"{name:<12}{100 * r['chair_s']:9.1f}{100 * r['chair_i']:9.1f}{100 * r['recall']:8.1f}"
+                f"{100 * r['precision']:8.1f}{100 * r['f1']:8.1f}{r['len']:7.1f}{r['ms_per_token']:8.2f}")
+        lines.append(line + (f"{100 * r['partner_rate']:9.1f}" if partner else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m halviz.eval", description="CHAIR evaluation of decoding methods.")
+    parser.add_argument("--model", default="toy", help="'toy', a local folder or a hub id")
+    parser.add_argument("--methods", default="vanilla,prunehal,kvsmooth,vasparse,vhr")
+    parser.add_argument("--n", type=int, default=200, help="number of images")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenes", default="heldout", help="toy set: heldout, broken:A,B or control:A,B")
+    parser.add_argument("--images", type=Path, help="folder of real images (with --annotations)")
+    parser.add_argument("--annotations", type=Path, help="COCO instances JSON for --images")
+    parser.add_argument("--captions-annotations", type=Path, help="optional COCO captions JSON")
+    parser.add_argument("--param", action="append", default=[], help="METHOD.KNOB=VALUE, repeatable")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        names = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in names if m not in METHODS]
+        if unknown or not names:
+            raise InputError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}")
+        if args.n < 1 or not 1 <= args.max_new_tokens <= 1024:
+            raise InputError("--n must be ≥ 1 and --max-new-tokens in 1..1024")
+        params = parse_params(args.param)
+        for name in names:  # fail on bad knobs before any decoding
+            build_stack([name], params)
+        if (args.images is None) != (args.annotations is None):
+            raise InputError("--images and --annotations go together")
+        if args.images is not None:
+            sample, partner = folder_sample(args.images, args.annotations, args.captions_annotations, args.n, args.seed), None
+            source = str(args.images)
+        else:
+            sample, partner = toy_sample(args.scenes, args.n, args.seed)
+            source = f"toy:{args.scenes}"
+        loaded = load_model(args.model)
+    except (InputError, ModelLoadError, ValueError) as exc:
+        print(f"halviz.eval: {exc}", file=sys.stderr)
+        return 2
+    rows = evaluate(loaded, sample, names, params, args.max_new_tokens, args.prompt, partner, not args.no_progress)
+    config = {"model": args.model, "source": loaded.source, "images": source, "n": len(sample), "seed": args.seed,
+              "max_new_tokens": args.max_new_tokens, "prompt": args.prompt, "params": params,
+              "methods": {n: (build_stack([n], params)[0].describe() if n != "vanilla" else {"name": n}) for n in names}}
+    print(f"{source}, n={len(sample)}, max_new_tokens={args.max_new_tokens}, prompt={args.prompt!r}")
+    print(format_table(rows))
+    if args.json:
+        write_json_atomically(args.json, {"config": config, "methods": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
