@@ -44,14 +44,10 @@ class Decoder:
         inputs, layout = adapter.prepare(image.convert("RGB"), prompt, loaded.device, loaded.dtype)
         self.inputs = inputs
         self.layout = layout
-        recorder = None
+        self.run = Run(loaded.model, adapter, layout, inputs["input_ids"], list(methods), None, self.max_new_tokens)
         if record.enabled:
-            ids = torch.tensor(layout.positions, device=loaded.device)
-            from halviz.engine.run import segment_ids  # local: keeps the layout code in one place
-            recorder = Recorder(adapter.num_layers, adapter.num_heads, ids,
-                                segment_ids(inputs["input_ids"][0], layout.positions, adapter.bos_token_id,
-                                            self.max_new_tokens), record)
-        self.run = Run(loaded.model, adapter, layout, inputs["input_ids"], list(methods), recorder, self.max_new_tokens)
+            self.run.recorder = Recorder(adapter.num_layers, adapter.num_heads, self.run.image_index,
+                                         self.run.segment_ids, record)
         self.steps: list[Step] = []
         self.finish_reason: str | None = None
         self._started = False

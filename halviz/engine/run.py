@@ -44,7 +44,6 @@ class Run:
         self.num_kv_heads = adapter.num_kv_heads
         self.methods = sorted(methods, key=lambda m: m.order)
         self.recorder = recorder
-        self.recording = recorder is not None
         self.max_new_tokens = max_new_tokens
         self.image_index = torch.tensor(layout.positions, dtype=torch.long, device=self.device)
         self.segment_ids = segment_ids(input_ids[0], layout.positions, adapter.bos_token_id, max_new_tokens)
@@ -63,6 +62,10 @@ class Run:
         finally:
             self.variant = previous
             _ACTIVE_RUN.reset(token)
+
+    @property
+    def recording(self) -> bool:
+        return self.recorder is not None
 
     @property
     def cache_len(self) -> int:
