@@ -8,9 +8,13 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from halviz.methods.base import HOOK_POINTS, Knob, Method
+from halviz.methods.kvsmooth import KVSmooth
+from halviz.methods.prunehal import PruneHal
 from halviz.methods.vanilla import Vanilla
+from halviz.methods.vasparse import VASparse
+from halviz.methods.vhr import VHR
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, PruneHal, VASparse, VHR, KVSmooth)}
 
 
 def method_class(name: str) -> type[Method]:

@@ -1,0 +1,212 @@
+"""VHR: vision-aware head reinforcement (He et al., ACL 2025, arXiv 2412.13949).
+
+Some heads' outputs change a lot when the image is removed; amplifying them makes generation lean
+on vision rather than on language priors.
+
+- VHD_{l,i} = ‖A_{l,i}(with image) − A_{l,i}(text only)‖₂, A_{l,i} the head_dim slice of head i
+  before o_proj, at each stream's last prompt position (the one predicting the first token).
+  "Text only" = the same prompt with the image tokens removed from the sequence.
+- Outlier filter: VHD_{l,i} := 0 where VHD_{l,i} > μ_l + σ_l and TA_{l,i} = ‖A_{l,i}(text only)‖² >
+  μ_l + σ_l. Decision: each threshold uses its own quantity's statistics (mean and population std
+  of VHD, resp. of TA, over the heads of layer l).
+- Selection: H_l = {i : VHD_{l,i} > median_l(VHD)} on the filtered VHD; the median is the usual
+  one (mean of the two middle values for an even head count), so about half the heads.
+- Reinforcement: A_{l,i} ← α·A_{l,i} for i ∈ H_l, at every position, prefill and decode, α = 2.
+
+Decisions:
+- Layers: {1} ∪ the last 14 of 32 (1, 18..31); for depth L: {1} ∪ the last round_half_up(14·L/32)
+  (24 → 1, 13..23; 2 → 1; 3 → 1, 2). The ``last_layers`` knob overrides the count (InstructBLIP: 18).
+- Selection pass (``before_prefill``): the with-image sequence and the text-only sequence run as
+  one batch of two streams in one forward with its own DynamicCache, the shorter right-padded by
+  repeating its last token (with a causal mask the real tokens never see the padding, so they are
+  exact). The image features fill the image stream from ``pixel_values``. When layer l is reached
+  both streams carry the reinforcement already chosen for layers < l; H_l is chosen from the
+  unreinforced outputs of layer l and applied at once. The main prefill then recomputes the prompt
+  with the final head sets, so every cached K/V is consistent.
+- Every pass of the run is reinforced (main, other methods' contrast passes, our text stream).
+- Stacking (``order`` 30, ``heads`` hook): composes with PruneHal, VASparse and KVSmooth, whose
+  hooks act on scores, logits and K/V. Only ``per_step_tvhd`` with PruneHal is refused (at setup):
+  PruneHal masks main-layout image positions in every pass, which the text-only stream lacks.
+- Trace: ``vhd``, ``text_norm`` (TA), ``outlier`` and ``selected`` are (L, H), zeros/False for
+  layers that are not VHR layers (``layers`` lists those). With ``per_step_tvhd`` a text-only
+  stream with its own cache follows the generated tokens; per generated token we store
+  ``step_vhd`` (T, L, H) float16 (raw, unfiltered VHD of the unreinforced layer outputs; zeros
+  off the VHR layers) and ``tvhd`` (T,) = Σ_l Σ top-k_i VHD_{l,i}, k = 8 (or H if fewer heads).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from halviz.methods.base import Knob, Method
+
+if TYPE_CHECKING:
+    from halviz.engine.run import Run
+
+SELECT_VARIANT = "vhr-select"
+TEXT_VARIANT = "vhr-text"
+
+
+def vhr_layers(num_layers: int, last_layers: int = -1) -> tuple[int, ...]:
+    """{1} ∪ the last round_half_up(14·L/32) layers (the paper's 1, 18..31 for 32 layers)."""
+    if last_layers < 0:
+        last_layers = math.floor(14 * num_layers / 32 + 0.5)
+    last_layers = min(last_layers, num_layers)
+    layers = set(range(num_layers - last_layers, num_layers))
+    if num_layers > 1:
+        layers.add(1)
+    return tuple(sorted(layers))
+
+
+def head_distances(with_image: torch.Tensor, text_only: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(VHD, TA) per head from (..., H, D) outputs: ‖A_img − A_txt‖₂ and ‖A_txt‖²."""
+    return (with_image - text_only).norm(dim=-1), text_only.square().sum(-1)
+
+
+def outlier_heads(vhd: torch.Tensor, text_norm: torch.Tensor) -> torch.Tensor:
+    """Heads (last dim) with VHD > μ+σ and TA > μ+σ, each against its own mean and population std."""
+    def above(x: torch.Tensor) -> torch.Tensor:
+        return x > x.mean(-1, keepdim=True) + x.std(-1, correction=0, keepdim=True)
+    return above(vhd) & above(text_norm)
+
+
+def select_heads(vhd: torch.Tensor, outliers: torch.Tensor) -> torch.Tensor:
+    """H_l = {i : filtered VHD_i > median}, outliers' VHD set to 0 first (last dim = heads)."""
+    filtered = vhd.masked_fill(outliers, 0.0)
+    median = torch.quantile(filtered.double(), 0.5, dim=-1, keepdim=True)
+    return filtered.double() > median
+
+
+def reinforce(out: torch.Tensor, heads: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Scale the chosen heads of out (B, H, q, D) by α (others × 1, bit-exact)."""
+    scale = torch.where(heads, alpha, 1.0).to(device=out.device, dtype=out.dtype)
+    return out * scale[None, :, None, None]
+
+
+class VHR(Method):
+    name = "vhr"
+    title = "VHR"
+    summary = "Finds the heads whose output changes most without the image and amplifies them."
+    reference = ("He et al., Cracking the Code of Hallucination in LVLMs with Vision-aware Head Divergence, "
+                 "ACL 2025, arXiv 2412.13949")
+    knobs = (
+        Knob("alpha", "α head scale", 2.0, 0.0, 5.0, 0.1,
+             help="Selected heads' outputs are multiplied by α (1 = off)."),
+        Knob("last_layers", "Last layers (−1 = auto)", -1, -1, 255, 1,
+             help="How many final layers (plus layer 1) are reinforced; auto = round(14·L/32)."),
+        Knob("outlier_filter", "Outlier filter", True,
+             help="Zero the VHD of heads that are outliers in both VHD and text norm."),
+        Knob("per_step_tvhd", "Per-step T-VHD (costly)", False,
+             help="Run a text-only stream alongside and record VHD and T-VHD for every generated token."),
+        Knob("tvhd_top_k", "T-VHD top-k", 8, 1, 256, 1, help="Heads per layer summed in T-VHD."),
+    )
+    hook_points = frozenset({"heads"})
+    order = 30
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        self.alpha: float = float(self.params["alpha"])
+        self.layers: tuple[int, ...] = ()
+        self.vhd = self.text_norm = self.outlier = self.selected = None
+        self._heads: list[torch.Tensor | None] = []  # per layer, on the model's device once chosen
+        self._last: tuple[int, int] = (-1, -1)
+        self._text_cache: DynamicCache | None = None
+        self._rows: dict[str, torch.Tensor] = {}
+        self._step_vhd: list[torch.Tensor] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def setup(self, run: Run) -> None:
+        self.layers = vhr_layers(run.num_layers, int(self.params["last_layers"]))
+        self._layer_set = frozenset(self.layers)
+        shape = (run.num_layers, run.num_heads)
+        self.vhd = torch.zeros(shape, dtype=torch.float64)
+        self.text_norm = torch.zeros(shape, dtype=torch.float64)
+        self.outlier = torch.zeros(shape, dtype=torch.bool)
+        self.selected = torch.zeros(shape, dtype=torch.bool)
+        self._heads = [None] * run.num_layers
+        if self.params["per_step_tvhd"] and any(m.name == "prunehal" for m in run.methods):
+            # PruneHal masks image positions of the main layout in every pass; the text-only stream
+            # has no image, so those columns are other tokens (or out of range) there.
+            raise ValueError("VHR's per-step T-VHD cannot run with PruneHal: PruneHal masks image positions "
+                             "in every pass, and the text-only stream has none; turn per-step T-VHD off")
+        if self.params["per_step_tvhd"]:
+            rows = (run.num_layers, run.num_heads, run.adapter.head_dim)
+            self._rows = {k: torch.zeros(rows, dtype=torch.float64, device=run.device) for k in ("image", "text")}
+
+    def before_prefill(self, run: Run, inputs: dict[str, torch.Tensor]) -> None:
+        ids = inputs["input_ids"]
+        if ids.shape[0] != 1:
+            raise ValueError("VHR's head selection runs one prompt at a time")
+        text_ids = self._text_only(run, ids)
+        n, n_text = ids.shape[1], text_ids.shape[1]
+        padded = torch.cat([text_ids, text_ids[:, -1:].expand(1, n - n_text)], dim=1)
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        self._last = (n - 1, n_text - 1)
+        run.forward(variant=SELECT_VARIANT, cache=DynamicCache(), input_ids=torch.cat([ids, padded]), **extra)
+        if self.params["per_step_tvhd"]:
+            self._text_cache = DynamicCache()
+            run.forward(variant=TEXT_VARIANT, cache=self._text_cache, input_ids=text_ids)
+
+    def before_forward(self, run: Run, input_ids: torch.Tensor) -> None:
+        if self._text_cache is not None:
+            run.forward(variant=TEXT_VARIANT, cache=self._text_cache, input_ids=input_ids)
+
+    def after_step(self, run: Run, token_id: int) -> None:
+        if self._text_cache is not None:
+            vhd, _ = head_distances(self._rows["image"], self._rows["text"])
+            self._step_vhd.append(vhd.cpu())
+
+    # ---- hook point ------------------------------------------------------------------------
+    def edit_heads(self, run: Run, layer: int, out: torch.Tensor) -> torch.Tensor:
+        if layer not in self._layer_set:
+            return out
+        if run.variant == SELECT_VARIANT:
+            self._choose(layer, out[0, :, self._last[0]], out[1, :, self._last[1]])
+        elif self._rows and run.variant in (None, TEXT_VARIANT):
+            self._rows["image" if run.variant is None else "text"][layer] = out[0, :, -1]
+        heads = self._heads[layer]
+        return out if heads is None else reinforce(out, heads, self.alpha)
+
+    def _choose(self, layer: int, with_image: torch.Tensor, text_only: torch.Tensor) -> None:
+        vhd, ta = head_distances(with_image.double(), text_only.double())
+        if self.params["outlier_filter"]:
+            outliers = outlier_heads(vhd, ta)
+        else:
+            outliers = torch.zeros_like(vhd, dtype=torch.bool)
+        chosen = select_heads(vhd, outliers)
+        self.vhd[layer], self.text_norm[layer] = vhd.cpu(), ta.cpu()
+        self.outlier[layer], self.selected[layer] = outliers.cpu(), chosen.cpu()
+        self._heads[layer] = chosen.to(with_image.device)
+
+    @staticmethod
+    def _text_only(run: Run, ids: torch.Tensor) -> torch.Tensor:
+        keep = torch.ones(ids.shape[1], dtype=torch.bool, device=ids.device)
+        keep[run.image_index] = False
+        return ids[:, keep]
+
+    # ---- trace -----------------------------------------------------------------------------
+    def trace_arrays(self) -> dict[str, np.ndarray]:
+        if self.vhd is None:
+            return {}
+        out = {
+            "layers": np.array(self.layers, np.int32),
+            "vhd": self.vhd.float().numpy(),
+            "text_norm": self.text_norm.float().numpy(),
+            "outlier": self.outlier.numpy(),
+            "selected": self.selected.numpy(),
+        }
+        if self._step_vhd:
+            steps = torch.stack(self._step_vhd)  # (T, L, H)
+            k = min(int(self.params["tvhd_top_k"]), steps.shape[-1])
+            layers = list(self.layers)
+            out["step_vhd"] = steps.half().numpy()
+            out["tvhd"] = steps[:, layers].topk(k, dim=-1).values.sum((1, 2)).float().numpy()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "layers": list(self.layers)}

@@ -1,0 +1,230 @@
+"""VHR against independent computations: stock transformers models with hooks on the o_proj inputs
+(with and without the image, run separately), o_proj weight columns scaled by α, hand-made VHD
+matrices, and vanilla decoding at α = 1."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlavaForConditionalGeneration
+
+from halviz.engine.decode import Decoder
+from halviz.methods import METHODS, build_stack
+from halviz.methods.base import Method
+from halviz.methods.vhr import VHR, outlier_heads, reinforce, select_heads, vhr_layers
+
+FAMILIES = ["llava-1.5", "llava-interleave"]
+
+
+class LogitSpy(Method):
+    name = "logit-spy"
+    order = 99
+
+    def __init__(self):
+        super().__init__()
+        self.logits: list[torch.Tensor] = []
+
+    def edit_logits(self, run, logits):
+        self.logits.append(logits.clone())
+        return logits
+
+
+class MaskHalfImage(Method):
+    """A trivial scores method to stack with: hide every second image token in every layer and pass."""
+
+    name = "mask-half"
+    order = 5
+
+    def uses_scores(self, run, layer):
+        return True
+
+    def edit_scores(self, run, layer, scores):
+        if run.variant == "vhr-select" or scores.shape[-1] <= int(run.image_index.max()):
+            return scores
+        return scores.index_fill(-1, run.image_index[::2], float("-inf"))
+
+
+def stock_model(folder, selected=None, alpha=1.0):
+    """A stock float64 model; with ``selected`` (L, H), those heads' o_proj weight columns are × α."""
+    model = LlavaForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa",
+                                                          dtype=torch.float64).eval()
+    if selected is not None:
+        for layer, heads in enumerate(torch.as_tensor(selected)):
+            o_proj = decoder_layers(model)[layer].self_attn.o_proj
+            d = o_proj.weight.shape[1] // heads.numel()
+            with torch.no_grad():
+                for head in torch.nonzero(heads).flatten().tolist():
+                    o_proj.weight[:, head * d:(head + 1) * d] *= alpha
+    return model
+
+
+def decoder_layers(model):
+    return model.model.language_model.layers
+
+
+def last_head_outputs(model, layers, **inputs) -> dict[int, torch.Tensor]:
+    """(H, D) input of o_proj at the last position for each layer (test-only hooks)."""
+    heads = model.config.text_config.num_attention_heads
+    seen, hooks = {}, []
+    for layer in layers:
+        def hook(module, args, layer=layer):
+            seen[layer] = args[0][0, -1].reshape(heads, -1).clone()
+        hooks.append(decoder_layers(model)[layer].self_attn.o_proj.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def text_only(dec) -> torch.Tensor:
+    ids = dec.inputs["input_ids"][0].tolist()
+    image = set(dec.layout.positions)
+    return torch.tensor([[t for i, t in enumerate(ids) if i not in image]])
+
+
+def test_layer_rule():
+    assert vhr_layers(32) == (1, *range(18, 32))
+    assert vhr_layers(32, last_layers=18) == (1, *range(14, 32))  # InstructBLIP
+    assert vhr_layers(24) == (1, *range(13, 24))
+    assert vhr_layers(2) == (1,) and vhr_layers(3) == (1, 2)
+
+
+def test_outlier_filter_and_median_selection_on_a_hand_made_matrix():
+    vhd = torch.tensor([[1.0, 2.0, 3.0, 4.0, 10.0, 5.0],    # head 4: outlier in VHD and in TA
+                        [0.5, 0.4, 0.3, 0.2, 0.1, 3.0],     # head 5: large VHD, ordinary TA → kept
+                        [1.0, 1.1, 1.2, 1.3, 1.4, 1.5],     # head 0: large TA, ordinary VHD → kept
+                        [1.0, 2.0, 3.0, 4.0, 4.9, 5.0]],    # head 4: above μ+σ with population σ only
+                       dtype=torch.float64)
+    ta = torch.tensor([[1.0, 1.0, 1.0, 1.0, 50.0, 1.0],
+                       [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                       [40.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                       [1.0, 1.0, 1.0, 1.0, 30.0, 1.0]], dtype=torch.float64)
+    outliers = outlier_heads(vhd, ta)
+    # by hand: row 0 VHD μ+σ = 25/6 + sqrt(155/6 − (25/6)²) ≈ 7.08, TA μ+σ ≈ 27.4 → only head 4;
+    # row 3 VHD μ+σ ≈ 4.79 (population σ; 4.93 with the sample σ), TA μ+σ ≈ 16.6 → head 4
+    expected = np.zeros((4, 6), bool)
+    expected[0, 4] = expected[3, 4] = True
+    np.testing.assert_array_equal(outliers.numpy(), expected)
+    # the same with numpy's population std, each quantity against its own statistics
+    v, t = vhd.numpy(), ta.numpy()
+    def above(x):
+        return x > x.mean(1, keepdims=True) + x.std(1, keepdims=True)
+    ref = above(v) & above(t)
+    np.testing.assert_array_equal(outliers.numpy(), ref)
+    chosen = select_heads(vhd, outliers)
+    # filtered row 0 [1,2,3,4,0,5] median 2.5; row 1 median 0.35; row 2 1.25; row 3 [1,2,3,4,0,5] 2.5
+    np.testing.assert_array_equal(chosen.numpy(), [[0, 0, 1, 1, 0, 1], [1, 1, 0, 0, 0, 1],
+                                                   [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 1]])
+    filtered = np.where(ref, 0.0, v)
+    np.testing.assert_array_equal(chosen.numpy(), filtered > np.median(filtered, axis=1, keepdims=True))
+
+
+def test_reinforce_equals_scaling_o_proj_weight_columns():
+    gen = torch.Generator().manual_seed(0)
+    b, h, q, d, hidden = 2, 4, 3, 5, 7
+    out = torch.randn(b, h, q, d, generator=gen, dtype=torch.float64)
+    weight = torch.randn(hidden, h * d, generator=gen, dtype=torch.float64)
+    heads, alpha = torch.tensor([True, False, False, True]), 2.0
+    ours = F.linear(reinforce(out, heads, alpha).transpose(1, 2).reshape(b, q, h * d), weight)
+    scaled = weight.clone()
+    for head in (0, 3):
+        scaled[:, head * d:(head + 1) * d] *= alpha
+    theirs = F.linear(out.transpose(1, 2).reshape(b, q, h * d), scaled)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert torch.equal(reinforce(out, heads, alpha)[:, 1:3], out[:, 1:3])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vhd_of_first_vhr_layer_matches_separate_runs_with_hooks(tiny_models_f64, tiny_model_dirs, photo, family):
+    dec = Decoder(tiny_models_f64[family], photo, methods=[VHR()], max_new_tokens=1)
+    trace = dec.run_to_end()
+    first = vhr_layers(dec.run.num_layers)[0]
+    model = stock_model(tiny_model_dirs[family])
+    with_image = last_head_outputs(model, [first], **dec.inputs)[first]
+    without = last_head_outputs(model, [first], input_ids=text_only(dec))[first]
+    np.testing.assert_allclose(trace.arrays["method/vhr/vhd"][first], (with_image - without).norm(dim=-1).numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(trace.arrays["method/vhr/text_norm"][first], without.square().sum(-1).numpy(), rtol=1e-6)
+    vhd = trace.arrays["method/vhr/vhd"]
+    assert (vhd[[l for l in range(dec.run.num_layers) if l not in vhr_layers(dec.run.num_layers)]] == 0).all()
+    assert trace.arrays["method/vhr/selected"][first].sum() >= 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reinforced_decode_matches_a_model_with_scaled_o_proj_columns(tiny_models_f64, tiny_model_dirs, photo, family):
+    alpha = 2.0
+    spy = LogitSpy()
+    dec = Decoder(tiny_models_f64[family], photo, methods=[VHR(alpha=alpha, per_step_tvhd=True), spy], max_new_tokens=5)
+    trace = dec.run_to_end()
+    selected = trace.arrays["method/vhr/selected"]
+    layers = vhr_layers(dec.run.num_layers)
+    assert selected[list(layers)].any()
+    model = stock_model(tiny_model_dirs[family], selected, alpha)
+    tokens = dec.token_ids
+    # every position, prefill and decode, is reinforced: teacher-forced logits agree
+    ids = torch.cat([dec.inputs["input_ids"], torch.tensor([tokens[:-1]])], dim=1)
+    with torch.no_grad():
+        ref = model(input_ids=ids, pixel_values=dec.inputs["pixel_values"]).logits[0, dec.run.prompt_len - 1:]
+    torch.testing.assert_close(torch.cat(spy.logits).double(), ref, rtol=1e-6, atol=1e-6)
+    assert tokens == ref.argmax(-1).tolist()
+    # o_proj inputs of the scaled model are the unreinforced outputs with earlier layers reinforced:
+    # the selection pass's VHD (all VHR layers) and the per-step VHD / T-VHD
+    txt = text_only(dec)
+    k = min(8, dec.run.num_heads)
+    for step in range(len(tokens)):
+        gen = torch.tensor([tokens[:step]], dtype=torch.long)
+        a = last_head_outputs(model, layers, input_ids=torch.cat([dec.inputs["input_ids"], gen], 1),
+                              pixel_values=dec.inputs["pixel_values"])
+        b = last_head_outputs(model, layers, input_ids=torch.cat([txt, gen], 1))
+        vhd = np.zeros(selected.shape)
+        for layer in layers:
+            vhd[layer] = (a[layer] - b[layer]).norm(dim=-1).numpy()
+        if step == 0:
+            np.testing.assert_allclose(trace.arrays["method/vhr/vhd"], vhd, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(trace.arrays["method/vhr/step_vhd"][step], vhd, rtol=2e-3, atol=1e-6)
+        tvhd = sum(np.sort(vhd[layer])[::-1][:k].sum() for layer in layers)
+        assert trace.arrays["method/vhr/tvhd"][step] == pytest.approx(tvhd, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_alpha_one_gives_vanilla_tokens(tiny_models, photo, family):
+    vanilla = Decoder(tiny_models[family], photo, max_new_tokens=10)
+    vanilla.run_to_end()
+    off = Decoder(tiny_models[family], photo, methods=[VHR(alpha=1.0)], max_new_tokens=10)
+    off.run_to_end()
+    assert off.token_ids == vanilla.token_ids
+    on = Decoder(tiny_models[family], photo, methods=[VHR(alpha=3.0)], max_new_tokens=10)
+    on.run_to_end()
+    assert on.token_ids != vanilla.token_ids  # the method does act on these models
+
+
+def test_stacks_with_other_methods(tiny_models, photo):
+    loaded = tiny_models["llava-1.5"]
+    alone = Decoder(loaded, photo, methods=[VHR()], max_new_tokens=6)
+    alone.run_to_end()
+    with_mask = Decoder(loaded, photo, methods=[MaskHalfImage(), VHR()], max_new_tokens=6)
+    trace = with_mask.run_to_end()
+    assert len(with_mask.token_ids) == 6 and trace.arrays["method/vhr/selected"].any()
+    assert with_mask.token_ids != alone.token_ids
+    others = [n for n in ("prunehal", "vasparse", "kvsmooth") if n in METHODS]
+    for names in [[n, "vhr"] for n in others] + [others + ["vhr"]]:
+        dec = Decoder(loaded, photo, methods=build_stack(names), max_new_tokens=6)
+        arrays = dec.run_to_end().arrays
+        assert len(dec.token_ids) == 6 and arrays["method/vhr/selected"].any()
+        assert [m.name for m in dec.run.methods] == sorted(names, key=lambda n: METHODS[n].order)
+
+
+def test_per_step_tvhd_with_prunehal_is_refused(tiny_models, photo):
+    if "prunehal" not in METHODS:
+        pytest.skip("PruneHal is not registered")
+    stack = build_stack(["prunehal", "vhr"], {"vhr": {"per_step_tvhd": True}})
+    dec = Decoder(tiny_models["llava-1.5"], photo, methods=stack, max_new_tokens=3)
+    with pytest.raises(ValueError, match="PruneHal"):
+        dec.run_to_end()
+
+
+def test_registered():
+    assert METHODS["vhr"] is VHR and VHR.order == 30
