@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCH_MODELS]
     if unknown:
         parser.error(f"unknown benchmark model(s): {', '.join(unknown)}")
-    tokens, rounds = (16, 1) if args.quick else (64, 3)
+    tokens, rounds = (24, 2) if args.quick else (64, 3)
     results = {"models": {}, "trace_mb_llava7b_512": round(llava7b_trace_mb(), 2),
                "config": {"quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "device": "cpu"}}
