@@ -68,5 +68,6 @@ def test_bundled_model_captions_held_out_scenes():
     assert result.precision >= PRECISION_FLOOR and result.recall >= RECALL_FLOOR, (result.precision, result.recall)
 
 
-PRECISION_FLOOR = 0.0  # set from the measurement once the shipped model exists
-RECALL_FLOOR = 0.0
+# Shipped model (assets/toy-llava/training_info.json) on this 20-scene set: precision 0.657, recall 0.590.
+PRECISION_FLOOR = 0.55
+RECALL_FLOOR = 0.48
