@@ -1,0 +1,120 @@
+"""The Blocks: inputs, one caption column per method, the debugger, trace files. Layout only;
+the callbacks live in :mod:`halviz.ui.controller`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import gradio as gr
+
+from halviz.methods import METHODS
+from halviz.methods.base import Method
+from halviz.models import DEFAULT_PROMPT, LoadedModel, load_model
+from halviz.ui import inputs as checks
+from halviz.ui.compare import UPDATE_EVERY_S
+from halviz.ui.controller import Controller, HalvizApp, Layout, Slot
+from halviz.ui.debugger import DebuggerPanel
+from halviz.ui.examples import EXAMPLES_DIR, TruthInfo, load_examples, truth_markdown
+from halviz.ui.knobs import MethodSettings
+from halviz.ui.models import DEFAULT_MODELS, model_choices
+from halviz.ui.style import CSS, theme
+from halviz.ui.texts import API_NOTE, CAPTION_COLOURS, HEADER
+
+QUEUE_SIZE = 16
+MAX_UPLOAD = "20mb"
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+def build_app(models: Sequence[str | tuple[str, str]] = DEFAULT_MODELS, default_model: str = "toy",
+              loader: Callable[[str], LoadedModel] = load_model, examples_dir=EXAMPLES_DIR,
+              registry: Mapping[str, type[Method]] = METHODS, update_every_s: float = UPDATE_EVERY_S) -> gr.Blocks:
+    """Build the app. ``models`` lists the picker's entries (ids, or (id, label) pairs); ``loader``
+    loads a model by name (tests inject tiny ones); ``update_every_s`` throttles the caption stream
+    (0: one update per round of tokens). The model cache belongs to this app only."""
+    app = HalvizApp(models, default_model, loader, load_examples(examples_dir), registry, update_every_s)
+    with gr.Blocks(title="halviz · hallucination debugger", delete_cache=(1800, 7200)) as demo:
+        layout = _layout(app)
+        Controller(app, layout).wire()
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return demo
+
+
+def launch_options() -> dict:
+    """Keyword arguments for ``demo.launch()`` (Gradio 6 takes theme and CSS here)."""
+    return dict(theme=theme(), css=CSS, max_file_size=MAX_UPLOAD)
+
+
+def _layout(app: HalvizApp) -> Layout:
+    names = list(app.registry)
+    default_methods = [n for n in ("vanilla", "prunehal") if n in names] or names[:1]
+    gr.HTML(HEADER)
+    start = _opening_example(app)
+    truth = gr.Textbox(value=start.objects if start else "", label="Objects really in the image (ground truth)",
+                       lines=1, render=False,
+                       placeholder="e.g. cat, cup, dining table (COCO object names)", elem_id="hv-truth")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=320):
+            image = gr.Image(value=str(start.path) if start else None, type="filepath", image_mode=None,
+                             label="Image", sources=["upload", "clipboard"], height=320, elem_id="hv-image",
+                             buttons=["fullscreen"])
+            if app.examples:
+                # Examples fill the inputs only: cached outputs would bypass the debugger's traces.
+                gr.Examples(examples=[[str(e.path), e.objects] for e in app.examples], inputs=[image, truth],
+                            visible_columns=[0], label="Examples: toy scenes (objects known exactly) and photos "
+                            "(hand-checked object lists); each fills in its ground truth",
+                            examples_per_page=12, cache_examples=False, elem_id="hv-examples")
+        with gr.Column(scale=5, min_width=380):
+            with gr.Row(equal_height=True):
+                model = gr.Dropdown(choices=model_choices(app.models), value=app.default_model, label="Model",
+                                    allow_custom_value=True, scale=3, elem_id="hv-model",
+                                    info="hub models load on demand and need the network; a local folder works too")
+                max_tokens = gr.Slider(1, checks.MAX_NEW_TOKENS, value=DEFAULT_MAX_NEW_TOKENS, step=1,
+                                       label="Max new tokens", scale=2, elem_id="hv-max-tokens")
+            prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=1, max_lines=4, elem_id="hv-prompt")
+            methods = gr.CheckboxGroup(choices=[(cls.title or n, n) for n, cls in app.registry.items()],
+                                       value=default_methods, label="Methods: one caption column each",
+                                       elem_id="hv-methods")
+            knobs = MethodSettings.build(app.registry, default_methods)
+            truth.render()
+            truth_note = gr.Markdown(app.truth_note(str(start.path), start.objects) if start else
+                                     truth_markdown(TruthInfo(None, [])), elem_classes=["hv-note"])
+            settings = gr.Textbox(value="", visible=False, label="Method settings (JSON)")
+            with gr.Row():
+                run = gr.Button("▶ Compare", variant="primary", elem_id="hv-run", scale=3)
+                stop = gr.Button("■ Stop", variant="stop", elem_id="hv-stop", scale=1)
+    status = gr.Markdown(f"Pick an image and press **Compare**. {API_NOTE}", elem_classes=["hv-status"],
+                         elem_id="hv-status", label="status")
+    slots: list[Slot] = []
+    with gr.Row(equal_height=False, elem_id="hv-columns"):
+        for i in range(len(names)):  # one slot per registered method, shown when used
+            with gr.Column(visible=False, min_width=250, elem_classes=["hv-card"]) as column:
+                header = gr.Markdown(elem_classes=["hv-card-title"], label=f"column {i + 1} method")
+                caption = gr.HighlightedText(
+                    label=f"column {i + 1} caption", show_label=False, color_map=CAPTION_COLOURS, combine_adjacent=False, show_legend=False,
+                    show_inline_category=False, elem_id=f"hv-caption-{i}", elem_classes=["hv-caption"])
+                summary = gr.Markdown(elem_classes=["hv-summary"], elem_id=f"hv-summary-{i}", label=f"column {i + 1} summary")
+            slots.append(Slot(column, header, caption, summary))
+    with gr.Accordion("Run summary as JSON (what /compare returns last)", open=False):
+        summary_json = gr.JSON(label="summary", elem_id="hv-json", show_label=False)
+    panel = DebuggerPanel.build()
+    with gr.Row(equal_height=False):
+        trace_files = gr.File(label="Trace files (.npz + .json per column)", file_count="multiple",
+                              interactive=False, elem_id="hv-trace-files")
+        upload = gr.File(label="Replay a saved trace (.npz): no model needed", file_types=[".npz"],
+                         file_count="single", elem_id="hv-trace-upload")
+    return Layout(
+        image=image, prompt=prompt, methods=methods, max_tokens=max_tokens, truth=truth, model=model,
+        settings=settings, knobs=knobs, truth_note=truth_note, run=run, stop=stop, status=status, slots=slots,
+        summary_json=summary_json, panel=panel, trace_files=trace_files, upload=upload,
+        runs=gr.State({}), slot_methods=gr.State([]), live=gr.State([]),
+    )
+
+
+def _opening_example(app: HalvizApp):
+    """The example shown when the page opens: for the toy model the toy scene marked "opening"
+    (a prior-pair trap), for other models the first photo."""
+    if not app.examples:
+        return None
+    toy = app.default_model.strip().lower() in ("toy", "toy-llava")
+    fitting = [e for e in app.examples if (e.trust == "exact") == toy] or app.examples
+    return next((e for e in fitting if e.opening), fitting[0])

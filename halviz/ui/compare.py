@@ -1,0 +1,146 @@
+"""Several decodes of one image, interleaved token by token, and what each column shows.
+
+:func:`decode_rounds` is the only place the app drives the model. It yields plain Python/numpy data
+(text pieces, counts, traces), so it may run inside ``@spaces.GPU`` on ZeroGPU, where the function
+runs in another process and only what it yields comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from halviz.engine.decode import Decoder
+from halviz.hallucination import (
+    CORRECT,
+    HALLUCINATED,
+    UNVERIFIED,
+    GroundTruth,
+    extract_mentions,
+    highlight_spans,
+    label_mentions,
+)
+from halviz.methods.base import Method
+from halviz.models import LoadedModel
+from halviz.trace import Trace
+from halviz.ui.gpu import gpu_task
+
+UPDATE_EVERY_S = 0.06  # at most ~16 UI updates per second
+CHECKPOINT_EVERY_S = 1.0  # traces are rebuilt this often so that a stopped run keeps its data
+
+
+@dataclass
+class Progress:
+    """What happened since the start, after one or more rounds (one token per running decoder)."""
+
+    texts: list[list[str]]  # per column, the text piece of every step so far
+    compute_s: list[float]  # per column, time spent in its own forward passes
+    finish: list[str | None]  # per column: "eos", "length" or None while running
+    traces: list[Trace] | None = None  # at checkpoints and at the end
+
+
+@gpu_task
+def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: Sequence[Sequence[Method]],
+                  max_new_tokens: int, update_every_s: float = UPDATE_EVERY_S) -> Iterator[Progress]:
+    """Decode with every stack at once, one token each in turn, yielding progress now and then."""
+    decoders = [Decoder(loaded, image, prompt, list(stack), max_new_tokens) for stack in stacks]
+    streams = [iter(d) for d in decoders]
+    texts: list[list[str]] = [[] for _ in decoders]
+    compute = [0.0] * len(decoders)
+    finish: list[str | None] = [None] * len(decoders)
+    last_update = last_checkpoint = time.perf_counter()
+    checkpoint_cost = 0.0
+    while any(f is None for f in finish):
+        for i, stream in enumerate(streams):
+            if finish[i] is not None:
+                continue
+            step = next(stream, None)
+            if step is None:
+                finish[i] = decoders[i].finish_reason or "stopped"
+                continue
+            texts[i].append(step.text)
+            compute[i] += step.elapsed_ms / 1e3
+        now = time.perf_counter()
+        done = all(f is not None for f in finish)
+        if done or now - last_update >= update_every_s:
+            traces = None
+            if done or now - last_checkpoint >= max(CHECKPOINT_EVERY_S, 10 * checkpoint_cost):
+                started = time.perf_counter()
+                traces = [finished_trace(d, loaded) for d in decoders]
+                checkpoint_cost, last_checkpoint = time.perf_counter() - started, time.perf_counter()
+            yield Progress([list(t) for t in texts], list(compute), list(finish), traces)
+            last_update = time.perf_counter()
+
+
+def finished_trace(decoder: Decoder, loaded: LoadedModel) -> Trace:
+    """The decoder's trace plus the strings of every vocabulary id it mentions (for replay without a model)."""
+    trace = decoder.trace()
+    ids: set[int] = set()
+    for key, array in trace.arrays.items():
+        if key == "top_ids" or key.endswith("_ids") and key.startswith("method/"):
+            ids.update(int(i) for i in np.unique(array) if i >= 0)
+    tokenizer = loaded.processor.tokenizer
+    trace.meta["vocab_strings"] = {str(i): tokenizer.decode([i]) for i in sorted(ids)}
+    return trace
+
+
+# ---- what a column shows ------------------------------------------------------------------------
+
+@dataclass
+class ColumnResult:
+    method: str
+    title: str
+    caption: str
+    spans: list[tuple[str, str | None]]
+    objects: dict[str, list[str]]  # label → distinct canonical objects, in order of first mention
+    counts: dict[str, int]  # label → mentions, repeats included (as CHAIR_i counts them)
+    tokens: int
+    tokens_per_s: float
+    finish: str | None
+
+    def summary_json(self) -> dict[str, Any]:
+        return {"caption": self.caption, **{label: self.objects[label] for label in LABELS},
+                "tokens_per_s": round(self.tokens_per_s, 2), "tokens": self.tokens,
+                "finish_reason": self.finish or "running"}
+
+    def summary_markdown(self) -> str:
+        c = self.counts
+        parts = [f"**{self.tokens}** tokens", f"{self.tokens_per_s:.0f} tok/s"]
+        if sum(c.values()):
+            parts.append(f"<span class='hv-ok'>✔ {c[CORRECT]}</span> <span class='hv-bad'>✘ {c[HALLUCINATED]}</span>"
+                         f" <span class='hv-unk'>? {c[UNVERIFIED]}</span> mentions")
+            checked = c[CORRECT] + c[HALLUCINATED]
+            if checked:
+                parts.append(f"CHAIRᵢ {c[HALLUCINATED] / checked:.0%}")
+        else:
+            parts.append("no object mentions")
+        state = {"eos": "finished", "length": "hit max tokens", "stopped": "stopped", None: "running…"}
+        parts.append(state.get(self.finish, str(self.finish)))
+        return " · ".join(parts)
+
+
+LABELS = (CORRECT, HALLUCINATED, UNVERIFIED)
+
+
+def column_result(method: str, title: str, texts: Sequence[str], compute_s: float, finish: str | None,
+                  truth: GroundTruth | None) -> ColumnResult:
+    caption = "".join(texts)
+    labelled = label_mentions(extract_mentions(caption), truth)
+    objects: dict[str, list[str]] = {label: [] for label in LABELS}
+    counts = dict.fromkeys(LABELS, 0)
+    for item in labelled:
+        counts[item.label] += 1
+        if item.mention.canonical not in objects[item.label]:
+            objects[item.label].append(item.mention.canonical)
+    speed = len(texts) / compute_s if compute_s > 0 else 0.0
+    return ColumnResult(method, title, caption, highlight_spans(caption, labelled), objects, counts,
+                        len(texts), speed, finish)
+
+
+def mention_ranges(caption: str, truth: GroundTruth | None) -> list[tuple[int, int, str]]:
+    return [(m.mention.start, m.mention.end, m.label) for m in label_mentions(extract_mentions(caption), truth)]

@@ -1,0 +1,252 @@
+"""The visual debugger: every panel of one recorded trace at one step, layer and head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from halviz import viz
+from halviz.trace import Trace
+from halviz.ui.compare import mention_ranges
+from halviz.ui.state import RunEntry, Runs
+from halviz.ui.style import height_class
+from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
+from halviz.viz.common import index_ranges
+
+
+def parse_choice(value: Any) -> int | str:
+    """Dropdown value → "mean" or an int (anything odd falls back to "mean")."""
+    try:
+        return "mean" if value in (None, "", "mean") else int(value)
+    except (TypeError, ValueError):
+        return "mean"
+
+
+def head_layers(trace: Trace) -> list[int]:
+    return [int(l) for l in trace.meta.get("head_layers") or []]
+
+
+def sized_plot(figure) -> gr.Plot:
+    """A Plot update whose container keeps the figure's own height (see ``style.height_class``)."""
+    if figure is None:
+        return gr.Plot(value=None, visible=False)
+    return gr.Plot(value=figure, elem_classes=[height_class(figure.layout.height)], visible=True)
+
+
+def help_text(key: str) -> gr.Markdown:
+    return gr.Markdown(f"<div class='hv-help'><b>How to read this.</b> {HELP[key]}</div>")
+
+
+@dataclass
+class DebuggerPanel:
+    """The debugger's components; its methods return ``{component: update}`` dicts for the callbacks."""
+
+    choice: gr.Radio
+    info: gr.Markdown
+    caption: gr.HighlightedText
+    step: gr.Slider
+    layer: gr.Dropdown
+    head: gr.Dropdown
+    step_info: gr.Markdown
+    overlay: gr.Plot
+    mask_box: gr.Column
+    mask: gr.Plot
+    candidates: gr.Plot
+    entropy: gr.Plot
+    shares: gr.Plot
+    top_keys: gr.Plot
+    prunehal_box: gr.Column
+    prunehal: gr.Plot
+    vasparse_box: gr.Column
+    vasparse_logits: gr.Plot
+    vasparse_sink: gr.Plot
+    vhr_box: gr.Column
+    vhd: gr.Plot
+    tvhd: gr.Plot
+
+    @classmethod
+    def build(cls) -> "DebuggerPanel":
+        gr.Markdown("## Look inside: the visual debugger", elem_classes=["hv-section"])
+        gr.Markdown(DEBUGGER_INTRO, elem_classes=["hv-note"])
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=280):
+                choice = gr.Radio(label="Trace", choices=[], elem_id="hv-trace-choice")
+            with gr.Column(scale=3, min_width=320):
+                info = gr.Markdown(elem_classes=["hv-trace-info"])
+        caption = gr.HighlightedText(
+            label="Caption, one span per token: click a token to jump to its step",
+            color_map=CAPTION_COLOURS, combine_adjacent=False, show_legend=False, show_inline_category=False,
+            elem_id="hv-debug-caption", elem_classes=["hv-caption"])
+        with gr.Row(equal_height=True):
+            step = gr.Slider(0, 1, value=0, step=1, label="Step", scale=4, interactive=False, elem_id="hv-step")
+            layer = gr.Dropdown(choices=[("all layers (mean)", "mean")], value="mean", label="Layer", scale=1,
+                                elem_id="hv-layer")
+            head = gr.Dropdown(choices=[("all heads (mean)", "mean")], value="mean", label="Head", scale=1,
+                               elem_id="hv-head")
+        step_info = gr.Markdown(elem_classes=["hv-step-info"])
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                overlay = gr.Plot(label="Where the model looked", elem_id="hv-overlay", show_label=False)
+                help_text("overlay")
+                with gr.Column(visible=False) as mask_box:
+                    mask = gr.Plot(label="Kept and removed image tokens", show_label=False, elem_id="hv-mask")
+                    help_text("mask")
+            with gr.Column(scale=4):
+                candidates = gr.Plot(label="Next-token candidates", show_label=False, elem_id="hv-candidates")
+                help_text("candidates")
+                entropy = gr.Plot(label="Attention entropy", show_label=False, elem_id="hv-entropy")
+                help_text("entropy")
+        gr.Markdown("### Attention sinks", elem_classes=["hv-subsection"])
+        with gr.Row(equal_height=False):
+            shares = gr.Plot(label="Segment shares", show_label=False, elem_id="hv-shares")
+            top_keys = gr.Plot(label="Most-attended tokens", show_label=False, elem_id="hv-topkeys")
+        help_text("sinks")
+        with gr.Column(visible=False) as prunehal_box:
+            gr.Markdown("### PruneHal: when it pruned", elem_classes=["hv-subsection"])
+            prunehal = gr.Plot(show_label=False)
+            help_text("prunehal")
+        with gr.Column(visible=False) as vasparse_box:
+            gr.Markdown("### VASparse: contrast and sinks", elem_classes=["hv-subsection"])
+            with gr.Row(equal_height=False):
+                vasparse_logits = gr.Plot(show_label=False)
+                vasparse_sink = gr.Plot(show_label=False)
+            help_text("vasparse")
+        with gr.Column(visible=False) as vhr_box:
+            gr.Markdown("### VHR: vision-sensitive heads", elem_classes=["hv-subsection"])
+            with gr.Row(equal_height=False):
+                vhd = gr.Plot(show_label=False, elem_id="hv-vhd")
+                tvhd = gr.Plot(show_label=False)
+            help_text("vhr")
+        return cls(choice, info, caption, step, layer, head, step_info, overlay, mask_box, mask, candidates,
+                   entropy, shares, top_keys, prunehal_box, prunehal, vasparse_box, vasparse_logits,
+                   vasparse_sink, vhr_box, vhd, tvhd)
+
+    # ---- component lists for event wiring -------------------------------------------------------
+    @property
+    def step_outputs(self) -> list:
+        return [self.caption, self.head, self.step_info, self.overlay, self.mask_box, self.mask,
+                self.candidates, self.entropy, self.shares, self.top_keys, self.prunehal, self.vasparse_logits,
+                self.tvhd]
+
+    @property
+    def trace_outputs(self) -> list:
+        return [self.choice, self.info, self.step, self.layer, self.prunehal_box, self.vasparse_box,
+                self.vasparse_sink, self.vhr_box, self.vhd, *self.step_outputs]
+
+    # ---- rendering ------------------------------------------------------------------------------
+    def show(self, runs: Runs | None, key: str | None, step: int = 0) -> dict:
+        """Everything for the trace ``key`` at ``step``, layer and head reset to the means."""
+        runs = runs or {}
+        choices = [(entry.title, k) for k, entry in runs.items()]
+        if key not in runs:
+            key = next(iter(runs), None)
+        if key is None:
+            return {self.choice: gr.Radio(choices=[], value=None),
+                    self.info: "Run a comparison or upload a trace to inspect it here."}
+        entry = runs[key]
+        trace = entry.trace
+        steps = trace.num_steps
+        step = int(min(max(step, 0), max(steps - 1, 0)))
+        if steps > 1:
+            slider = gr.Slider(minimum=0, maximum=steps - 1, value=step, step=1, interactive=True,
+                               label=f"Step (0–{steps - 1}): the query predicting generated token i")
+        else:  # a Slider whose maximum equals its minimum raises in Gradio 6
+            slider = gr.Slider(minimum=0, maximum=1, value=0, step=1, interactive=False,
+                               label="Step (this trace has a single step)")
+        layers = int(trace.meta.get("num_layers", 0))
+        layer_options = [("all layers (mean)", "mean")] + [(f"layer {l}", str(l)) for l in range(layers)]
+        vhr = viz.vhr_maps(trace)
+        updates = {
+            self.choice: gr.Radio(choices=choices, value=key),
+            self.info: trace_info(entry),
+            self.step: slider,
+            self.layer: gr.Dropdown(choices=layer_options, value="mean"),
+            self.prunehal_box: gr.Column(visible=viz.prunehal_figure(trace) is not None),
+            self.vasparse_box: gr.Column(visible=viz.vasparse_logits_figure(trace, 0) is not None),
+            self.vasparse_sink: sized_plot(viz.vasparse_sink_figure(trace)),
+            self.vhr_box: gr.Column(visible=vhr is not None),
+            self.vhd: sized_plot(viz.vhd_figure(trace, vhr) if vhr is not None else None),
+        }
+        updates.update(self.at_step(runs, key, step, "mean", "mean"))
+        return updates
+
+    def at_step(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any) -> dict:
+        """The step-dependent panels (cheap: what the slider and pickers redraw)."""
+        if not runs or key not in runs:
+            return {}
+        entry = runs[key]
+        trace = entry.trace
+        step = viz.common.clamp_step(trace, int(step or 0))
+        layer, head = parse_choice(layer), parse_choice(head)
+        recorded = head_layers(trace)
+        heads_here = layer != "mean" and layer in recorded
+        if not heads_here:
+            head = "mean"
+        head_options = [("all heads (mean)", "mean")] + (
+            [(f"head {h}", str(h)) for h in range(int(trace.meta.get("num_heads", 0)))] if heads_here else [])
+        head_info = (f"single heads recorded for layers {index_ranges(recorded)} only" if recorded
+                     else "no single-head data recorded")
+        masks = viz.kept_masks(trace, step, layer)
+        mask_figure = (viz.kept_mask_figure(trace, masks[0].kept, masks[0].title, entry.image, masks[0].details)
+                       if masks else None)
+        return {
+            self.caption: caption_tokens(entry, step),
+            self.head: gr.Dropdown(choices=head_options, value=str(head), interactive=heads_here, info=head_info),
+            self.step_info: step_summary(trace, step, layer),
+            self.overlay: sized_plot(viz.attention_overlay(trace, step, layer, head, entry.image)),
+            self.mask_box: gr.Column(visible=bool(masks)),
+            self.mask: sized_plot(mask_figure),
+            self.candidates: sized_plot(viz.candidates_figure(trace, step)),
+            self.entropy: sized_plot(viz.entropy_figure(trace, layer, step)),
+            self.shares: sized_plot(viz.segment_share_figure(trace, step, layer)),
+            self.top_keys: sized_plot(viz.top_keys_figure(trace, step, layer)),
+            self.prunehal: sized_plot(viz.prunehal_figure(trace, step)),
+            self.vasparse_logits: sized_plot(viz.vasparse_logits_figure(trace, step)),
+            self.tvhd: sized_plot(viz.tvhd_figure(trace, step)),
+        }
+
+
+def caption_tokens(entry: RunEntry, step: int) -> list[tuple[str, str | None]]:
+    trace = entry.trace
+    ranges = mention_ranges(trace.caption, entry.truth)
+    return viz.token_spans(trace.texts, ranges, step, trace.meta.get("finish_reason") == "eos")
+
+
+def trace_info(entry: RunEntry) -> str:
+    meta = entry.trace.meta
+    methods = meta.get("methods") or []
+    described = ", ".join(
+        f"{m.get('title') or m.get('name')} ({', '.join(f'{k}={v}' for k, v in (m.get('params') or {}).items())})"
+        for m in methods) or "plain greedy"
+    rows, cols = meta.get("grid", ["?", "?"])
+    truth = entry.truth
+    lines = [
+        f"**{entry.title}** · model `{meta.get('model')}` ({meta.get('family', '?')}, {meta.get('num_layers')} layers × "
+        f"{meta.get('num_heads')} heads) · image tokens {rows}×{cols}",
+        f"methods: {described} · {entry.trace.num_steps} steps, ended by {meta.get('finish_reason')} · "
+        f"trace {entry.trace.nbytes() / 2**20:.1f} MB",
+        f"prompt: “{meta.get('prompt', '')}”",
+        "ground truth: " + (f"{', '.join(sorted(truth.objects)) or 'none'} ({truth.trust})" if truth else "none given"),
+    ]
+    return "  \n".join(lines)
+
+
+def step_summary(trace: Trace, step: int, layer: int | str) -> str:
+    """One line of numbers about this step, so the figures' colours have a scale."""
+    parts = [f"**Step {step}** of 0–{max(trace.num_steps - 1, 0)} predicts {viz.step_token(trace, step)}"]
+    if "top_probs" in trace.arrays and step < len(trace.arrays["top_probs"]):
+        probs = trace.arrays["top_probs"][step]
+        parts.append(f"p = {float(probs[0]):.2f}" + (f" (runner-up {float(probs[1]):.2f})" if len(probs) > 1 else ""))
+    if trace.has_attention:
+        shares = trace.arrays["segment_share"][step].astype(np.float64)
+        segments = list(trace.meta.get("segments") or [])
+        where = "mean of layers" if layer == "mean" else f"layer {layer}"
+        row = shares.mean(0) if layer == "mean" else shares[int(layer)]
+        if "image" in segments:
+            parts.append(f"image tokens got {row[segments.index('image')]:.0%} of attention ({where})")
+        if "bos" in segments:
+            parts.append(f"BOS {row[segments.index('bos')]:.0%}")
+    return " · ".join(parts)

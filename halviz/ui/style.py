@@ -1,0 +1,55 @@
+"""Theme and CSS (Gradio 6 takes both in ``launch()``)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+SYSTEM_FONTS = ["Inter", "ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+
+
+def theme() -> gr.themes.Base:
+    # System fonts only: a Google font would be fetched from the network on every page load.
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate",
+                          font=SYSTEM_FONTS, font_mono=MONO_FONTS, radius_size="md").set(
+        button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
+        button_primary_text_color="white")
+
+
+CSS = """
+.gradio-container { max-width: 1480px !important; }
+.hv-header { padding: 6px 2px 2px 2px; }
+.hv-title { font-size: 26px; font-weight: 750; letter-spacing: -0.01em; }
+.hv-title span { font-weight: 450; color: var(--body-text-color-subdued); font-size: 17px; }
+.hv-sub { margin-top: 4px; color: var(--body-text-color-subdued); font-size: 14px; max-width: 1050px; }
+.hv-ok { color: #15803d; } .hv-bad { color: #b91c1c; } .hv-unk { color: #a16207; }
+.hv-note, .hv-note p { font-size: 13px !important; color: var(--body-text-color-subdued); }
+.hv-ref { font-style: italic; }
+.hv-help { font-size: 12.5px; line-height: 1.4; color: var(--body-text-color-subdued);
+           border-left: 3px solid #c7d2fe; padding: 2px 0 2px 8px; margin: -4px 0 8px 0; }
+.hv-section h2 { margin: 18px 0 0 0 !important; }
+.hv-subsection h3 { margin: 10px 0 0 0 !important; font-size: 16px !important; }
+.hv-card { border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 8px 10px !important;
+           background: var(--background-fill-primary); box-shadow: 0 1px 2px rgba(15,23,42,0.05); }
+.hv-card-title h3 { margin: 0 !important; font-size: 17px !important; }
+.hv-card-title p { margin: 0 !important; font-size: 12px !important; color: var(--body-text-color-subdued); }
+.hv-caption .textfield, .hv-caption .textspan { font-size: 15.5px !important; line-height: 1.75 !important; }
+.hv-summary p { font-size: 12.5px !important; margin: 0 !important; }
+.hv-status p { font-size: 14px !important; margin: 4px 0 !important; }
+.hv-trace-info p { font-size: 12.5px !important; line-height: 1.45 !important; }
+.hv-step-info p { font-size: 13.5px !important; margin: 2px 0 !important; }
+#hv-image img { object-fit: contain; }
+footer { opacity: 0.75; }
+"""
+
+# Gradio lets plotly autosize every figure to its container, which forgets the figure's own height;
+# a height class per figure (see ``sized_plot``) pins the container instead, in 20 px steps.
+PLOT_HEIGHTS = range(160, 1201, 20)
+CSS += "\n".join(f".hv-h{h} .js-plotly-plot {{ height: {h}px !important; }}" for h in PLOT_HEIGHTS)
+
+
+def height_class(height: float | None) -> str:
+    """The CSS class that pins a plot's container to ``height`` (rounded up to 20 px)."""
+    pixels = int(height or 450)
+    pixels = min(max(pixels + (-pixels) % 20, PLOT_HEIGHTS.start), PLOT_HEIGHTS.stop - 1)
+    return f"hv-h{pixels}"

@@ -1,0 +1,48 @@
+"""The words on the page: header, panel explanations, captions' legend."""
+
+from __future__ import annotations
+
+NOT_WHY = "Attention shows where the model looked, not why it answered."
+
+HEADER = """
+<div class="hv-header">
+  <div class="hv-title">halviz <span>· a visual debugger for hallucination in multimodal LLMs</span></div>
+  <div class="hv-sub">Run decoding methods side by side on one image, watch the captions stream with object
+  mentions marked <b class="hv-ok">correct</b>, <b class="hv-bad">hallucinated</b> or <b class="hv-unk">unverified</b>,
+  then click any word to open the model up at the step that produced it.</div>
+</div>
+"""
+
+DEBUGGER_INTRO = (
+    "Everything below is drawn from the **recorded trace** of the chosen column; no model runs. "
+    "**Step i** is the attention of the query that *predicts* generated token i. Click a word in a caption "
+    "or move the step slider."
+)
+
+HELP = {
+    "overlay": ("Each cell is one image token (a patch of your picture); the colour is how much attention the "
+                "query predicting this step's token paid to it, averaged as the title says. " + NOT_WHY),
+    "mask": ("Dark patches were removed from attention by the method at this step, clear ones kept (for "
+             "VASparse, the share of heads and layers that kept each one). " + NOT_WHY),
+    "entropy": ("Entropy of one attention row: low means concentrated on a few tokens, high means spread out. "
+                "KVSmooth smooths a new token's keys and values more (λ) when its entropy ranks high. " + NOT_WHY),
+    "sinks": ("Each bar splits one layer's attention over BOS, system text, image, prompt and generated tokens; "
+              "the grid names the single tokens taking most. A sink takes a large share while carrying little "
+              "content. " + NOT_WHY),
+    "candidates": ("The five most likely next tokens after every method acted; greedy decoding takes the first. "
+                   "A hallucinated object often wins by a small margin."),
+    "prunehal": ("A layer votes when its attention to the kept image tokens falls below √r × its running mean; "
+                 "a majority (or the forced step) prunes the least-attended image tokens. " + NOT_WHY),
+    "vasparse": ("ℓ_θ are the logits with visual-aware sparse attention, ℓ_φ those with a random half of the "
+                 "image hidden; tokens that stay likely without the image are pushed down. W is the sink "
+                 "weight the penalty uses."),
+    "vhr": ("Each cell is one head: how much its output changes when the image is removed from the prompt. "
+            "VHR multiplies the outlined heads by α. A high VHD says a head reacts to the image, not that "
+            "it is right."),
+}
+
+CAPTION_COLOURS = {"correct": "#16a34a", "hallucinated": "#dc2626", "unverified": "#ca8a04",
+                   "this step": "#2563eb"}
+
+API_NOTE = ("The same comparison is available as the API endpoint `/compare` "
+            "(see “Use via API” at the bottom of the page).")

@@ -1,0 +1,78 @@
+"""Attention sinks: how a step's attention splits over prompt segments, and the single tokens that take most."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from halviz.trace import Trace
+from halviz.viz.common import (
+    SEGMENT_COLOURS,
+    SEGMENT_NAMES,
+    Choice,
+    base_layout,
+    clamp_step,
+    key_label,
+    message_figure,
+    num_layers,
+    step_token,
+)
+
+
+def _layer_rows(layers: int, layer: Choice) -> list[str]:
+    """Row labels, deepest layer at the bottom; the picked layer marked with ▶."""
+    return [("▶ " if layer != "mean" and int(layer) == l else "") + f"layer {l}" for l in range(layers)]
+
+
+def segment_share_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.Figure:
+    """Stacked bars: per layer, the share of the step's attention on BOS, system, image, prompt, generated."""
+    if not trace.has_attention:
+        return message_figure("This trace has no recorded attention.")
+    step = clamp_step(trace, step)
+    shares = trace.arrays["segment_share"][step].astype(np.float64)  # (L, S)
+    segments = list(trace.meta.get("segments") or SEGMENT_NAMES)
+    layers = num_layers(trace)
+    labels = ["mean of layers"] + _layer_rows(layers, layer)
+    values = np.vstack([shares.mean(0, keepdims=True), shares])
+    fig = go.Figure()
+    for s, segment in enumerate(segments):
+        fig.add_trace(go.Bar(
+            y=labels, x=values[:, s], orientation="h", name=SEGMENT_NAMES.get(segment, segment),
+            marker=dict(color=SEGMENT_COLOURS.get(segment, "#64748b"), line=dict(width=0)),
+            hovertemplate="%{y}: %{x:.1%} on " + SEGMENT_NAMES.get(segment, segment) + "<extra></extra>",
+        ))
+    fig.update_layout(barmode="stack", bargap=0.15,
+                      legend=dict(orientation="h", y=-0.08, yanchor="top", x=0, font=dict(size=11), traceorder="normal"))
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    title = (f"Step {step} → {step_token(trace, step)}: where each layer's attention went (mean over heads)"
+             "<br><span style='font-size:11px'>a sink is a segment taking far more than its share, "
+             "typically the BOS token</span>")
+    return base_layout(fig, title, _rows_height(layers + 1) + 40, margin=dict(b=70))
+
+
+def top_keys_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.Figure:
+    """Per layer, the K single tokens with the most (head-mean) attention at this step, named."""
+    if not trace.has_attention or "top_key_pos" not in trace.arrays:
+        return message_figure("This trace has no recorded attention.")
+    step = clamp_step(trace, step)
+    positions = trace.arrays["top_key_pos"][step].astype(int)  # (L, K)
+    attention = trace.arrays["top_key_attn"][step].astype(np.float64)
+    layers, k = positions.shape
+    names = [[key_label(trace, int(p)) for p in row] for row in positions]
+    fig = go.Figure(go.Heatmap(
+        z=attention, x=[f"#{i + 1}" for i in range(k)], y=_layer_rows(layers, layer), text=names,
+        texttemplate="%{text}<br>%{z:.0%}", textfont=dict(size=10), colorscale="Blues", zmin=0, zmax=1,
+        customdata=positions, colorbar=dict(title="attention", thickness=12, tickformat=".0%"),
+        hovertemplate="%{y}, rank %{x}: %{text} (position %{customdata})<br>attention %{z:.3f}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
+    fig.update_xaxes(title="rank")
+    title = (f"Step {step}: the {k} single tokens taking the most attention in each layer (mean over heads)"
+             "<br><span style='font-size:11px'>the same token at rank 1 in every layer with a large share "
+             "is an attention sink</span>")
+    return base_layout(fig, title, _rows_height(layers, per_row=30) + 40, margin=dict(b=10))
+
+
+def _rows_height(rows: int, per_row: int = 18) -> int:
+    return int(min(max(140 + per_row * rows, 260), 900))

@@ -1,0 +1,155 @@
+"""The page in a real browser (Debian's chromium via Playwright): pick an example, compare two
+methods, move the step slider and see the heatmap change, no error toast, a non-blank screenshot.
+
+Set HALVIZ_README_SCREENSHOT=1 to also write assets/screenshot.png for the README.
+"""
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "screenshots"  # git-ignored
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toy_model_ready() -> bool:
+    from halviz.models import TOY_MODEL_DIR
+
+    return (TOY_MODEL_DIR / "config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dirs):
+    from halviz.ui import build_app, launch_options
+
+    # The bundled toy model when it is there (its captions mean something), else a tiny random one.
+    model = "toy" if toy_model_ready() else str(tiny_model_dirs["llava-1.5"])
+    demo = build_app(models=[model], default_model=model)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                            quiet=True, **launch_options())
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(app_url)
+        page.wait_for_selector("#hv-run", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def overlay_title_starts(text: str) -> str:
+    """A wait_for_function expression: the heatmap's title starts with ``text``."""
+    return ("(() => { const t = document.querySelector('#hv-overlay .gtitle');"
+            f" return !!t && t.textContent.startsWith('{text}'); }})()")
+
+
+def heatmap_values(page) -> list:
+    """The z values of the attention heatmap, read from plotly's own figure object in the page."""
+    return page.evaluate("""() => {
+        const plot = document.querySelector('#hv-overlay .js-plotly-plot');
+        const heat = plot && plot.data.find(t => t.type === 'heatmap');
+        return heat ? heat.z : null;
+    }""")
+
+
+def test_compare_two_methods_and_scrub_the_steps(page, tmp_path):
+    # Pick an example: its object list fills the ground-truth box (toy: cup without spoon; else the coffee photo).
+    index, expected = (2, "cup") if toy_model_ready() else (5, "cup")
+    page.locator("#hv-examples .gallery-item").nth(index).click()
+    page.wait_for_function(f"document.querySelector('#hv-truth textarea').value.includes('{expected}')")
+    page.wait_for_selector("text=trust:")
+    checked = page.locator("#hv-methods input[type=checkbox]:checked")
+    assert checked.count() == 2  # Greedy and PruneHal by default; compare Greedy with VHR instead
+    page.locator("#hv-methods label").filter(has_text="PruneHal").click()
+    page.locator("#hv-methods label").filter(has_text="VHR").click()
+    page.wait_for_timeout(300)
+    assert checked.count() == 2
+    page.click("#hv-run")
+    page.wait_for_selector("#hv-status:has-text('Done')", timeout=180_000)
+    for column in (0, 1):
+        assert page.locator(f"#hv-caption-{column}").inner_text().strip(), f"caption {column} is empty"
+        assert "tokens" in page.locator(f"#hv-summary-{column}").inner_text()
+    page.wait_for_selector("#hv-overlay .js-plotly-plot", timeout=60_000)
+    before = heatmap_values(page)
+    assert before is not None
+
+    # Move the step slider with the keyboard, as a person would.
+    slider = page.locator("#hv-step input[type=range]")
+    slider.focus()
+    for _ in range(3):
+        slider.press("ArrowRight")
+    page.wait_for_function(overlay_title_starts("Step 3"), timeout=60_000)
+    after = heatmap_values(page)
+    assert after != before, "the heatmap did not change with the step"
+
+    # Clicking a caption token jumps to its step.
+    page.locator("#hv-debug-caption .token").nth(1).click()
+    page.wait_for_function(overlay_title_starts("Step 1"), timeout=60_000)
+
+    assert page.locator(".toast-body.error").count() == 0, "an error toast is shown"
+    if os.environ.get("HALVIZ_README_SCREENSHOT"):
+        readme_screenshot(page)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    shot = SCREENSHOTS / "compare.png"
+    page.screenshot(path=str(shot), full_page=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.std() > 10, "the screenshot looks blank"
+
+
+def test_replay_an_uploaded_trace(page, tmp_path, tiny_model_dirs):
+    from halviz.engine.decode import Decoder
+    from halviz.models import load_model
+
+    loaded = load_model(str(tiny_model_dirs["llava-1.5"]))
+    trace = Decoder(loaded, Image.new("RGB", (64, 48), "gray"), "Describe.", [], 4).run_to_end()
+    npz, _ = trace.save(tmp_path / "replayed")
+    page.set_input_files("#hv-trace-upload input[type=file]", str(npz))
+    page.wait_for_selector("#hv-trace-choice label:has-text('uploaded: replayed.npz')", timeout=60_000)
+    page.wait_for_function(overlay_title_starts("Step 0"), timeout=60_000)
+    assert page.locator(".toast-body.error").count() == 0
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    page.set_input_files("#hv-trace-upload input[type=file]", str(bad))
+    page.wait_for_selector(".toast-body.error:has-text('Could not open the trace')", timeout=60_000)
+
+
+def readme_screenshot(page) -> None:
+    """The captions side by side and the debugger's first panels, for the README; on the toy model,
+    at the step that names the spoon that is not in the picture."""
+    spoon = page.locator("#hv-debug-caption .token").filter(has_text="spoon")
+    if spoon.count():
+        spoon.first.click()
+        page.wait_for_timeout(2500)
+    page.set_viewport_size({"width": 1440, "height": 1500})
+    top = page.evaluate("document.querySelector('#hv-status').getBoundingClientRect().top + window.scrollY")
+    page.evaluate(f"window.scrollTo(0, {top - 12})")
+    page.mouse.move(5, 5)  # no hover labels or plot toolbars in the picture
+    page.wait_for_timeout(800)
+    target = ROOT / "assets" / "screenshot.png"
+    page.screenshot(path=str(target))
+    # A 256-colour palette keeps the file small enough for the repository.
+    Image.open(target).convert("RGB").quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(target, optimize=True)
+    page.set_viewport_size({"width": 1440, "height": 1000})
