@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from halviz.hallucination import ChairResult, canonicalise_objects, chair_metrics
+from halviz.hallucination.ground_truth import GroundTruthError, read_json
 
 USAGE_ERROR = 2
 
@@ -31,14 +32,9 @@ class InputError(Exception):
 
 def _read_json(path: Path) -> Any:
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read: {error}") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: invalid JSON: {error}") from None
+        return read_json(path)
+    except GroundTruthError as error:
+        raise InputError(str(error)) from None
 
 
 def _is_image_id(value: Any) -> bool:

@@ -12,23 +12,10 @@ from halviz.engine.recorder import RecordOptions
 from halviz.methods.base import Method
 from halviz.models import ModelLoadError, load_model
 from halviz.trace import Trace, TraceFormatError
+from spies import LogitSpy
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
 F16 = 2.0**-11  # float16 relative rounding error
-
-
-class LogitSpy(Method):
-    """Changes nothing; keeps the final logits of every step."""
-
-    name = "spy"
-
-    def __init__(self):
-        super().__init__()
-        self.logits = []
-
-    def edit_logits(self, run, logits):
-        self.logits.append(logits.clone())
-        return logits
 
 
 class MaskHalfImage(Method):

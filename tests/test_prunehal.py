@@ -10,22 +10,9 @@ from halviz.engine.decode import Decoder
 from halviz.methods import METHODS, build_stack
 from halviz.methods.base import Method
 from halviz.methods.prunehal import PruneHal, PruneSchedule, kept_count
+from spies import LogitSpy
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
-
-
-class LogitSpy(Method):
-    """Changes nothing; keeps the final logits of every step."""
-
-    name = "spy"
-
-    def __init__(self):
-        super().__init__()
-        self.logits = []
-
-    def edit_logits(self, run, logits):
-        self.logits.append(logits.clone())
-        return logits
 
 
 class EagerPruneHal(PruneHal):

@@ -90,7 +90,8 @@ def ground_truth_from_text(text: str) -> tuple[GroundTruth, list[str]]:
 # --- COCO annotation files -------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; any problem raises GroundTruthError naming the file."""
     try:
         with path.open(encoding="utf-8") as handle:
             return json.load(handle)
@@ -147,7 +148,7 @@ def load_coco_annotations(
     Every image listed under "images" gets an entry, even with no objects.
     """
     instances_path = Path(instances_path)
-    instances = _read_json(instances_path)
+    instances = read_json(instances_path)
     categories = _records(instances, "categories", instances_path, {"id": _ID, "name": str})
     annotations = _records(instances, "annotations", instances_path,
                            {"image_id": _ID, "category_id": _ID})
@@ -172,7 +173,7 @@ def load_coco_annotations(
     sources = [instances_path.name]
     if captions_path is not None:
         captions_path = Path(captions_path)
-        captions = _read_json(captions_path)
+        captions = read_json(captions_path)
         caption_records = _records(captions, "annotations", captions_path,
                                    {"image_id": _ID, "caption": str})
         for image_id, file_name in _file_names(captions, captions_path).items():

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -24,7 +23,8 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-IMAGE_TOKEN = "<image>"
+from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
+
 LLAVA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: "
@@ -62,19 +62,7 @@ class TinySpec:
 
 def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on a fixed toy corpus: deterministic, offline, decodes any text."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<s>", "</s>", "<pad>", IMAGE_TOKEN]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 8, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-    )
-    return fast
+    return train_tokenizer([_CORPUS] * 4, vocab_size - 8)
 
 
 def build_tiny_llava(spec: TinySpec) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:

@@ -6,9 +6,6 @@ through the same loader as any hub checkpoint.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable
-
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -19,11 +16,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from halviz.models.tokenizer import IMAGE_TOKEN
 from halviz.toy.captions import SYSTEM_LINE
 from halviz.toy.scenes import IMAGE_SIZE
 
-IMAGE_TOKEN = "<image>"
-SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", IMAGE_TOKEN)
 # LLaVA-1.5's layout with a system line before the image: the decoder gets a text prefix where
 # attention sinks can form, as in the real model.
 CHAT_TEMPLATE = (
@@ -50,18 +46,6 @@ class ToyModelConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE: decodes any text (no unknown tokens) and streams like a real model's."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   extra_special_tokens={"image_token": IMAGE_TOKEN})
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: ToyModelConfig) -> LlavaProcessor:

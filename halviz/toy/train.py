@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from halviz.toy.captions import SYSTEM_LINE, TRAIN_PROMPTS, caption_for
-from halviz.toy.model import IMAGE_TOKEN, ToyModelConfig, build_model, build_processor, train_tokenizer
+from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
+from halviz.toy.model import ToyModelConfig, build_model, build_processor
 from halviz.toy.scenes import generate_scene
 
 
