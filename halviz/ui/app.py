@@ -3,6 +3,7 @@ the callbacks live in :mod:`halviz.ui.controller`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import gradio as gr
@@ -17,31 +18,52 @@ from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.examples import EXAMPLES_DIR, TruthInfo, load_examples, truth_markdown
 from halviz.ui.knobs import MethodSettings
 from halviz.ui.models import DEFAULT_MODELS, model_choices
+from halviz.ui.state import TraceFiles
 from halviz.ui.style import CSS, theme
 from halviz.ui.texts import API_NOTE, CAPTION_COLOURS, HEADER
 
 QUEUE_SIZE = 16
+# Comparisons decoded at once. The engine is thread-safe (per-run state in a ContextVar, weights only
+# read), so two runs share one model; more than two mostly split the same CPU/GPU between them.
+DEFAULT_CONCURRENCY = 2
+CONCURRENCY_ENV = "HALVIZ_CONCURRENCY"
+STATE_SECONDS = 3600  # a session's traces are dropped this long after its last run
+STATE_SESSIONS = 100  # sessions whose traces are kept in memory at most (oldest dropped first)
+CACHE_SWEEP = (600, 3600)  # every 10 min, delete Gradio cache files (uploads, trace copies) older than 1 h
 MAX_UPLOAD = "20mb"
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
 def build_app(models: Sequence[str | tuple[str, str]] = DEFAULT_MODELS, default_model: str = "toy",
               loader: Callable[[str], LoadedModel] = load_model, examples_dir=EXAMPLES_DIR,
-              registry: Mapping[str, type[Method]] = METHODS, update_every_s: float = UPDATE_EVERY_S) -> gr.Blocks:
+              registry: Mapping[str, type[Method]] = METHODS, update_every_s: float = UPDATE_EVERY_S,
+              concurrency: int | None = None) -> gr.Blocks:
     """Build the app. ``models`` lists the picker's entries (ids, or (id, label) pairs); ``loader``
     loads a model by name (tests inject tiny ones); ``update_every_s`` throttles the caption stream
-    (0: one update per round of tokens). The model cache belongs to this app only."""
+    (0: one update per round of tokens); ``concurrency`` is how many comparisons run at once
+    (default: ``$HALVIZ_CONCURRENCY`` or 2). The model cache and trace files belong to this app only."""
     app = HalvizApp(models, default_model, loader, load_examples(examples_dir), registry, update_every_s)
-    with gr.Blocks(title="halviz · hallucination debugger", delete_cache=(1800, 7200)) as demo:
+    with gr.Blocks(title="halviz · hallucination debugger", delete_cache=CACHE_SWEEP) as demo:
+        # Trace files live inside Gradio's cache, so serving them needs no second copy.
+        app.files = TraceFiles(parent=demo.GRADIO_CACHE)
         layout = _layout(app)
         Controller(app, layout).wire()
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=concurrency or concurrency_from_env())
     return demo
+
+
+def concurrency_from_env(environ: Mapping[str, str] = os.environ) -> int:
+    """``$HALVIZ_CONCURRENCY`` as a whole number from 1 to 16, else the default."""
+    try:
+        value = int(environ.get(CONCURRENCY_ENV, DEFAULT_CONCURRENCY))
+    except ValueError:
+        return DEFAULT_CONCURRENCY
+    return min(max(value, 1), 16)
 
 
 def launch_options() -> dict:
     """Keyword arguments for ``demo.launch()`` (Gradio 6 takes theme and CSS here)."""
-    return dict(theme=theme(), css=CSS, max_file_size=MAX_UPLOAD)
+    return dict(theme=theme(), css=CSS, max_file_size=MAX_UPLOAD, state_session_capacity=STATE_SESSIONS)
 
 
 def _layout(app: HalvizApp) -> Layout:
@@ -106,7 +128,8 @@ def _layout(app: HalvizApp) -> Layout:
         image=image, prompt=prompt, methods=methods, max_tokens=max_tokens, truth=truth, model=model,
         settings=settings, knobs=knobs, truth_note=truth_note, run=run, stop=stop, status=status, slots=slots,
         summary_json=summary_json, panel=panel, trace_files=trace_files, upload=upload,
-        runs=gr.State({}), slot_methods=gr.State([]), live=gr.State([]),
+        runs=gr.State({}, time_to_live=STATE_SECONDS), slot_methods=gr.State([], time_to_live=STATE_SECONDS),
+        live=gr.State([], time_to_live=STATE_SECONDS),
     )
 
 

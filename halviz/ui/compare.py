@@ -7,6 +7,8 @@ runs in another process and only what it yields comes back.
 
 from __future__ import annotations
 
+import html
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,8 +32,11 @@ from halviz.models import LoadedModel
 from halviz.trace import Trace
 from halviz.ui.gpu import gpu_task
 
+log = logging.getLogger("halviz.ui")
 UPDATE_EVERY_S = 0.06  # at most ~16 UI updates per second
 CHECKPOINT_EVERY_S = 1.0  # traces are rebuilt this often so that a stopped run keeps its data
+ERROR_PREFIX = "error: "  # a column whose method raised finishes with this reason
+MAX_COLUMN_ERROR_CHARS = 200
 
 
 @dataclass
@@ -40,26 +45,42 @@ class Progress:
 
     texts: list[list[str]]  # per column, the text piece of every step so far
     compute_s: list[float]  # per column, time spent in its own forward passes
-    finish: list[str | None]  # per column: "eos", "length" or None while running
-    traces: list[Trace] | None = None  # at checkpoints and at the end
+    finish: list[str | None]  # per column: "eos", "length", "error: ..." or None while running
+    traces: list[Trace | None] | None = None  # at checkpoints and at the end; None for a column that failed early
 
 
 @gpu_task
 def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: Sequence[Sequence[Method]],
                   max_new_tokens: int, update_every_s: float = UPDATE_EVERY_S) -> Iterator[Progress]:
-    """Decode with every stack at once, one token each in turn, yielding progress now and then."""
-    decoders = [Decoder(loaded, image, prompt, list(stack), max_new_tokens) for stack in stacks]
-    streams = [iter(d) for d in decoders]
-    texts: list[list[str]] = [[] for _ in decoders]
-    compute = [0.0] * len(decoders)
-    finish: list[str | None] = [None] * len(decoders)
+    """Decode with every stack at once, one token each in turn, yielding progress now and then.
+
+    A column whose method raises ends with ``finish == "error: ..."`` while the others carry on: one
+    faulty method must never take the whole comparison (or the worker) down with it.
+    """
+    count = len(stacks)
+    decoders: list[Decoder | None] = [None] * count
+    streams: list[Iterator | None] = [None] * count
+    texts: list[list[str]] = [[] for _ in range(count)]
+    compute = [0.0] * count
+    finish: list[str | None] = [None] * count
+    for i, stack in enumerate(stacks):
+        try:
+            decoders[i] = Decoder(loaded, image, prompt, list(stack), max_new_tokens)
+            streams[i] = iter(decoders[i])
+        except Exception as exc:
+            finish[i] = column_error(i, exc)
     last_update = last_checkpoint = time.perf_counter()
     checkpoint_cost = 0.0
+    yielded = False
     while any(f is None for f in finish):
         for i, stream in enumerate(streams):
             if finish[i] is not None:
                 continue
-            step = next(stream, None)
+            try:
+                step = next(stream, None)
+            except Exception as exc:
+                finish[i] = column_error(i, exc)
+                continue
             if step is None:
                 finish[i] = decoders[i].finish_reason or "stopped"
                 continue
@@ -71,10 +92,37 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
             traces = None
             if done or now - last_checkpoint >= max(CHECKPOINT_EVERY_S, 10 * checkpoint_cost):
                 started = time.perf_counter()
-                traces = [finished_trace(d, loaded) for d in decoders]
+                traces = [safe_trace(d, loaded, finish[i]) for i, d in enumerate(decoders)]
                 checkpoint_cost, last_checkpoint = time.perf_counter() - started, time.perf_counter()
             yield Progress([list(t) for t in texts], list(compute), list(finish), traces)
+            yielded = True
             last_update = time.perf_counter()
+    if not yielded:  # every column failed before its first token
+        yield Progress([list(t) for t in texts], list(compute), list(finish),
+                       [safe_trace(d, loaded, finish[i]) for i, d in enumerate(decoders)])
+
+
+def column_error(index: int, exc: BaseException) -> str:
+    """The finish reason of a column whose method raised; the stack trace goes to the server log only."""
+    log.error("column %d failed", index, exc_info=exc)
+    text = " ".join(str(exc).split()) or "no details"
+    if len(text) > MAX_COLUMN_ERROR_CHARS:
+        text = text[: MAX_COLUMN_ERROR_CHARS - 1] + "…"
+    return f"{ERROR_PREFIX}{type(exc).__name__}: {text}"
+
+
+def safe_trace(decoder: Decoder | None, loaded: LoadedModel, finish: str | None) -> Trace | None:
+    """The column's trace, or None when it failed before it had one (or building it fails too)."""
+    if decoder is None:
+        return None
+    try:
+        trace = finished_trace(decoder, loaded)
+    except Exception:
+        log.exception("building a trace failed")
+        return None
+    if finish and finish.startswith(ERROR_PREFIX):
+        trace.meta["finish_reason"] = finish
+    return trace
 
 
 def finished_trace(decoder: Decoder, loaded: LoadedModel) -> Trace:
@@ -103,10 +151,18 @@ class ColumnResult:
     tokens_per_s: float
     finish: str | None
 
+    @property
+    def error(self) -> str | None:
+        """What went wrong in this column, if its method raised."""
+        return self.finish[len(ERROR_PREFIX):] if self.finish and self.finish.startswith(ERROR_PREFIX) else None
+
     def summary_json(self) -> dict[str, Any]:
-        return {"caption": self.caption, **{label: self.objects[label] for label in LABELS},
-                "tokens_per_s": round(self.tokens_per_s, 2), "tokens": self.tokens,
-                "finish_reason": self.finish or "running"}
+        summary = {"caption": self.caption, **{label: self.objects[label] for label in LABELS},
+                   "tokens_per_s": round(self.tokens_per_s, 2), "tokens": self.tokens,
+                   "finish_reason": self.finish or "running"}
+        if self.error:
+            summary["error"] = self.error
+        return summary
 
     def summary_markdown(self) -> str:
         c = self.counts
@@ -119,6 +175,9 @@ class ColumnResult:
                 parts.append(f"CHAIRᵢ {c[HALLUCINATED] / checked:.0%}")
         else:
             parts.append("no object mentions")
+        if self.error:
+            parts.append(f"<span class='hv-bad'>✗ this method failed and stopped: {html.escape(self.error)}</span>")
+            return " · ".join(parts)
         state = {"eos": "finished", "length": "hit max tokens", "stopped": "stopped", None: "running…"}
         parts.append(state.get(self.finish, str(self.finish)))
         return " · ".join(parts)

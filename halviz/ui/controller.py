@@ -21,6 +21,7 @@ from halviz.ui.examples import Example, TruthInfo, resolve_truth, truth_markdown
 from halviz.ui.knobs import MethodSettings
 from halviz.ui.models import ModelCache
 from halviz.ui.state import RunEntry, Runs, TraceFiles, display_copy, truth_from_meta, truth_to_meta
+from halviz.ui.memory import release_memory
 from halviz.viz import span_offset, step_at_offset
 
 log = logging.getLogger("halviz.ui")
@@ -188,6 +189,8 @@ class Controller:
             message = _short(f"Decoding failed: {exc}")
             yield {self.ui.status: f"✗ {message}"}
             raise gr.Error(message, title="Decoding failed") from None
+        finally:  # also when the run is cancelled or the client goes away
+            release_memory()
 
     def _start(self, request: Request) -> dict:
         ui = self.ui
@@ -211,7 +214,12 @@ class Controller:
                                                            progress.finish)]
         done = all(f is not None for f in progress.finish)
         image_note = f" · image {request.image.note}" if request.image.note else ""
-        if done:
+        failed = [r.title for r in results if r.error]
+        if done and failed:
+            status = (f"⚠ Done in {time.perf_counter() - started:.1f} s with {described}{image_note}, but "
+                      f"{', '.join(failed)} failed (see {'its column' if len(failed) == 1 else 'their columns'}); "
+                      "the other columns are complete.")
+        elif done:
             status = (f"✓ Done in {time.perf_counter() - started:.1f} s with {described}{image_note}. "
                       "Click any word in a caption to inspect that step below.")
         else:
@@ -226,13 +234,15 @@ class Controller:
             fresh = self._entries(request, progress.traces)
             updates[ui.runs] = {**runs, **fresh}
             if done:
-                updates[ui.trace_files] = self.app.files.save(fresh)
+                updates[ui.trace_files] = self.app.files.save(fresh) if fresh else None
         return updates
 
-    def _entries(self, request: Request, traces: list[Trace]) -> Runs:
+    def _entries(self, request: Request, traces: list[Trace | None]) -> Runs:
         picture = display_copy(request.image.image)
         entries: Runs = {}
         for name, trace in zip(request.methods, traces):
+            if trace is None:  # the column failed before it recorded anything
+                continue
             trace.meta["ground_truth"] = truth_to_meta(request.truth.truth)
             trace.meta["image_digest"] = request.image.digest
             entries[name] = RunEntry(name, self.app.registry[name].title or name, trace, picture,
@@ -281,7 +291,10 @@ class Controller:
         if not path:
             raise gr.Error("Choose a .npz trace file to replay.")
         try:
+            checks.check_trace_upload(path)
             trace = Trace.load(path)
+        except checks.InputError as exc:
+            raise gr.Error(f"Could not open the trace: {exc}", title="Not a halviz trace") from None
         except TraceFormatError as exc:
             raise gr.Error(f"Could not open the trace: {exc}", title="Not a halviz trace") from None
         name = file.get("orig_name") if isinstance(file, Mapping) else None

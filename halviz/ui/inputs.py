@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from halviz.methods import METHODS, build_stack
+from halviz.methods import METHODS, check_compatible
 from halviz.methods.base import Method
 
 MAX_IMAGE_BYTES = 20 * 2**20
@@ -26,6 +27,8 @@ MAX_IMAGE_PIXELS = 40_000_000  # our own per-call limit, checked from the header
 MAX_PROMPT_CHARS = 1000
 MAX_NEW_TOKENS = 512
 MAX_MODEL_NAME_CHARS = 300
+MAX_TRACE_UNPACKED_BYTES = 256 * 2**20  # an uploaded trace may expand to this much (LLaVA-7B × 512 steps ≈ 60 MB)
+MAX_TRACE_MEMBERS = 512
 
 
 class InputError(ValueError):
@@ -199,9 +202,11 @@ def build_stacks(names: Sequence[str], settings: Mapping[str, Mapping[str, Any]]
         raise InputError(f"Settings given for unknown method {', '.join(map(repr, stray))}.")
     stacks = []
     for name in names:
-        try:
-            stacks.append(build_stack([name], {name: settings.get(name, {})}))
-        except ValueError as exc:
+        try:  # built from ``registry`` (not the global list) so an app can offer its own methods
+            stack = [] if name == "vanilla" else [registry[name](**dict(settings.get(name, {})))]
+            check_compatible(stack)
+            stacks.append(stack)
+        except (ValueError, TypeError) as exc:
             raise InputError(f"{registry[name].title or name}: {exc}.") from None
     return stacks
 
@@ -211,3 +216,40 @@ def check_model_name(name: Any, default: str) -> str:
     if len(text) > MAX_MODEL_NAME_CHARS or any(ord(c) < 32 for c in text):
         raise InputError("That model name is not a hub id or a folder path.")
     return text
+
+
+def check_trace_upload(path: str | Path, max_unpacked: int | None = None) -> None:
+    """Refuse an uploaded .npz before numpy opens it: not a zip, too many members, members that would
+    unpack to more than ``max_unpacked`` bytes (a zip bomb), or arrays whose headers declare object
+    dtypes or shapes too large. Sizes come from the zip directory and the .npy headers only."""
+    name = Path(path).name
+    max_unpacked = MAX_TRACE_UNPACKED_BYTES if max_unpacked is None else max_unpacked
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_TRACE_MEMBERS:
+                raise InputError(f"{name} has {len(members)} entries; a halviz trace has far fewer.")
+            unpacked = sum(m.file_size for m in members)
+            if unpacked > max_unpacked:
+                raise InputError(f"{name} would unpack to {unpacked / 2**20:.0f} MB; "
+                                 f"the limit is {max_unpacked >> 20} MB.")
+            for member in members:
+                with archive.open(member) as stream:
+                    _check_npy_header(stream, member, name)
+    except InputError:
+        raise
+    except Exception:  # bad zip, damaged deflate stream (zlib.error), encrypted member, bad header...
+        raise InputError(f"{name} is not a halviz trace (.npz written by this app).") from None
+
+
+def _check_npy_header(stream, member: zipfile.ZipInfo, name: str) -> None:
+    version = np.lib.format.read_magic(stream)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise InputError(f"{name} uses a .npy format version this app does not write.")
+    shape, _, dtype = readers[version](stream, max_header_size=10_000)
+    if dtype.hasobject:
+        raise InputError(f"{name} contains Python objects ({member.filename}); halviz traces never do.")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > member.file_size:  # the header claims more data than the entry holds
+        raise InputError(f"{name} is damaged: {member.filename} declares {declared} bytes but holds fewer.")

@@ -7,6 +7,8 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +58,23 @@ def truth_from_meta(meta: dict) -> GroundTruth | None:
 
 
 class TraceFiles:
-    """Trace files written for download, in one private folder; folders older than ``keep_s`` are removed."""
+    """Trace files written for download, one folder per save, in one private folder.
 
-    def __init__(self, keep_s: float = 3 * 3600):
-        self.root = Path(tempfile.mkdtemp(prefix="halviz-traces-"))
+    At most ``max_folders`` folders are kept (the oldest go first) and none older than ``keep_s``,
+    so a long-running server's disk use is bounded; the whole folder goes when the app object does.
+    """
+
+    def __init__(self, parent: str | Path | None = None, keep_s: float = 3600, max_folders: int = 64):
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="halviz-traces-", dir=parent))
         self.keep_s = keep_s
+        self.max_folders = max(1, max_folders)
+        self._folders: deque[tuple[float, Path]] = deque()
         self._lock = threading.Lock()
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, True)
 
     def save(self, runs: Runs) -> list[str]:
-        self._sweep()
         folder = self.root / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         paths: list[str] = []
@@ -72,11 +82,24 @@ class TraceFiles:
             stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in entry.key)
             npz, meta = entry.trace.save(folder / f"halviz-trace-{stem}")
             paths += [str(npz), str(meta)]
+        with self._lock:
+            self._folders.append((time.time(), folder))
+            stale = self._evict()
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
         return paths
 
-    def _sweep(self) -> None:
+    def folders(self) -> list[Path]:
         with self._lock:
-            cutoff = time.time() - self.keep_s
-            for folder in self.root.iterdir():
-                if folder.is_dir() and folder.stat().st_mtime < cutoff:
-                    shutil.rmtree(folder, ignore_errors=True)
+            return [folder for _, folder in self._folders]
+
+    def close(self) -> None:
+        """Delete every file written (also done automatically when this object is collected)."""
+        self._cleanup()
+
+    def _evict(self) -> list[Path]:
+        cutoff = time.time() - self.keep_s
+        stale = []
+        while self._folders and (len(self._folders) > self.max_folders or self._folders[0][0] < cutoff):
+            stale.append(self._folders.popleft()[1])
+        return stale
