@@ -84,17 +84,22 @@ def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
     return params
 
 
+def timed_decode(loaded, image, prompt: str, methods, max_new_tokens: int, record: bool = False):
+    """One decode to the end; returns (trace, seconds spent decoding, set-up excluded)."""
+    decoder = Decoder(loaded, image, prompt, methods, max_new_tokens, record=RecordOptions(enabled=record))
+    t0 = time.perf_counter()
+    trace = decoder.run_to_end()
+    return trace, time.perf_counter() - t0
+
+
 def evaluate(loaded, sample, method_names, params, max_new_tokens: int, prompt: str,
              partner: str | None, progress: bool = True) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for name in method_names:
         captions, truths, tokens, seconds = [], [], 0, 0.0
         for image_id, image, objects in tqdm(sample, desc=name, disable=not progress, leave=False):
-            decoder = Decoder(loaded, image, prompt, build_stack([name], params),
-                              max_new_tokens, record=RecordOptions(enabled=False))
-            t0 = time.perf_counter()
-            trace = decoder.run_to_end()
-            seconds += time.perf_counter() - t0
+            trace, spent = timed_decode(loaded, image, prompt, build_stack([name], params), max_new_tokens)
+            seconds += spent
             tokens += trace.num_steps
             captions.append(trace.caption)
             truths.append(objects)

@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from halviz.engine.decode import Decoder
 from halviz.engine.run import SEGMENTS
-from halviz.eval import evaluate, format_table, toy_sample
+from halviz.eval import evaluate, format_table, timed_decode, toy_sample
 from halviz.hallucination import chair_metrics, extract_mentions
 from halviz.models import DEFAULT_PROMPT, load_model
 from halviz.toy.scenes import PRIOR_PAIRS
@@ -34,10 +32,8 @@ def vanilla_report(loaded, n: int, max_new_tokens: int, prompt: str) -> dict:
     sample, _ = toy_sample("heldout", n, seed=0)
     captions, truths, shares, tokens, seconds = [], [], [], 0, 0.0
     for _, image, objects in sample:
-        decoder = Decoder(loaded, image, prompt, max_new_tokens=max_new_tokens)
-        t0 = time.perf_counter()
-        trace = decoder.run_to_end()
-        seconds += time.perf_counter() - t0
+        trace, spent = timed_decode(loaded, image, prompt, [], max_new_tokens, record=True)
+        seconds += spent
         tokens += trace.num_steps
         captions.append(trace.caption)
         truths.append(objects)
