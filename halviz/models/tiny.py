@@ -78,10 +78,7 @@ def build_tiny_llava(spec: TinySpec) -> tuple[LlavaForConditionalGeneration, Lla
             max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, initializer_range=spec.init_std,
         )
-        image_processor = CLIPImageProcessorPil(
-            size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size},
-            do_center_crop=True,
-        )
+        image_processor = clip_image_processor(spec.image_size)
         strategy, extra_tokens = "default", 1  # CLIP: drop the CLS token
     elif spec.family == "llava-interleave":
         vision = SiglipVisionConfig(
@@ -105,12 +102,22 @@ def build_tiny_llava(spec: TinySpec) -> tuple[LlavaForConditionalGeneration, Lla
     )
     torch.manual_seed(spec.seed)
     model = LlavaForConditionalGeneration(config).eval()
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=spec.patch_size,
+    return model, llava_processor(image_processor, tokenizer, spec.patch_size, strategy, extra_tokens)
+
+
+def clip_image_processor(image_size: int) -> CLIPImageProcessorPil:
+    """LLaVA-1.5's preprocessing: resize the short side, centre-crop a square."""
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                                 do_center_crop=True)
+
+
+def llava_processor(image_processor, tokenizer, patch_size: int, strategy: str, extra_tokens: int) -> LlavaProcessor:
+    """A LLaVA processor around a stand-in tokenizer, with the LLaVA-1.5 chat template."""
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy=strategy, num_additional_image_tokens=extra_tokens,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    return model, processor
 
 
 def save_tiny_llava(spec: TinySpec, folder: str | Path) -> Path:

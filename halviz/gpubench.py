@@ -1,0 +1,190 @@
+"""Decode cost at a real model's size on a GPU: random weights with LLaVA-1.5-7B's exact architecture.
+
+    python -m halviz.gpubench [--device cuda] [--tokens 64] [--rounds 2] [--json PATH]
+
+The model is built from the checkpoint's real ``config.json`` (``halviz/models/configs/``) straight
+on the device in bfloat16: no download, no weights on disk. The tokenizer is a small stand-in (the
+prompt's token count differs from Vicuna's; the 576 image tokens and every layer's shape do not).
+In one run it prints per-token decode time for stock SDPA ``generate``, halviz vanilla with and
+without recording, every method (prefill and extra passes amortised over the tokens), and all
+columns of a comparison, plus peak GPU memory. Sized to finish within a few minutes on one H200.
+``--layers N`` cuts the decoder (and vision tower) to N layers: a smoke run on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from halviz.engine.attention import ATTENTION_NAME, register_attention
+from halviz.engine.decode import Decoder
+from halviz.engine.recorder import RecordOptions
+from halviz.methods import METHODS, build_stack
+from halviz.models import LoadedModel
+from halviz.models.adapters import adapter_for
+from halviz.models.tiny import build_tokenizer, clip_image_processor, llava_processor
+from halviz.models.tokenizer import IMAGE_TOKEN
+
+CONFIGS = Path(__file__).parent / "models" / "configs"
+GEOMETRIES = {"7b": "llava-1.5-7b-hf.json"}
+
+
+def real_geometry_config(name: str, layers: int | None = None) -> dict:
+    """The checkpoint's config as a dict; ``layers`` cuts both towers (every other size is kept)."""
+    config = json.loads((CONFIGS / GEOMETRIES[name]).read_text())
+    config.pop("_source", None)
+    for part in (config, config["text_config"]):  # the dtype is the benchmark's choice, not the checkpoint's
+        part.pop("torch_dtype", None)
+    if layers is not None:
+        config["text_config"]["num_hidden_layers"] = layers
+        config["vision_config"]["num_hidden_layers"] = max(layers, 2)  # feature layer -2 must exist
+    return config
+
+
+def build_real_geometry(name: str, device: torch.device, dtype: torch.dtype, layers: int | None = None,
+                        seed: int = 0) -> LoadedModel:
+    """Random weights of the real architecture, allocated on ``device``, wrapped as the app loads models."""
+    register_attention()
+    raw = real_geometry_config(name, layers)
+    tokenizer = build_tokenizer(320)
+    # The stand-in tokenizer's ids replace the checkpoint's special ids (32000 <image>, 32001 <pad>).
+    raw.update(image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), pad_token_id=tokenizer.pad_token_id)
+    raw["text_config"].update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(**raw)
+    config.text_config._attn_implementation = ATTENTION_NAME
+    config.vision_config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    vision = raw["vision_config"]
+    processor = llava_processor(clip_image_processor(vision["image_size"]), tokenizer, vision["patch_size"],
+                                raw["vision_feature_select_strategy"], 1)
+    return LoadedModel(f"random-{name}", f"random weights, {GEOMETRIES[name]}", model, processor,
+                       adapter_for(model, processor), device, dtype)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_generate(loaded: LoadedModel, image: Image.Image, tokens: int) -> float:
+    """Stock transformers: SDPA attention, ``generate`` greedy, ms per new token (prefill included)."""
+    inputs, _ = loaded.adapter.prepare(image, "Describe the image.", loaded.device, loaded.dtype)
+    loaded.model.set_attn_implementation({"text_config": "sdpa"})
+    try:
+        _sync(loaded.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = loaded.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        _sync(loaded.device)
+    finally:
+        loaded.model.set_attn_implementation({"text_config": ATTENTION_NAME})
+    assert out.shape[1] - inputs["input_ids"].shape[1] == tokens
+    return (time.perf_counter() - t0) * 1e3 / tokens
+
+
+def time_decoder(loaded: LoadedModel, image: Image.Image, tokens: int, methods=(), record: bool = True) -> float:
+    """halviz's engine: ms per new token, prefill and any extra passes included."""
+    decoder = Decoder(loaded, image, "Describe the image.", list(methods), tokens,
+                      record=RecordOptions(enabled=record), stop_at_eos=False)
+    _sync(loaded.device)
+    t0 = time.perf_counter()
+    for _ in decoder:
+        pass
+    _sync(loaded.device)
+    return (time.perf_counter() - t0) * 1e3 / tokens
+
+
+def bench(name: str, device: torch.device, dtype: torch.dtype, tokens: int, rounds: int,
+          layers: int | None = None) -> dict:
+    started = time.perf_counter()
+    loaded = build_real_geometry(name, device, dtype, layers)
+    build_s = time.perf_counter() - started
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    methods = [m for m in METHODS if m != "vanilla"]
+    times: dict[str, list[float]] = {k: [] for k in ("generate_sdpa", "vanilla_untraced", "vanilla_traced", *methods)}
+    time_decoder(loaded, image, 4)  # warm-up: kernels, allocator
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(rounds):  # interleaved, so drift hits every entry alike
+        times["generate_sdpa"].append(time_generate(loaded, image, tokens))
+        times["vanilla_untraced"].append(time_decoder(loaded, image, tokens, record=False))
+        times["vanilla_traced"].append(time_decoder(loaded, image, tokens))
+        for method in methods:
+            times[method].append(time_decoder(loaded, image, tokens, build_stack([method])))
+    best = {k: min(v) for k, v in times.items()}
+    # The app decodes the columns of a comparison one after another today (no batched rows yet).
+    columns = best["vanilla_traced"] + sum(best[m] for m in methods)
+    return {
+        "geometry": GEOMETRIES[name], "layers_cut_to": layers, "device": str(device), "dtype": str(dtype),
+        "params_b": round(sum(p.numel() for p in loaded.model.parameters()) / 1e9, 3),
+        "image_tokens": len(loaded.adapter.prepare(image, "x", device, dtype)[1].positions),
+        "tokens": tokens, "rounds": rounds, "build_s": round(build_s, 1),
+        "ms_per_token": {k: round(v, 2) for k, v in best.items()},
+        "ratios": {"vanilla_untraced_vs_generate": round(best["vanilla_untraced"] / best["generate_sdpa"], 3),
+                   "vanilla_traced_vs_generate": round(best["vanilla_traced"] / best["generate_sdpa"], 3),
+                   **{f"{m}_vs_vanilla": round(best[m] / best["vanilla_traced"], 3) for m in methods},
+                   "all_columns_vs_one": round(columns / best["vanilla_traced"], 3)},
+        "gpu_seconds_per_comparison": round(columns * tokens / 1e3, 2),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def format_table(r: dict) -> str:
+    lines = [f"{r['geometry']}: {r['params_b']} B params, {r['image_tokens']} image tokens, random weights, {r['dtype']} on {r['device']}"
+             + (f", cut to {r['layers_cut_to']} layers" if r["layers_cut_to"] else ""),
+             f"{r['tokens']} new tokens, best of {r['rounds']} interleaved rounds, prefill included"]
+    for key, ms in r["ms_per_token"].items():
+        lines.append(f"  {key:<20} {ms:9.2f} ms/token")
+    for key, ratio in r["ratios"].items():
+        lines.append(f"  {key:<32} {ratio:6.2f} x")
+    lines.append(f"  all five columns, one after another: {r['gpu_seconds_per_comparison']:.1f} s for {r['tokens']} tokens")
+    if r["peak_gpu_gib"] is not None:
+        lines.append(f"  peak GPU memory {r['peak_gpu_gib']:.1f} GiB")
+    lines.append(f"  model built in {r['build_s']:.0f} s; whole run {r['wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m halviz.gpubench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", default="7b", choices=sorted(GEOMETRIES))
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--layers", type=int, help="cut both towers to this many layers (a CPU smoke run)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device here; pass --device cpu --layers 1 for a smoke run")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    result = bench(args.models, device, dtype, args.tokens, args.rounds, args.layers)
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    result["torch"] = torch.__version__
+    print(format_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
