@@ -1,52 +1,76 @@
 """VASparse: visual-aware sparsification (Zhuang et al., CVPR 2025, arXiv 2501.06553).
 
-halviz implements **the paper**, not its released code (which merges old generated-token KV rows,
-uses a bigram-like contrast and has no sink penalty). Three parts, each behind a switch:
+halviz implements **the paper** (``/work/shared/methods.md`` §3, second edition). Three parts,
+each behind a switch, all in layers ``vasparse_layers`` (the paper's 2..31 of 32, scaled):
 
-1. Visual-aware token selection (decode steps, layers ``vasparse_layers``). Per head and row,
-   δ_i = norm((q·K_i)²) + λ·P_i over the cached tokens; the top S share is kept, the rest masked.
-   norm = min-max over the row's unmasked columns, to [0, 1]. P_i = softmax_i(m_i) over the
-   previously processed tokens, where m_i = Σ_{k ∈ image} a_{i,k} is token i's own last-layer,
-   head-mean attention to the image tokens as recorded when i was processed (prefill rows
-   included, image tokens too), so P costs no extra pass.
-2. Sparse visual contrastive decoding. ℓ_φ comes from a second decode-step forward on the same
-   cache (cropped back afterwards) in which a fixed, seeded random share φ of the image columns is
-   masked in the same layers. Then, keeping only tokens with p_θ ≥ β_cut · max p_θ,
-   logits = (1+α)·ℓ_θ − α·ℓ_φ (the others −inf).
-3. Sink penalty on text columns. W_j = softmax_j(Σ_{i≥j} a_{i,j}) over the text columns j
-   (BOS, system, prompt and generated tokens), from the column-accumulated head-mean attention of
-   that layer over every row processed so far; attention logits S_j → (1+β)·S_j − β·W_j·S_j.
+1. Visual-aware selection of the **generated** tokens (Eq. 4: ℓ_θ(· | v, x, S^τ(y<t))). The image
+   and the prompt are never touched. Per head, every previous generated token i is scored
+   δ_i = minmax((q·K_i)²) + λ·minmax(P_i), P_i = softmax_i(m_i) over the previous generated tokens,
+   m_i = token i's own last-layer head-mean attention to the image tokens, recorded when i was
+   processed (Eq. 3, no extra pass). Of the n generated columns (current token included) each head
+   keeps ceil(S·n), S = ``keep_ratio`` (0.9, the released code's ``sparse_kv_cache_rate``); the
+   current token is always one of them (its m is not known before its last layer has run).
+2. Aggregation of the discarded tokens T by DPC-KNN (``aggregate = dpc-knn``): per head the
+   discarded keys are clustered (:func:`dpc_knn`, k = 5, ⌈|T|/4⌉ clusters) and each cluster is
+   attended as one merged token with the members' mean key and mean value and a +ln|cluster| logit
+   bias. That merged column is implemented exactly, with no new column: softmax and the output are
+   unchanged if instead every member gets the merged logit s̄ = q·k̄·scale = mean of the members'
+   logits (|c| equal columns of weight e^s̄/Z carry the mass e^(s̄+ln|c|)/Z and the output
+   e^s̄/Z · Σ v_j = e^(s̄+ln|c|)/Z · v̄). ``aggregate = none`` masks the discarded tokens instead.
+   Merged columns exist for the current step only; the cache is never rewritten.
+3. Sparse visual contrastive decoding at **every** step, the first included: keep tokens with
+   p_θ ≥ β_cut · max p_θ, then (1+α)·ℓ_θ − α·ℓ_φ. ℓ_φ bypasses the decoder (``phi``):
+   ``embedding`` (default) ℓ_φ = lm_head(norm(embed(current input token))), the model's final norm
+   included; ``embedding-raw`` the same without the norm (the released code's reading);
+   ``masked-pass`` a second decode-step forward in which a seeded random share (``mask_rate``) of
+   the image columns is masked (the first edition's reading; at step 0 the last prompt token is
+   re-run on the cache without its own row, then the cache is put back exactly).
+4. Sink penalty (Eq. 5) on **all** columns: W_j = softmax over all columns j of the accumulated
+   head-mean attention Σ_{i≥j} a_{i,j} of that layer (every row processed so far, prefill
+   included; the current token's own column has no mass yet), S → (1+β)·S − β·(W⊙S), written as
+   S·(1 + β − β·W) so masked (−inf) columns stay masked.
 
 Decisions (beyond the spec's):
-- Layers: "from layer 2 on" of 32 layers scales with depth: first = max(1, round_half_up(2·L/32)),
-  capped at L−1, and layers first..L−1 (0-indexed) carry all three parts (32 → 2..31, 24 → 2..23,
-  3 → 1..2, 2 → 1). The ``first_layer`` knob overrides it.
-- Nothing acts during the prefill: step 0 (the first generated token) is plain greedy, with no
-  selection, no sink penalty and no contrast (there is no cache to run ℓ_φ's decode step on, and
-  the spec forbids an extra prefill). The prefill's attention still feeds P and W.
-- Kept per row = ceil(S · n) with n the row's unmasked columns (current token included); columns
-  another method masked are never kept. The current token's own column is always kept (its P is
-  not known before its last layer has run); exact ties in δ are broken by torch.topk.
-- δ is computed from the scores as they arrive (before this method's sink penalty).
-- W uses the attention as actually applied in the main pass (after selection and penalty); the
-  current token's own column has no accumulated mass yet (0). Written as S·(1 + β − β·W), which
-  equals (1+β)S − β(W⊙S) and keeps masked (−inf) columns masked. Since W is a softmax over sums
-  that grow with the number of rows, the dominant sink gets W ≈ 1 (its logit unchanged) and the
-  other text columns are scaled by ≈ (1+β).
-- The ℓ_φ pass applies the sink penalty too but not the visual-aware selection, so the contrast
-  isolates visual-aware vs vision-agnostic sparsification. The random columns are drawn once per
-  run: round_half_up(φ · N_image) of them, from ``torch.Generator().manual_seed(seed)``.
-- Switch values are honoured literally (S = 1, α = 0, β = 0 still run their machinery, which is
-  then exactly the identity on the chosen tokens); the switches turn a part off entirely.
-- Other passes (e.g. VHR's streams) are left alone. With PruneHal (masking implementation) both
-  stack: its masked columns stay masked in both passes and count as not kept. A method that drops
-  cache rows physically would break the position bookkeeping; this is checked and refused at run
-  time. Stacking ``order`` 20: after PruneHal (10) at the scores hook, before VHR (30, heads).
-- Cost: the ℓ_φ pass is one more decode forward per step; selection and penalty are vectorised
-  (one topk per layer, no loops over heads); the prefill runs explicit attention in the layers
-  whose weights feed P and W. Measured on CPU, 6-layer 2048-wide random LLaVA, 576 image tokens:
-  1.96–2.01× vanilla per token (contrast alone 1.85–2.02×; selection + penalty alone ≈ 1.1× at
-  width 1024, less as width grows).
+- Both δ terms are min-max normalised per row over the candidate columns (previous generated
+  tokens not masked by another method), so λ = 1 weighs them equally; a constant row gives 0.
+- δ is computed from the scores as they arrive (before this method's sink penalty); the merged
+  logit is the mean of the members' logits after the penalty (with β = 0 exactly q·k̄·scale).
+- DPC-KNN (:func:`dpc_knn`): distances ‖k_i − k_j‖/√d; density ρ_i = exp(−mean of the squared
+  distances to the k nearest *other* keys); δ_i = distance to the nearest key of higher density
+  (ties broken by lower index) or the largest distance for the densest; the ⌈|T|/4⌉ largest ρ·δ
+  (ties: lower index) are the centres; every key joins its nearest centre (ties: the centre
+  ranked first). A cluster of one is its own token, so with |T| = 1 nothing changes.
+- W uses the attention as actually applied in the main pass (after selection, merging and the
+  penalty); the ℓ_φ masked pass applies the penalty too but not the selection.
+- Layers: first = max(1, round_half_up(2·L/32)), capped at L−1, then first..L−1 (32 → 2..31,
+  3 → 1..2, 2 → 1); the ``first_layer`` knob overrides it.
+- Switch values are honoured literally (S = 1, α = 0, β = 0 run their machinery, which is then
+  exactly the identity); the switches turn a part off entirely.
+- Other passes (e.g. VHR's streams) are left alone. With PruneHal (masking) both stack. A method
+  that drops cache rows physically breaks the position bookkeeping; this is refused at run time.
+  Stacking ``order`` 20: after PruneHal (10) at the scores hook, before VHR (30, heads).
+
+Divergences from the released code (mengchuang123/VASparse-github, which does not run as
+published), each deliberate:
+- The code sparsifies by rewriting the KV cache after the prompt (``process_kv_cache`` with a
+  random policy, ``cluster_and_merge``); we mask or merge per step through the logits and never
+  rewrite the cache (same attention, and stacking methods keep their positions).
+- The code's ``cluster_and_merge`` uses k = number of clusters neighbours (self included), random
+  1e-6 tie noise and an undefined ``norm_weight``; we use k = 5 other keys, deterministic ties and
+  the mean (the spec's choice).
+- The code takes ℓ_φ from ``lm_head(hidden_states[0])`` of a full (early-exit) forward, so the
+  decoder still runs, and without the final norm; we compute it from the embedding with no pass,
+  norm included by default (``embedding-raw`` is the code's reading).
+- The code contrasts as ℓ_θ − α·ℓ_φ, and only at words a GroundingDINO detector flags; we use the
+  paper's (1+α)·ℓ_θ − α·ℓ_φ with the plausibility cut, at every step.
+- The code's saliency comes from detector crops of the image; we use Eq. 3's attention reading.
+- We found no application of Eq. 5's sink penalty in the code's decode loop; we apply Eq. 5.
+- The code draws the random image mask anew each time; ``masked-pass`` draws it once per run from
+  ``seed``.
+
+Cost: with ``phi = embedding`` one extra lm_head product per step; selection, DPC-KNN (on the few
+discarded generated keys) and the penalty are vectorised; the prefill runs explicit attention in
+the layers whose weights feed W. ``masked-pass`` adds one decode forward per step (~2×).
 """
 
 from __future__ import annotations
@@ -57,13 +81,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from halviz.engine.run import SEGMENTS
 from halviz.methods.base import Knob, Method
 
 if TYPE_CHECKING:
     from halviz.engine.run import Run
 
 PHI_VARIANT = "vasparse-phi"
+PHI_CHOICES = ("embedding", "embedding-raw", "masked-pass")
+AGGREGATE_CHOICES = ("dpc-knn", "none")
 TOP_K = 5
 # A column whose score is below this was masked (by −inf or by the float16/bfloat16/float32
 # minimum the mask functions use); real attention logits never come near it.
@@ -71,7 +96,7 @@ MASKED_BELOW = -3.0e4
 
 
 def vasparse_layers(num_layers: int, first_layer: int = -1) -> tuple[int, ...]:
-    """Layers carrying selection, φ mask and sink penalty: the paper's 2..31 of 32, scaled by depth."""
+    """Layers carrying selection, aggregation, φ mask and sink penalty: 2..31 of 32, scaled by depth."""
     if first_layer < 0:
         first_layer = max(1, math.floor(2 * num_layers / 32 + 0.5))
     first_layer = min(first_layer, num_layers - 1)
@@ -82,20 +107,24 @@ def unmasked(scores: torch.Tensor) -> torch.Tensor:
     return scores > MASKED_BELOW
 
 
-def selection_scores(scores: torch.Tensor, saliency: torch.Tensor, lam: float) -> torch.Tensor:
-    """δ = minmax_row((q·K)²) + λ·P; masked columns −inf; the newest column +inf (always kept).
+def minmax(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Min-max over the valid entries of the last dim, to [0, 1]; 0 where a row is constant."""
+    lo = torch.where(valid, x, torch.inf).amin(-1, keepdim=True)
+    hi = torch.where(valid, x, -torch.inf).amax(-1, keepdim=True)
+    span = hi - lo
+    out = (x - lo) / torch.where(span > 0, span, 1.0)
+    return torch.where(valid & (span > 0), out, 0.0)
 
-    scores (B, H, q, kv) scaled logits (scale cancels in the min-max); saliency (B, kv).
+
+def selection_scores(scores: torch.Tensor, saliency: torch.Tensor, lam: float, valid: torch.Tensor) -> torch.Tensor:
+    """δ = minmax((q·K)²) + λ·minmax(P) over the candidate columns; invalid ones −inf.
+
+    scores (B, H, q, n) scaled logits of the previous generated tokens (the scale cancels in the
+    min-max); saliency (B, n) = P; valid (B, H, q, n).
     """
-    valid = unmasked(scores)
-    sq = torch.where(valid, scores.square(), 0.0)
-    lo = torch.where(valid, sq, torch.inf).amin(-1, keepdim=True)
-    hi = torch.where(valid, sq, -torch.inf).amax(-1, keepdim=True)
-    norm = (sq - lo) / (hi - lo).clamp_min(1e-12)
-    delta = norm + lam * saliency[:, None, None, :]
-    delta = torch.where(valid, delta, -torch.inf)
-    delta[..., -1] = torch.inf
-    return delta
+    sq = minmax(torch.where(valid, scores, 0.0).square(), valid)
+    p = minmax(saliency[:, None, None, :].expand_as(scores), valid)
+    return torch.where(valid, sq + lam * p, -torch.inf)
 
 
 def keep_count(keep_ratio: float, n: int | torch.Tensor) -> int | torch.Tensor:
@@ -105,40 +134,57 @@ def keep_count(keep_ratio: float, n: int | torch.Tensor) -> int | torch.Tensor:
     return math.ceil(n * keep_ratio - 1e-9)
 
 
-def keep_top(delta: torch.Tensor, keep_ratio: float, valid: torch.Tensor) -> torch.Tensor:
-    """Bool mask keeping the ceil(S · n_valid) largest δ of each row (exact ties: torch.topk's pick).
-
-    One topk of the largest possible count (host-known, no device sync), then each row keeps its
-    own count of those; about twice as fast as a full sort on CPU.
-    """
-    most = keep_count(keep_ratio, delta.shape[-1])
-    count = keep_count(keep_ratio, valid.sum(-1, keepdim=True))
-    ranked = delta.topk(most, dim=-1).indices  # sorted, largest first
-    by_rank = torch.arange(most, device=delta.device) < count
+def keep_top(delta: torch.Tensor, count: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Bool mask keeping the ``count`` (per row, keepdim) largest δ of each row (ties: torch.topk's pick)."""
+    n = delta.shape[-1]
+    ranked = delta.topk(n, dim=-1).indices  # sorted, largest first
+    by_rank = torch.arange(n, device=delta.device) < count
     return torch.zeros_like(valid).scatter(-1, ranked, by_rank) & valid
 
 
-def saliency_from_mass(mass: torch.Tensor) -> torch.Tensor:
-    """P over the kv columns: softmax of the image mass over the previous tokens, 0 for the newest.
+def dpc_knn(points: torch.Tensor, clusters: int, k: int = 5) -> torch.Tensor:
+    """Cluster labels (R, n) in [0, clusters) of R point sets (R, n, d) by density-peak clustering.
 
-    mass (B, kv−1) = each processed token's own last-layer head-mean attention to the image.
+    ρ_i = exp(−mean_{j ∈ kNN(i)} d_ij²) over the k nearest other points, d = ‖x_i − x_j‖/√dim;
+    δ_i = min d_ij over points of higher ρ (ties: lower index counts as higher), max_j d_ij for
+    the densest; centres = the ``clusters`` largest ρ·δ (ties: lower index); each point joins its
+    nearest centre (ties: the centre ranked first); centre c gets label c's rank.
     """
-    p = torch.softmax(mass, dim=-1)
-    return torch.cat([p, p.new_zeros(p.shape[0], 1)], dim=-1)
+    r, n, dim = points.shape
+    clusters = max(1, min(clusters, n))
+    x = points.to(torch.promote_types(points.dtype, torch.float32))
+    dist = torch.cdist(x, x) / math.sqrt(dim)
+    if n == 1:
+        return torch.zeros(r, 1, dtype=torch.long, device=points.device)
+    eye = torch.eye(n, dtype=torch.bool, device=points.device)
+    nearest = dist.masked_fill(eye, torch.inf).topk(min(k, n - 1), dim=-1, largest=False).values
+    density = torch.exp(-nearest.square().mean(-1))  # (R, n)
+    index = torch.arange(n, device=points.device)
+    higher = (density[:, None, :] > density[:, :, None]) | (
+        (density[:, None, :] == density[:, :, None]) & (index[None, :] < index[:, None])[None])
+    parent = dist.masked_fill(~higher, torch.inf).amin(-1)
+    delta = torch.where(higher.any(-1), parent, dist.amax(-1))
+    centres = torch.argsort(-(density * delta), dim=-1, stable=True)[:, :clusters]  # (R, m)
+    to_centre = dist.gather(2, centres[:, None, :].expand(r, n, clusters))  # (R, n, m)
+    labels = to_centre.argmin(-1)
+    return labels.scatter(1, centres, torch.arange(clusters, device=points.device).expand(r, clusters))
 
 
-def sink_weights(column_mass: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """W_j = softmax_j over the text columns of Σ_{i≥j} a_{i,j}; 0 on other columns.
-
-    column_mass (B, kv) head-mean attention accumulated per column; text (kv,) bool.
-    """
-    logits = column_mass.masked_fill(~text, -torch.inf)
-    return torch.softmax(logits, dim=-1).masked_fill(~text, 0.0)
+def merge_logits(logits: torch.Tensor, labels: torch.Tensor, clusters: int) -> torch.Tensor:
+    """Each entry of logits (R, n) replaced by the mean over its cluster (labels (R, n))."""
+    sums = logits.new_zeros(logits.shape[0], clusters).scatter_add(1, labels, logits)
+    counts = logits.new_zeros(logits.shape[0], clusters).scatter_add(1, labels, torch.ones_like(logits))
+    return (sums / counts.clamp_min(1)).gather(1, labels)
 
 
-def sink_penalty(scores: torch.Tensor, weights: torch.Tensor, text: torch.Tensor, beta: float) -> torch.Tensor:
-    """(1+β)·S − β·(W⊙S) = S·(1 + β − β·W) on the text columns (kv,) bool; other columns unchanged."""
-    factor = torch.where(text, 1.0 + beta - beta * weights, 1.0)
+def sink_weights(column_mass: torch.Tensor) -> torch.Tensor:
+    """W_j = softmax over all columns j of Σ_{i≥j} a_{i,j}; column_mass (..., kv)."""
+    return torch.softmax(column_mass, dim=-1)
+
+
+def sink_penalty(scores: torch.Tensor, weights: torch.Tensor, beta: float) -> torch.Tensor:
+    """(1+β)·S − β·(W⊙S) = S·(1 + β − β·W) on every column; scores (B, H, q, kv), weights (B, kv)."""
+    factor = 1.0 + beta - beta * weights
     return scores * factor[:, None, None, :].to(scores.dtype)
 
 
@@ -149,27 +195,42 @@ def contrast_logits(theta: torch.Tensor, phi: torch.Tensor, alpha: float, cut: f
     return torch.where(plausible, (1 + alpha) * theta - alpha * phi, -torch.inf)
 
 
+def embedding_logits(model, input_ids: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """ℓ_φ without a decoder pass: lm_head([norm](embed(ids))) at the last position, (B, vocab)."""
+    hidden = model.get_input_embeddings()(input_ids[:, -1:])
+    if normalise:
+        hidden = model.get_decoder().norm(hidden)
+    logits = model.get_output_embeddings()(hidden)[:, -1]
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 class VASparse(Method):
     name = "vasparse"
     title = "VASparse"
-    summary = ("Keeps the top share of cached tokens per head by query match plus visual saliency, "
-               "contrasts with a pass that drops random image tokens, and damps text attention sinks.")
+    summary = ("Keeps the generated tokens each head matches best and that looked at the image, merges the "
+               "rest by clustering, damps attention sinks, and contrasts with a language-prior ℓ_φ.")
     reference = "Zhuang et al., VASparse, CVPR 2025, arXiv 2501.06553 (the paper, not its released code)"
     knobs = (
-        Knob("keep_ratio", "Keep ratio S", 0.5, 0.05, 1.0, 0.05,
-             help="Share of cached tokens each head keeps per decode step."),
+        Knob("keep_ratio", "Keep ratio S", 0.9, 0.05, 1.0, 0.05,
+             help="Share of the generated tokens each head keeps per decode step (image and prompt always kept)."),
         Knob("saliency_weight", "λ visual saliency", 1.0, 0.0, 10.0, 0.1,
-             help="Weight of P against the normalised (q·K)²."),
+             help="Weight of the normalised P against the normalised (q·K)²."),
+        Knob("aggregate", "Discarded tokens", "dpc-knn", choices=AGGREGATE_CHOICES,
+             help="dpc-knn: merge them per cluster (DPC-KNN); none: mask them."),
+        Knob("knn", "DPC-KNN k", 5, 1, 64, 1, help="Neighbours in the DPC-KNN density."),
+        Knob("cluster_size", "Tokens per cluster", 4, 1, 64, 1, help="Clusters = ⌈discarded / this⌉."),
         Knob("alpha", "α contrast", 0.1, 0.0, 2.0, 0.05, help="logits = (1+α)ℓ_θ − αℓ_φ."),
+        Knob("phi", "ℓ_φ from", "embedding", choices=PHI_CHOICES,
+             help="embedding: lm_head(norm(embed)), no pass (paper); embedding-raw: without the norm "
+                  "(released code); masked-pass: a second pass with random image tokens masked (~2× cost)."),
         Knob("mask_rate", "φ image mask rate", 0.5, 0.0, 1.0, 0.05,
-             help="Share of image tokens masked at random in the ℓ_φ pass."),
+             help="masked-pass only: share of image tokens masked at random in the ℓ_φ pass."),
         Knob("plausibility", "β_cut plausibility", 0.1, 0.0, 1.0, 0.01,
              help="Keep tokens with p_θ ≥ β_cut·max p_θ before contrasting."),
-        Knob("sink_beta", "β sink penalty", 0.1, 0.0, 1.0, 0.01, help="Text-column logits S → (1+β)S − β(W⊙S)."),
-        Knob("seed", "Mask seed", 0, 0, 2**31 - 1, 1,
-             help="Seed of the fixed random image mask of the ℓ_φ pass."),
+        Knob("sink_beta", "β sink penalty", 0.1, 0.0, 1.0, 0.01, help="Every column's logit S → (1+β)S − β(W⊙S)."),
+        Knob("seed", "Mask seed", 0, 0, 2**31 - 1, 1, help="masked-pass only: seed of the fixed random image mask."),
         Knob("first_layer", "First layer (−1 = auto)", -1, -1, 255, 1,
-             help="First decoder layer (0-indexed) of all three parts; auto = round(2·L/32), at least 1."),
+             help="First decoder layer (0-indexed) of selection and penalty; auto = round(2·L/32), at least 1."),
         Knob("selection", "Visual-aware selection", True),
         Knob("contrast", "Sparse visual contrast", True),
         Knob("sink", "Sink penalty", True),
@@ -189,8 +250,10 @@ class VASparse(Method):
         self.phi_columns: torch.Tensor | None = None
         self._phi_logits: torch.Tensor | None = None
         self._kept_now: torch.Tensor | None = None
+        self._merged_now = 0
         self._processed = 0
-        self._kept_rows: list[torch.Tensor] = []
+        self._kept_rows: list[np.ndarray] = []
+        self._merged_rows: list[float] = []
         self._top: dict[str, list[np.ndarray]] = {k: [] for k in ("theta_ids", "theta_logits", "phi_ids", "phi_logits")}
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -198,14 +261,19 @@ class VASparse(Method):
         self.layers = vasparse_layers(run.num_layers, int(self.params["first_layer"]))
         self._layer_set = frozenset(self.layers)
         self._last_layer = run.num_layers - 1
+        self._max_new = run.max_new_tokens
         batch, total = run.prompt_ids.shape[0], run.prompt_len + run.max_new_tokens + 1
-        self._text = run.segment_ids != SEGMENTS.index("image")
         # Per position: its own last-layer head-mean attention to the image (m_i), and per layer the
         # head-mean attention it has received so far (Σ_{i≥j} a_{i,j}).
         dtype = torch.promote_types(run.model.dtype, torch.float32)
         self._image_mass = torch.zeros(batch, total, device=run.device, dtype=dtype)
         self._column_mass = torch.zeros(run.num_layers, batch, total, device=run.device, dtype=dtype)
         self._processed = 0
+        if self.params["contrast"] and self.params["phi"] != "masked-pass":
+            model = run.model
+            if not hasattr(model.get_decoder(), "norm") and self.params["phi"] == "embedding":
+                raise ValueError("VASparse's ℓ_φ = embedding needs the decoder's final norm, which this model lacks; "
+                                 "choose phi = embedding-raw or masked-pass")
         n_image = len(run.image_index)
         generator = torch.Generator().manual_seed(int(self.params["seed"]))
         n_masked = math.floor(float(self.params["mask_rate"]) * n_image + 0.5)
@@ -213,12 +281,12 @@ class VASparse(Method):
         self.phi_columns = run.image_index[drawn.to(run.device)].sort().values
 
     def before_forward(self, run: Run, input_ids: torch.Tensor) -> None:
-        if self.params["contrast"]:
+        if self.params["contrast"] and self.params["phi"] == "masked-pass":
             self._phi_logits = run.forward(variant=PHI_VARIANT, restore_cache=True, input_ids=input_ids)
 
     # ---- hook points -----------------------------------------------------------------------
     def needs_weights(self, run: Run, layer: int) -> bool:
-        return ((self.params["selection"] and layer == self._last_layer)
+        return ((self.params["selection"] and layer == self._last_layer and run.phase == "decode")
                 or (self.params["sink"] and layer in self._layer_set))
 
     def uses_scores(self, run: Run, layer: int) -> bool:
@@ -233,20 +301,50 @@ class VASparse(Method):
         if kv != run.prompt_len + run.step:
             raise RuntimeError(f"VASparse expects one cache column per position ({run.prompt_len + run.step}), "
                                f"got {kv}; a method that drops cache rows cannot run with it")
-        keep = None
-        if run.variant is None and self.params["selection"]:
-            saliency = saliency_from_mass(self._image_mass[:, : kv - 1])
-            keep = keep_top(selection_scores(scores, saliency, self.lam), self.keep_ratio, unmasked(scores))
-        if self.params["sink"]:
-            text = self._text[:kv]
-            scores = sink_penalty(scores, sink_weights(self._column_mass[layer, :, :kv], text), text, self.beta)
-        if keep is not None:
-            scores = scores.masked_fill(~keep, -torch.inf)
-            kept = keep[0, :, -1, run.image_index].sum(0)  # heads keeping each image token
+        start, n_prev = run.prompt_len, kv - 1 - run.prompt_len  # previous generated tokens: start..kv−2
+        dropped = None
+        if run.variant is None and self.params["selection"] and n_prev > 0:
+            prev = scores[..., start:kv - 1]
+            valid = unmasked(prev)
+            saliency = torch.softmax(self._image_mass[:, start:kv - 1], dim=-1)
+            count = keep_count(self.keep_ratio, valid.sum(-1, keepdim=True) + 1) - 1  # the current token is kept
+            keep = keep_top(selection_scores(prev, saliency, self.lam, valid), count, valid)
+            dropped = valid & ~keep
+            kept = keep[0, :, -1].sum(0)  # heads keeping each previous generated token
             self._kept_now = kept if self._kept_now is None else self._kept_now + kept
+        if self.params["sink"]:
+            scores = sink_penalty(scores, sink_weights(self._column_mass[layer, :, :kv]), self.beta)
+        if dropped is not None:
+            scores = self._discard(run, layer, scores, dropped)
         if run.variant == PHI_VARIANT:
             scores = scores.index_fill(-1, self.phi_columns, -torch.inf)
         return scores
+
+    def _discard(self, run: Run, layer: int, scores: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        """Mask the dropped generated columns, or give each DPC-KNN cluster of them its merged logit."""
+        start, kv = run.prompt_len, scores.shape[-1]
+        prev = scores[..., start:kv - 1]
+        if self.params["aggregate"] == "none":
+            return torch.cat([scores[..., :start], prev.masked_fill(dropped, -torch.inf), scores[..., kv - 1:]], -1)
+        b, h, q, n = prev.shape
+        keys = run.cache.layers[layer].keys[:, :, start:kv - 1]  # (B, KVH, n, D), post-RoPE as cached
+        keys = keys.repeat_interleave(h // keys.shape[1], dim=1)
+        rows, flags = prev.reshape(b * h * q, n).clone(), dropped.reshape(b * h * q, n)
+        points = keys[:, :, None].expand(b, h, q, n, keys.shape[-1]).reshape(b * h * q, n, -1)
+        counts = flags.sum(-1)
+        for size in counts.unique().tolist():
+            if size == 0:
+                continue
+            which = torch.nonzero(counts == size).flatten()
+            # dropped columns first, in increasing order (stable sort of "not dropped")
+            cols = torch.argsort((~flags[which]).to(torch.int8), dim=-1, stable=True)[:, :size]
+            clusters = math.ceil(size / int(self.params["cluster_size"]))
+            labels = dpc_knn(points[which].gather(1, cols[..., None].expand(-1, -1, points.shape[-1])),
+                             clusters, int(self.params["knn"]))
+            merged = merge_logits(rows[which].gather(1, cols), labels, clusters)
+            rows[which] = rows[which].scatter(1, cols, merged)
+            self._merged_now += clusters * len(which)
+        return torch.cat([scores[..., :start], rows.reshape(b, h, q, n), scores[..., kv - 1:]], -1)
 
     def after_attention(self, run: Run, layer: int, query: torch.Tensor, key: torch.Tensor,
                         value: torch.Tensor, weights: torch.Tensor | None) -> None:
@@ -264,46 +362,66 @@ class VASparse(Method):
     def edit_logits(self, run: Run, logits: torch.Tensor) -> torch.Tensor:
         self._keep_top("theta", logits)
         if self.params["selection"]:
-            self._kept_rows.append(self._kept_fraction(run))
-        phi, self._phi_logits = self._phi_logits, None
-        if phi is None:  # step 0: no ℓ_φ (no decode step to run it on), first token uncontrasted
-            self._top["phi_ids"].append(np.full(TOP_K, -1, np.int32))
-            self._top["phi_logits"].append(np.full(TOP_K, np.nan, np.float32))
+            self._record_kept(run)
+        if not self.params["contrast"]:
             return logits
+        phi, self._phi_logits = self._phi_logits, None
+        if self.params["phi"] != "masked-pass":
+            current = run.prompt_ids[:, -1:] if run.step == 0 else torch.tensor([[run.generated[-1]]], device=run.device)
+            phi = embedding_logits(run.model, current, normalise=self.params["phi"] == "embedding")
+        elif phi is None:  # step 0: no decode step ran before the prefill's logits
+            phi = self._masked_first_step(run)
         self._keep_top("phi", phi)
         return contrast_logits(logits, phi, self.alpha, self.cut)
+
+    def _masked_first_step(self, run: Run) -> torch.Tensor:
+        """ℓ_φ of step 0: re-run the last prompt token, φ-masked, on the cache without its row; restore it."""
+        cache = run.cache
+        saved = [(layer.keys[:, :, -1:].clone(), layer.values[:, :, -1:].clone()) for layer in cache.layers]
+        cache.crop(-1)
+        try:
+            return run.forward(variant=PHI_VARIANT, restore_cache=True, input_ids=run.prompt_ids[:, -1:])
+        finally:
+            for index, (k, v) in enumerate(saved):
+                cache.update(k, v, index)
 
     def _keep_top(self, which: str, logits: torch.Tensor) -> None:
         values, ids = logits[0].topk(TOP_K)
         self._top[f"{which}_ids"].append(ids.int().cpu().numpy())
         self._top[f"{which}_logits"].append(values.float().cpu().numpy())
 
-    def _kept_fraction(self, run: Run) -> torch.Tensor:
+    def _record_kept(self, run: Run) -> None:
+        """Share of heads × layers keeping each generated token during this step (NaN: not generated yet)."""
+        row = np.full(self._max_new, np.nan, np.float32)
         kept, self._kept_now = self._kept_now, None
-        if kept is None:  # prefill: nothing masked
-            return torch.ones(len(run.image_index), device=run.device)
-        return kept.float() / (run.num_heads * len(self.layers))
+        if run.step >= 1:
+            row[: run.step] = 1.0
+            if kept is not None:
+                row[: run.step - 1] = (kept.float() / (run.num_heads * len(self.layers))).cpu().numpy()
+        self._kept_rows.append(row)
+        self._merged_rows.append(self._merged_now / (run.num_heads * max(len(self.layers), 1)))
+        self._merged_now = 0
 
     # ---- trace -----------------------------------------------------------------------------
     def trace_arrays(self) -> dict[str, np.ndarray]:
-        """layers (n,) int32; theta/phi_top_ids (T, 5) int32 and _logits (T, 5) float32 (φ: −1/NaN at
-        step 0); kept_image (T, N_img) float16 = share of heads × layers keeping each image token
-        (1 at step 0); image_mass (P,) = m_i of every processed position; sink_w (n, n_text) float32
-        = W over the text positions ``sink_positions`` from all processed rows, per layer of ``layers``."""
+        """layers (n,) int32; theta/phi_top_ids (T, 5) int32 and _logits (T, 5) float32; kept_generated
+        (T, max_new_tokens) float16 = share of heads × layers keeping generated token j during step t
+        (NaN where j ≥ t); merged_columns (T,) float32 = merged columns per head and layer; image_mass
+        (P,) = m_i of the processed positions (0 where not recorded); sink_w (n, P) float32 = W over
+        all processed positions ``sink_positions`` (0..P−1), per layer of ``layers``."""
         out: dict[str, np.ndarray] = {"layers": np.array(self.layers, np.int32)}
         for key, rows in self._top.items():
             name = key.replace("_", "_top_", 1)
             empty = np.zeros((0, TOP_K), np.int32 if key.endswith("ids") else np.float32)
             out[name] = np.stack(rows) if rows else empty
         if self.params["selection"] and self._kept_rows:
-            out["kept_image"] = torch.stack(self._kept_rows).half().cpu().numpy()
+            out["kept_generated"] = np.stack(self._kept_rows).astype(np.float16)
+            out["merged_columns"] = np.array(self._merged_rows, np.float32)
             out["image_mass"] = self._image_mass[0, : self._processed].float().cpu().numpy()
         if self.params["sink"] and self.layers and self._processed:
             n = self._processed
-            text = self._text[:n]
-            weights = sink_weights(self._column_mass[list(self.layers), 0, :n], text)
-            out["sink_w"] = weights[:, text].float().cpu().numpy()
-            out["sink_positions"] = torch.nonzero(text).flatten().int().cpu().numpy()
+            out["sink_w"] = sink_weights(self._column_mass[list(self.layers), 0, :n]).float().cpu().numpy()
+            out["sink_positions"] = np.arange(n, dtype=np.int32)
         return out
 
     def describe(self) -> dict[str, Any]:
