@@ -1,6 +1,7 @@
 """VHR against independent computations: stock transformers models with hooks on the o_proj inputs
-(with and without the image, run separately), o_proj weight columns scaled by α, hand-made VHD
-matrices, and vanilla decoding at α = 1."""
+(with and without the image, run separately), o_proj weight columns scaled by α, the selection rule
+re-implemented in numpy layer by layer (so a run's head choice is checked, not read back from its
+trace), hand-made VHD matrices, T-VHD over all layers by hand, and vanilla decoding at α = 1."""
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from transformers import LlavaForConditionalGeneration
 from halviz.engine.decode import Decoder
 from halviz.methods import METHODS, build_stack
 from halviz.methods.base import Method
-from halviz.methods.vhr import VHR, outlier_heads, reinforce, select_heads, vhr_layers
+from halviz.methods.vhr import VHR, outlier_heads, reinforce, select_heads, t_vhd, vhr_layers
+from halviz.models import load_model
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
 
@@ -148,8 +150,12 @@ def test_vhd_of_first_vhr_layer_matches_separate_runs_with_hooks(tiny_models_f64
     np.testing.assert_allclose(trace.arrays["method/vhr/vhd"][first], (with_image - without).norm(dim=-1).numpy(),
                                rtol=1e-6)
     np.testing.assert_allclose(trace.arrays["method/vhr/text_norm"][first], without.square().sum(-1).numpy(), rtol=1e-6)
-    vhd = trace.arrays["method/vhr/vhd"]
-    assert (vhd[[l for l in range(dec.run.num_layers) if l not in vhr_layers(dec.run.num_layers)]] == 0).all()
+    # layer 0 is no VHR layer but is measured too (nothing before it is reinforced)
+    with_image = last_head_outputs(model, [0], **dec.inputs)[0]
+    without = last_head_outputs(model, [0], input_ids=text_only(dec))[0]
+    np.testing.assert_allclose(trace.arrays["method/vhr/vhd"][0], (with_image - without).norm(dim=-1).numpy(),
+                               rtol=1e-6)
+    assert not trace.arrays["method/vhr/selected"][0].any() and not trace.arrays["method/vhr/outlier"][0].any()
     assert trace.arrays["method/vhr/selected"][first].sum() >= 1
 
 
@@ -176,17 +182,86 @@ def test_reinforced_decode_matches_a_model_with_scaled_o_proj_columns(tiny_model
     k = min(8, dec.run.num_heads)
     for step in range(len(tokens)):
         gen = torch.tensor([tokens[:step]], dtype=torch.long)
-        a = last_head_outputs(model, layers, input_ids=torch.cat([dec.inputs["input_ids"], gen], 1),
+        every = range(dec.run.num_layers)
+        a = last_head_outputs(model, every, input_ids=torch.cat([dec.inputs["input_ids"], gen], 1),
                               pixel_values=dec.inputs["pixel_values"])
-        b = last_head_outputs(model, layers, input_ids=torch.cat([txt, gen], 1))
+        b = last_head_outputs(model, every, input_ids=torch.cat([txt, gen], 1))
         vhd = np.zeros(selected.shape)
-        for layer in layers:
+        for layer in every:
             vhd[layer] = (a[layer] - b[layer]).norm(dim=-1).numpy()
         if step == 0:
             np.testing.assert_allclose(trace.arrays["method/vhr/vhd"], vhd, rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(trace.arrays["method/vhr/step_vhd"][step], vhd, rtol=2e-3, atol=1e-6)
-        tvhd = sum(np.sort(vhd[layer])[::-1][:k].sum() for layer in layers)
+        # T-VHD sums every layer (layer 0 is no VHR layer), each layer's top-k heads
+        tvhd = sum(sum(sorted(vhd[layer].tolist(), reverse=True)[:k]) for layer in every)
         assert trace.arrays["method/vhr/tvhd"][step] == pytest.approx(tvhd, rel=1e-5)
+        assert 0 not in layers and vhd[0].max() > 0  # the non-VHR layer does contribute
+
+
+def test_t_vhd_sums_every_layer_on_a_hand_made_three_layer_matrix():
+    vhd = torch.tensor([[[4.0, 1.0, 3.0, 2.0],     # layer 0 (not a VHR layer of 3): top-2 = 4 + 3
+                         [0.5, 6.0, 0.1, 5.5],     # layer 1: 6 + 5.5
+                         [2.0, 2.0, 9.0, 0.0]]],   # layer 2: 9 + 2
+                       dtype=torch.float64)
+    assert t_vhd(vhd, 2).tolist() == [7.0 + 11.5 + 11.0]
+    assert t_vhd(vhd, 8).tolist() == [vhd.sum().item()]  # k above the head count: every head
+
+
+def boost_head(model, layer: int, kv_head: int, factor: float) -> None:
+    """Scale one KV head's value projection, so that head's output (VHD and TA) grows by ``factor``."""
+    v_proj = decoder_layers(model)[layer].self_attn.v_proj
+    d = v_proj.weight.shape[0] // model.config.text_config.num_key_value_heads
+    with torch.no_grad():
+        v_proj.weight[kv_head * d:(kv_head + 1) * d] *= factor
+        if v_proj.bias is not None:
+            v_proj.bias[kv_head * d:(kv_head + 1) * d] *= factor
+
+
+def hand_selection(model, dec, layers, alpha):
+    """The paper's rule in numpy, layer by layer on a stock model whose chosen heads get scaled as we go."""
+    heads = model.config.text_config.num_attention_heads
+    selected = np.zeros((len(decoder_layers(model)), heads), bool)
+    outliers = np.zeros_like(selected)
+    for layer in sorted(layers):
+        a = last_head_outputs(model, [layer], **dec.inputs)[layer].numpy()
+        b = last_head_outputs(model, [layer], input_ids=text_only(dec))[layer].numpy()
+        vhd = np.sqrt(((a - b) ** 2).sum(-1))
+        ta = (b ** 2).sum(-1)
+        out = (vhd > vhd.mean() + vhd.std()) & (ta > ta.mean() + ta.std())
+        filtered = np.where(out, 0.0, vhd)
+        selected[layer], outliers[layer] = filtered > np.median(filtered), out
+        o_proj = decoder_layers(model)[layer].self_attn.o_proj
+        d = o_proj.weight.shape[1] // heads
+        with torch.no_grad():
+            for head in np.nonzero(selected[layer])[0].tolist():
+                o_proj.weight[:, head * d:(head + 1) * d] *= alpha
+    return selected, outliers
+
+
+@pytest.mark.parametrize("family,boost", [("llava-1.5", True), ("llava-interleave", False)])
+def test_head_selection_and_outlier_filter_inside_a_run(tiny_model_dirs, photo, family, boost):
+    """The run's heads come from the rule recomputed by hand (not from its trace); on llava-1.5 one head
+    of layer 1 is made an outlier in both VHD and TA, which the filter must drop."""
+    alpha = 2.0
+    loaded = load_model(str(tiny_model_dirs[family]), device="cpu", dtype=torch.float64)
+    stock = stock_model(tiny_model_dirs[family])
+    if boost:
+        boost_head(loaded.model, 1, 0, 10.0)
+        boost_head(stock, 1, 0, 10.0)
+    spy = LogitSpy()
+    dec = Decoder(loaded, photo, methods=[VHR(alpha=alpha), spy], max_new_tokens=5)
+    trace = dec.run_to_end()
+    layers = vhr_layers(dec.run.num_layers)
+    selected, outliers = hand_selection(stock, dec, layers, alpha)
+    if boost:
+        assert outliers[1, 0] and not selected[1, 0]  # the boosted head is filtered out
+    np.testing.assert_array_equal(trace.arrays["method/vhr/outlier"], outliers)
+    np.testing.assert_array_equal(trace.arrays["method/vhr/selected"], selected)
+    # and the run reinforced exactly those heads: its logits are the hand-built model's
+    ids = torch.cat([dec.inputs["input_ids"], torch.tensor([dec.token_ids[:-1]])], dim=1)
+    with torch.no_grad():
+        ref = stock(input_ids=ids, pixel_values=dec.inputs["pixel_values"]).logits[0, dec.run.prompt_len - 1:]
+    torch.testing.assert_close(torch.cat(spy.logits).double(), ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

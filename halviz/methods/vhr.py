@@ -27,11 +27,14 @@ Decisions:
 - Stacking (``order`` 30, ``heads`` hook): composes with PruneHal, VASparse and KVSmooth, whose
   hooks act on scores, logits and K/V. Only ``per_step_tvhd`` with PruneHal is refused (at setup):
   PruneHal masks main-layout image positions in every pass, which the text-only stream lacks.
-- Trace: ``vhd``, ``text_norm`` (TA), ``outlier`` and ``selected`` are (L, H), zeros/False for
-  layers that are not VHR layers (``layers`` lists those). With ``per_step_tvhd`` a text-only
-  stream with its own cache follows the generated tokens; per generated token we store
-  ``step_vhd`` (T, L, H) float16 (raw, unfiltered VHD of the unreinforced layer outputs; zeros
-  off the VHR layers) and ``tvhd`` (T,) = Σ_l Σ top-k_i VHD_{l,i}, k = 8 (or H if fewer heads).
+- Trace: ``vhd`` and ``text_norm`` (TA) are (L, H) for **every** layer (the selection pass
+  measures them all; layers that are not VHR layers are only measured); ``outlier`` and
+  ``selected`` are (L, H), False off the VHR layers (``layers`` lists those). With
+  ``per_step_tvhd`` a text-only stream with its own cache follows the generated tokens; per
+  generated token we store ``step_vhd`` (T, L, H) float16 (raw, unfiltered VHD of the
+  unreinforced layer outputs, every layer) and ``tvhd`` (T,) = :func:`t_vhd`, the sum over **all**
+  layers (as the paper and the spec define it, not only the reinforced ones) of each layer's top-k
+  VHD, k = 8 (or H if fewer heads).
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ def select_heads(vhd: torch.Tensor, outliers: torch.Tensor) -> torch.Tensor:
     filtered = vhd.masked_fill(outliers, 0.0)
     median = torch.quantile(filtered.double(), 0.5, dim=-1, keepdim=True)
     return filtered.double() > median
+
+
+def t_vhd(vhd: torch.Tensor, k: int) -> torch.Tensor:
+    """T-VHD = Σ over all layers of the top-k heads' VHD; vhd (..., L, H) → (...)."""
+    return vhd.topk(min(k, vhd.shape[-1]), dim=-1).values.sum((-2, -1))
 
 
 def reinforce(out: torch.Tensor, heads: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -163,8 +171,6 @@ class VHR(Method):
 
     # ---- hook point ------------------------------------------------------------------------
     def edit_heads(self, run: Run, layer: int, out: torch.Tensor) -> torch.Tensor:
-        if layer not in self._layer_set:
-            return out
         if run.variant == SELECT_VARIANT:
             self._choose(layer, out[0, :, self._last[0]], out[1, :, self._last[1]])
         elif self._rows and run.variant in (None, TEXT_VARIANT):
@@ -173,13 +179,16 @@ class VHR(Method):
         return out if heads is None else reinforce(out, heads, self.alpha)
 
     def _choose(self, layer: int, with_image: torch.Tensor, text_only: torch.Tensor) -> None:
+        """Measure VHD and TA of this layer; in a VHR layer also filter outliers and choose H_l."""
         vhd, ta = head_distances(with_image.double(), text_only.double())
+        self.vhd[layer], self.text_norm[layer] = vhd.cpu(), ta.cpu()
+        if layer not in self._layer_set:
+            return
         if self.params["outlier_filter"]:
             outliers = outlier_heads(vhd, ta)
         else:
             outliers = torch.zeros_like(vhd, dtype=torch.bool)
         chosen = select_heads(vhd, outliers)
-        self.vhd[layer], self.text_norm[layer] = vhd.cpu(), ta.cpu()
         self.outlier[layer], self.selected[layer] = outliers.cpu(), chosen.cpu()
         self._heads[layer] = chosen.to(with_image.device)
 
@@ -202,10 +211,8 @@ class VHR(Method):
         }
         if self._step_vhd:
             steps = torch.stack(self._step_vhd)  # (T, L, H)
-            k = min(int(self.params["tvhd_top_k"]), steps.shape[-1])
-            layers = list(self.layers)
             out["step_vhd"] = steps.half().numpy()
-            out["tvhd"] = steps[:, layers].topk(k, dim=-1).values.sum((1, 2)).float().numpy()
+            out["tvhd"] = t_vhd(steps, int(self.params["tvhd_top_k"])).float().numpy()
         return out
 
     def describe(self) -> dict[str, Any]:
