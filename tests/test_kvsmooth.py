@@ -10,6 +10,7 @@ from transformers import DynamicCache, LlavaForConditionalGeneration
 
 from halviz.engine.decode import Decoder
 from halviz.methods import METHODS, build_stack
+from halviz.methods.base import Method
 from halviz.methods.kvsmooth import EntropyQueue, KVSmooth, clipped_lambda, smoothed_layers
 from halviz.trace import Trace
 
@@ -162,3 +163,46 @@ def test_stacks_with_prunehal(tiny_models, photo, tmp_path):
             np.testing.assert_array_equal(back.arrays[name], array)
     with pytest.raises(ValueError):
         KVSmooth(mode="q")
+
+
+class ScoreSpy(Method):
+    """Keeps the main pass's decode-step logits at its place in the stacking order."""
+
+    name = "score-spy"
+
+    def __init__(self, order):
+        super().__init__()
+        self.order = order
+        self.scores = {}
+
+    def uses_scores(self, run, layer):
+        return run.variant is None and run.phase == "decode"
+
+    def edit_scores(self, run, layer, scores):
+        self.scores[(run.step, layer)] = scores.clone()
+        return scores
+
+
+def _entropy(scores):
+    a = torch.softmax(scores[0, :, -1].double(), -1)
+    return float((-(a * torch.log(a.clamp_min(1e-300)))).sum(-1).mean())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_entropy_is_read_after_the_other_methods_edits(tiny_models, photo, family):
+    """Stacked after PruneHal, z is the entropy of the attention actually applied (pruned image columns
+    at zero weight), not of the logits before PruneHal's mask: the cached K/V KVSmooth blends are the
+    ones that attention produced, so that is the distribution whose sink-likeness matters."""
+    raw, final = ScoreSpy(order=5), ScoreSpy(order=11)
+    stack = build_stack(["prunehal", "kvsmooth"], {"prunehal": {"r": 0.2}})
+    dec = Decoder(tiny_models[family], photo, methods=[raw, *stack, final], max_new_tokens=8)
+    trace = dec.run_to_end()
+    z = trace.arrays["method/kvsmooth/entropy"]
+    assert trace.arrays["method/prunehal/trigger_steps"].tolist()[:1] == [2]
+    differs = 0
+    for (step, layer), scores in final.scores.items():
+        if layer not in smoothed_layers(dec.run.num_layers):
+            continue
+        assert z[step, layer] == pytest.approx(_entropy(scores), rel=1e-5, abs=1e-6)
+        differs += abs(_entropy(raw.scores[(step, layer)]) - _entropy(scores)) > 1e-3
+    assert differs >= 3  # after the prune the two readings really differ

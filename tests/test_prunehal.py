@@ -195,3 +195,53 @@ def test_trace_shapes_and_registry(tiny_models, photo):
     assert trace.arrays["method/prunehal/retained"].shape[1:] == (layers, 64)
     with pytest.raises(ValueError):
         PruneHal(r=0.0)
+
+
+class ExtraPass(Method):
+    """Runs one extra decode-step pass (like a contrast branch) before each main forward."""
+
+    name = "extra-pass"
+    order = 5
+
+    def before_forward(self, run, input_ids):
+        run.forward(variant="extra", restore_cache=True, input_ids=input_ids)
+
+
+class ExtraSpy(Method):
+    """Keeps the extra pass's attention logits after PruneHal (order 10) has acted."""
+
+    name = "extra-spy"
+    order = 11
+
+    def __init__(self):
+        super().__init__()
+        self.scores = []
+
+    def uses_scores(self, run, layer):
+        return run.variant == "extra"
+
+    def edit_scores(self, run, layer, scores):
+        self.scores.append((run.step, layer, scores.clone()))
+        return scores
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruned_columns_are_masked_in_extra_passes_too(tiny_models, photo, family):
+    method, spy = EagerPruneHal(), ExtraSpy()
+    dec = Decoder(tiny_models[family], photo, methods=[ExtraPass(), method, spy], max_new_tokens=8)
+    dec.run_to_end()
+    a = _arrays(method)
+    triggers = a["trigger_steps"].tolist()
+    assert triggers == [2, 4, 6]
+    image = np.asarray(dec.layout.positions)
+    checked = 0
+    for step, layer, scores in spy.scores:
+        done = sum(t < step for t in triggers)  # prunes decided before this step act in it
+        if done == 0:
+            assert torch.isfinite(scores).all()
+            continue
+        retained = a["retained"][done - 1, layer]
+        assert torch.isneginf(scores[..., image[~retained]]).all()
+        assert torch.isfinite(scores[..., image[retained]]).all()
+        checked += 1
+    assert checked == 5 * dec.run.num_layers  # steps 3..7

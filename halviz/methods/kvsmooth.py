@@ -82,7 +82,10 @@ class KVSmooth(Method):
     - The current step's own attention uses the raw k_t, v_t (z must exist before λ); the smoothed
       entries act from the next step on.
     - z is computed from the attention actually used, after every method's logit edits (so with
-      PruneHal stacked, pruned image columns carry zero weight).
+      PruneHal stacked, pruned image columns carry zero weight). That is the right order: the K/V
+      row being blended is the one this attention produced, so its sink-likeness is the entropy of
+      that distribution; the logits before another method's mask describe an attention that never
+      ran (tested in ``test_entropy_is_read_after_the_other_methods_edits``).
     - The blend is computed in float32 at least and cast back to the cache's dtype.
     - Ablations: ``mode`` "k" or "v" smooths only keys or only values; ``fixed_lambda`` uses
       λ = λ_ref at every step (radius and the queue are then unused; z is still traced).
