@@ -3,6 +3,12 @@
     python -m halviz.eval --model toy --methods vanilla,prunehal,kvsmooth,vasparse,vhr \\
         --n 200 --max-new-tokens 64 [--scenes heldout|broken:knife,fork|control:knife,fork] [--json PATH]
     python -m halviz.eval --model FOLDER_OR_HUB_ID --images DIR --annotations instances.json [--captions-annotations captions.json]
+    python -m halviz.eval --preset vhr|vasparse|kvsmooth|prunehal [flags that override it]
+    python -m halviz.eval --list-presets
+
+``--preset NAME`` sets each paper's CHAIR setting (methods, images, new tokens, prompt, system
+message, seed; see :mod:`halviz.eval_presets` for every value's source); flags given explicitly
+override it.
 
 Toy scenes (the default) carry their exact object lists; for real images the ground truth is a
 COCO-format annotation file. Prints one row per method (the papers' table) and writes
@@ -26,6 +32,7 @@ from tqdm import tqdm
 from halviz.chair import InputError, write_json_atomically
 from halviz.engine.decode import Decoder
 from halviz.engine.recorder import RecordOptions
+from halviz.eval_presets import PRESETS, preset_table
 from halviz.hallucination import chair_metrics, extract_mentions, load_coco_annotations
 from halviz.methods import METHODS, build_stack
 from halviz.models import DEFAULT_PROMPT, ModelLoadError, load_model
@@ -84,21 +91,24 @@ def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
     return params
 
 
-def timed_decode(loaded, image, prompt: str, methods, max_new_tokens: int, record: bool = False):
+def timed_decode(loaded, image, prompt: str, methods, max_new_tokens: int, record: bool = False,
+                 system: str | None = None):
     """One decode to the end; returns (trace, seconds spent decoding, set-up excluded)."""
-    decoder = Decoder(loaded, image, prompt, methods, max_new_tokens, record=RecordOptions(enabled=record))
+    decoder = Decoder(loaded, image, prompt, methods, max_new_tokens, record=RecordOptions(enabled=record),
+                      system=system)
     t0 = time.perf_counter()
     trace = decoder.run_to_end()
     return trace, time.perf_counter() - t0
 
 
 def evaluate(loaded, sample, method_names, params, max_new_tokens: int, prompt: str,
-             partner: str | None, progress: bool = True) -> dict[str, dict[str, Any]]:
+             partner: str | None, progress: bool = True, system: str | None = None) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for name in method_names:
         captions, truths, tokens, seconds = [], [], 0, 0.0
         for image_id, image, objects in tqdm(sample, desc=name, disable=not progress, leave=False):
-            trace, spent = timed_decode(loaded, image, prompt, build_stack([name], params), max_new_tokens)
+            trace, spent = timed_decode(loaded, image, prompt, build_stack([name], params), max_new_tokens,
+                                        system=system)
             seconds += spent
             tokens += trace.num_steps
             captions.append(trace.caption)
@@ -125,8 +135,11 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m halviz.eval", description="CHAIR evaluation of decoding methods.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a paper's CHAIR setting; explicit flags override it")
+    parser.add_argument("--list-presets", action="store_true", help="print every preset value with its source")
+    parser.add_argument("--system", default=None, help="system message before the first turn (default: none)")
     parser.add_argument("--model", default="toy", help="'toy', a local folder or a hub id")
     parser.add_argument("--methods", default="vanilla,prunehal,kvsmooth,vasparse,vhr")
     parser.add_argument("--n", type=int, default=200, help="number of images")
@@ -140,7 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], help="METHOD.KNOB=VALUE, repeatable")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the flags; a ``--preset`` supplies defaults, so every flag given explicitly wins."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.preset:
+        parser.set_defaults(**PRESETS[first.preset].defaults())
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list_presets:
+        print(preset_table())
+        return 0
     try:
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in names if m not in METHODS]
@@ -163,11 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ModelLoadError, ValueError) as exc:
         print(f"halviz.eval: {exc}", file=sys.stderr)
         return 2
-    rows = evaluate(loaded, sample, names, params, args.max_new_tokens, args.prompt, partner, not args.no_progress)
+    rows = evaluate(loaded, sample, names, params, args.max_new_tokens, args.prompt, partner, not args.no_progress,
+                    system=args.system)
     config = {"model": args.model, "source": loaded.source, "images": source, "n": len(sample), "seed": args.seed,
-              "max_new_tokens": args.max_new_tokens, "prompt": args.prompt, "params": params,
+              "max_new_tokens": args.max_new_tokens, "prompt": args.prompt, "system": args.system,
+              "preset": args.preset, "params": params,
               "methods": {n: (build_stack([n], params)[0].describe() if n != "vanilla" else {"name": n}) for n in names}}
-    print(f"{source}, n={len(sample)}, max_new_tokens={args.max_new_tokens}, prompt={args.prompt!r}")
+    print(f"{source}, n={len(sample)}, max_new_tokens={args.max_new_tokens}, prompt={args.prompt!r}"
+          + (f", system={args.system!r}" if args.system else "") + (f", preset={args.preset}" if args.preset else ""))
     print(format_table(rows))
     if args.json:
         write_json_atomically(args.json, {"config": config, "methods": rows})

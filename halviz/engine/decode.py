@@ -29,7 +29,7 @@ class Decoder:
 
     def __init__(self, loaded: LoadedModel, image: Image.Image, prompt: str = DEFAULT_PROMPT,
                  methods: Sequence[Method] = (), max_new_tokens: int = 64,
-                 record: RecordOptions = RecordOptions(), stop_at_eos: bool = True):
+                 record: RecordOptions = RecordOptions(), stop_at_eos: bool = True, system: str | None = None):
         if not isinstance(image, Image.Image):
             raise TypeError("image must be a PIL image")
         if not prompt or not prompt.strip():
@@ -38,10 +38,11 @@ class Decoder:
             raise ValueError(f"max_new_tokens must lie in 1..{MAX_NEW_TOKENS_LIMIT}")
         self.loaded = loaded
         self.prompt = prompt
+        self.system = system
         self.max_new_tokens = int(max_new_tokens)
         self.stop_at_eos = stop_at_eos  # benchmarks turn it off to time a fixed number of tokens
         adapter = loaded.adapter
-        inputs, layout = adapter.prepare(image.convert("RGB"), prompt, loaded.device, loaded.dtype)
+        inputs, layout = adapter.prepare(image.convert("RGB"), prompt, loaded.device, loaded.dtype, system=system)
         self.inputs = inputs
         self.layout = layout
         self.run = Run(loaded.model, adapter, layout, inputs["input_ids"], list(methods), None, self.max_new_tokens)

@@ -53,15 +53,29 @@ class LlavaAdapter:
         gen_eos = gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
         self.eos_token_ids = frozenset(i for i in (tok.eos_token_id, *gen_eos) if i is not None)
 
-    def chat_text(self, prompt: str) -> str:
-        """The full prompt string with one image placeholder, in the checkpoint's own chat format."""
-        if getattr(self.processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return f"USER: {self.processor.image_token}\n{prompt} ASSISTANT:"
+    def chat_text(self, prompt: str, system: str | None = None) -> str:
+        """The full prompt string with one image placeholder, in the checkpoint's own chat format.
 
-    def prepare(self, image, prompt: str, device: torch.device, dtype: torch.dtype) -> tuple[dict, ImageLayout]:
-        inputs = self.processor(text=self.chat_text(prompt), images=image, return_tensors="pt")
+        ``system`` (optional) is a system message: a system turn where the chat template knows that
+        role, else the text followed by a space before the first turn (LLaVA-1.5's own format).
+        """
+        template = getattr(self.processor, "chat_template", None)
+        if template:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            if system and "system" in template:
+                messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+            if system and "system" not in template:
+                bos = self.processor.tokenizer.bos_token or ""
+                head = bos if bos and text.startswith(bos) else ""
+                text = f"{head}{system} {text[len(head):]}"
+            return text
+        text = f"USER: {self.processor.image_token}\n{prompt} ASSISTANT:"
+        return f"{system} {text}" if system else text
+
+    def prepare(self, image, prompt: str, device: torch.device, dtype: torch.dtype,
+                system: str | None = None) -> tuple[dict, ImageLayout]:
+        inputs = self.processor(text=self.chat_text(prompt, system), images=image, return_tensors="pt")
         input_ids = inputs["input_ids"]
         positions = torch.nonzero(input_ids[0] == self.image_token_id).flatten().tolist()
         height, width = inputs["pixel_values"].shape[-2:]
