@@ -1,6 +1,6 @@
 """Per-token decode cost of our attention function and of each method, as ratios from one run.
 
-    python -m halviz.bench [--quick] [--json PATH]
+    python -m halviz.bench [--quick] [--json PATH] [--models tiny,30m] [--methods vasparse,...]
 
 Two random LLaVA-1.5-layout checkpoints (576 image tokens) are built from configs and loaded
 through the normal loader: ``tiny`` (the test model) and ``30m`` (~30 M parameters). For each we
@@ -55,13 +55,20 @@ def _time_run(loaded, image, tokens: int, methods=(), record=True) -> tuple[floa
     return decode, total
 
 
-def bench_model(name: str, spec: TinySpec, folder: Path, tokens: int, rounds: int) -> dict:
+def method_label(name: str) -> str:
+    """The method's name, with the ℓ_φ reading for VASparse (its cost depends on it)."""
+    params = build_stack([name])[0].params
+    return f"{name} (phi={params['phi']})" if "phi" in params else name
+
+
+def bench_model(name: str, spec: TinySpec, folder: Path, tokens: int, rounds: int,
+                method_names: tuple[str, ...] | None = None) -> dict:
     loaded = load_model(str(save_tiny_llava(spec, folder / name)), device="cpu")
     model = loaded.model
     params = sum(p.numel() for p in model.parameters()) / 1e6
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (336, 336, 3), dtype=np.uint8))
     engine = {"sdpa": [], "passthrough": [], "traced": []}
-    methods = {m: [] for m in METHODS if m != "vanilla"}
+    methods = {m: [] for m in (method_names or METHODS) if m != "vanilla"}
     vanilla_total = []
     _time_run(loaded, image, 4)  # warm-up
     for _ in range(rounds):
@@ -84,7 +91,7 @@ def bench_model(name: str, spec: TinySpec, folder: Path, tokens: int, rounds: in
         "passthrough_ratio": round(med["passthrough"] / med["sdpa"], 3),
         "traced_ratio": round(med["traced"] / med["sdpa"], 3),
         "vanilla_total_ms_per_token": round(vanilla, 3),
-        "methods": {m: {"ratio": round(statistics.median(v) / vanilla, 3),
+        "methods": {method_label(m): {"ratio": round(statistics.median(v) / vanilla, 3),
                         "ms_per_token": round(statistics.median(v), 3)} for m, v in methods.items()},
     }
 
@@ -94,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer tokens and rounds (under 40 s)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--models", default="tiny,30m", help="comma-separated subset of: " + ",".join(BENCH_MODELS))
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "vanilla"),
+                        help="comma-separated methods to time against vanilla")
     args = parser.parse_args(argv)
+    method_names = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if unknown_methods := [m for m in method_names if m not in METHODS]:
+        parser.error(f"unknown method(s): {', '.join(unknown_methods)}")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCH_MODELS]
     if unknown:
@@ -105,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                           "device": "cpu"}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            results["models"][name] = bench_model(name, BENCH_MODELS[name], Path(tmp), tokens, rounds)
+            results["models"][name] = bench_model(name, BENCH_MODELS[name], Path(tmp), tokens, rounds, method_names)
     print(format_table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +133,7 @@ def format_table(results: dict) -> str:
         lines.append(f"  ours, pass-through   {r['passthrough_ratio']:8.2f} x sdpa")
         lines.append(f"  ours, traced         {r['traced_ratio']:8.2f} x sdpa")
         for m, v in r["methods"].items():
-            lines.append(f"  {m:<20} {v['ratio']:8.2f} x vanilla (traced, prefill included)")
+            lines.append(f"  {m:<26} {v['ratio']:8.2f} x vanilla (traced, prefill included)")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from halviz.methods import METHODS, build_stack
 from halviz.methods.base import Method
 from halviz.methods.vasparse import (PHI_VARIANT, VASparse, contrast_logits, dpc_knn, keep_top, merge_logits,
                                      selection_scores, sink_penalty, sink_weights, unmasked, vasparse_layers)
+from halviz.trace import Trace
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
 
@@ -477,10 +478,14 @@ def test_switched_off_gives_vanilla_tokens(tiny_models, photo, family):
     assert on.token_ids != vanilla.token_ids  # the method does act on these models
 
 
-def test_trace_arrays(tiny_models, photo):
+def test_trace_arrays(tiny_models, photo, tmp_path):
     dec = Decoder(tiny_models["llava-1.5"], photo, methods=[VASparse(keep_ratio=0.5)], max_new_tokens=12,
                   stop_at_eos=False)
-    arrays = dec.run_to_end().arrays
+    trace = dec.run_to_end()
+    back = Trace.load(trace.save(tmp_path / "vasparse")[0])  # the method arrays pass the file checks
+    arrays = trace.arrays
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(back.arrays[name], array)
     kept = arrays["method/vasparse/kept_generated"].astype(np.float64)
     assert kept.shape == (12, 12) and np.isnan(kept[0]).all()
     for t in range(1, 12):  # step t reads generated tokens 0..t−1; the current one is always kept

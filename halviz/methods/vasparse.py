@@ -405,7 +405,7 @@ class VASparse(Method):
     # ---- trace -----------------------------------------------------------------------------
     def trace_arrays(self) -> dict[str, np.ndarray]:
         """layers (n,) int32; theta/phi_top_ids (T, 5) int32 and _logits (T, 5) float32; kept_generated
-        (T, max_new_tokens) float16 = share of heads × layers keeping generated token j during step t
+        (T, T) float16 = share of heads × layers keeping generated token j during step t
         (NaN where j ≥ t); merged_columns (T,) float32 = merged columns per head and layer; image_mass
         (P,) = m_i of the processed positions (0 where not recorded); sink_w (n, P) float32 = W over
         all processed positions ``sink_positions`` (0..P−1), per layer of ``layers``."""
@@ -415,7 +415,8 @@ class VASparse(Method):
             empty = np.zeros((0, TOP_K), np.int32 if key.endswith("ids") else np.float32)
             out[name] = np.stack(rows) if rows else empty
         if self.params["selection"] and self._kept_rows:
-            out["kept_generated"] = np.stack(self._kept_rows).astype(np.float16)
+            steps = len(self._kept_rows)  # step t reads generated tokens < t: T columns suffice
+            out["kept_generated"] = np.stack(self._kept_rows)[:, :steps].astype(np.float16)
             out["merged_columns"] = np.array(self._merged_rows, np.float32)
             out["image_mass"] = self._image_mass[0, : self._processed].float().cpu().numpy()
         if self.params["sink"] and self.layers and self._processed:

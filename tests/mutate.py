@@ -1,0 +1,212 @@
+"""Mutation check of the method tests: run on demand, not part of CI (pytest does not collect it).
+
+    python tests/mutate.py [--only NAME[,NAME...]] [--timeout 300] [--list] [--no-baseline]
+
+Copies ``halviz/``, ``tests/`` and ``pytest.ini`` into a temporary folder (the working tree is
+never touched), checks that the method tests pass there unchanged, then applies each mutation as
+an exact text substitution, runs the relevant test files with a timeout, restores the file and
+prints mutation → caught / MISSED. A mutation whose pattern does not occur exactly once stops the
+script: a refactor must update the mutation, never let it "pass" silently. Exit status 0 only if
+every mutation is caught; a mutated run that errors (collection error, timeout) counts as not caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VASPARSE, VHR = "halviz/methods/vasparse.py", "halviz/methods/vhr.py"
+PRUNEHAL, KVSMOOTH = "halviz/methods/prunehal.py", "halviz/methods/kvsmooth.py"
+T_VAS, T_VHR = "tests/test_vasparse.py", "tests/test_vhr.py"
+T_PRUNE, T_KV = "tests/test_prunehal.py", "tests/test_kvsmooth.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    source: str  # "issue 11" for the listed breaks, "new code" for ours
+
+
+MUTATIONS = (
+    # ---- the breaks listed in issue 11 --------------------------------------------------------
+    Mutation("vhr: reinforce the least vision-aware half (~select_heads)", VHR,
+             "chosen = select_heads(vhd, outliers)", "chosen = ~select_heads(vhd, outliers)", (T_VHR,), "issue 11"),
+    Mutation("vhr: outlier filter ignored by the selection in a run", VHR,
+             "chosen = select_heads(vhd, outliers)", "chosen = select_heads(vhd, torch.zeros_like(outliers))",
+             (T_VHR,), "issue 11"),
+    Mutation("vasparse: sink penalty sign flipped", VASPARSE,
+             "factor = 1.0 + beta - beta * weights", "factor = 1.0 + beta + beta * weights", (T_VAS,), "issue 11"),
+    Mutation("vasparse: penalty on the wrong columns (every other one)", VASPARSE,
+             "factor = 1.0 + beta - beta * weights",
+             "factor = torch.where(torch.arange(weights.shape[-1]) % 2 == 0, 1.0 + beta - beta * weights, 1.0)",
+             (T_VAS,), "issue 11"),
+    Mutation("vasparse: penalty with W shifted one column", VASPARSE,
+             "scores = sink_penalty(scores, sink_weights(self._column_mass[layer, :, :kv]), self.beta)",
+             "scores = sink_penalty(scores, sink_weights(self._column_mass[layer, :, :kv]).roll(1, -1), self.beta)",
+             (T_VAS,), "issue 11"),
+    Mutation("vasparse: first layer's column mass in every layer", VASPARSE,
+             "sink_weights(self._column_mass[layer, :, :kv])", "sink_weights(self._column_mass[self.layers[0], :, :kv])",
+             (T_VAS,), "issue 11"),
+    Mutation("vasparse: penalty skipped in the extra (φ) pass", VASPARSE,
+             'if self.params["sink"]:\n            scores = sink_penalty(',
+             'if self.params["sink"] and run.variant is None:\n            scores = sink_penalty(', (T_VAS,), "issue 11"),
+    Mutation("vasparse: saliency λ forced to 0", VASPARSE,
+             "selection_scores(prev, saliency, self.lam, valid)", "selection_scores(prev, saliency, 0.0, valid)",
+             (T_VAS,), "issue 11"),
+    Mutation("vasparse: saliency shifted by one position", VASPARSE,
+             "torch.softmax(self._image_mass[:, start:kv - 1], dim=-1)",
+             "torch.softmax(self._image_mass[:, start - 1:kv - 2], dim=-1)", (T_VAS,), "issue 11"),
+    Mutation("prunehal: masking only in the main pass", PRUNEHAL,
+             "return self._pruned_positions[layer] is not None",
+             "return run.variant is None and self._pruned_positions[layer] is not None", (T_PRUNE,), "issue 11"),
+    Mutation("kvsmooth: entropy from the attention before the other methods' edits", KVSMOOTH,
+             "z = row_entropy(weights)  # (B,)",
+             "z = row_entropy(torch.softmax(torch.matmul(query, key.repeat_interleave(query.shape[1] // key.shape[1], 1)"
+             ".transpose(2, 3)) * query.shape[-1] ** -0.5, -1))  # (B,)", (T_KV,), "issue 11"),
+    # ---- our own, for the new code -------------------------------------------------------------
+    Mutation("vasparse: selection over every column, not the generated ones", VASPARSE,
+             "start, n_prev = run.prompt_len, kv - 1 - run.prompt_len", "start, n_prev = 0, kv - 1", (T_VAS,), "new code"),
+    Mutation("vasparse: keep count forgets the always-kept current token", VASPARSE,
+             "count = keep_count(self.keep_ratio, valid.sum(-1, keepdim=True) + 1) - 1",
+             "count = keep_count(self.keep_ratio, valid.sum(-1, keepdim=True))", (T_VAS,), "new code"),
+    Mutation("vasparse: saliency term not normalised", VASPARSE,
+             "p = minmax(saliency[:, None, None, :].expand_as(scores), valid)",
+             "p = saliency[:, None, None, :].expand_as(scores)", (T_VAS,), "new code"),
+    Mutation("dpc-knn: density counts the point itself", VASPARSE,
+             "dist.masked_fill(eye, torch.inf).topk(", "dist.topk(", (T_VAS,), "new code"),
+    Mutation("dpc-knn: parent distance to any point, not a denser one", VASPARSE,
+             "parent = dist.masked_fill(~higher, torch.inf).amin(-1)", "parent = dist.masked_fill(eye, torch.inf).amin(-1)",
+             (T_VAS,), "new code"),
+    Mutation("dpc-knn: centres by density alone", VASPARSE,
+             "torch.argsort(-(density * delta), dim=-1, stable=True)", "torch.argsort(-density, dim=-1, stable=True)",
+             (T_VAS,), "new code"),
+    Mutation("dpc-knn: merged logit is the cluster max, not the mean", VASPARSE,
+             "return (sums / counts.clamp_min(1)).gather(1, labels)",
+             'return logits.new_zeros(logits.shape[0], clusters).scatter_reduce(1, labels, logits, "amax", '
+             "include_self=False).gather(1, labels)", (T_VAS,), "new code"),
+    Mutation("dpc-knn: discarded tokens masked although aggregate = dpc-knn", VASPARSE,
+             "rows[which] = rows[which].scatter(1, cols, merged)",
+             "rows[which] = rows[which].scatter(1, cols, torch.full_like(merged, -torch.inf))", (T_VAS,), "new code"),
+    Mutation("ℓ_φ: embedding without the final norm", VASPARSE,
+             "if normalise:\n        hidden = model.get_decoder().norm(hidden)",
+             "if False:\n        hidden = model.get_decoder().norm(hidden)", (T_VAS,), "new code"),
+    Mutation("ℓ_φ: embedding of the token before the current one", VASPARSE,
+             "else torch.tensor([[run.generated[-1]]], device=run.device)",
+             "else torch.tensor([[run.generated[max(-2, -len(run.generated))]]], device=run.device)", (T_VAS,), "new code"),
+    Mutation("contrast: first generated token not contrasted", VASPARSE,
+             'if not self.params["contrast"]:\n            return logits',
+             'if not self.params["contrast"] or run.step == 0:\n            return logits', (T_VAS,), "new code"),
+    Mutation("contrast: ℓ_θ − αℓ_φ (the released code's form)", VASPARSE,
+             "(1 + alpha) * theta - alpha * phi", "theta - alpha * phi", (T_VAS,), "new code"),
+    Mutation("masked-pass: step-0 re-run does not restore the cache", VASPARSE,
+             "cache.update(k, v, index)", "cache.update(k, v * 0.5, index)", (T_VAS,), "new code"),
+    Mutation("vhr: T-VHD over the reinforced layers only", VHR,
+             'out["tvhd"] = t_vhd(steps, int(self.params["tvhd_top_k"]))',
+             'out["tvhd"] = t_vhd(steps[:, list(self.layers)], int(self.params["tvhd_top_k"]))', (T_VHR,), "new code"),
+    Mutation("vhr: T-VHD top-k ignores k", VHR,
+             "return vhd.topk(min(k, vhd.shape[-1]), dim=-1).values.sum((-2, -1))",
+             "return vhd.sum((-2, -1))", (T_VHR,), "new code"),
+)
+
+
+def copy_tree(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in ("halviz", "tests"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    shutil.copy2(ROOT / "pytest.ini", dest / "pytest.ini")
+
+
+def run_tests(workdir: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, str]:
+    """(outcome, detail): outcome is passed, failed, error or timeout."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    try:
+        done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"over {timeout} s"
+    failed = re.findall(r"^FAILED (\S+)", done.stdout, flags=re.M)
+    if done.returncode == 0:
+        return "passed", ""
+    if done.returncode == 1 and failed:
+        return "failed", failed[0].split("::", 1)[-1]
+    tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+    return "error", f"pytest exit {done.returncode}: " + " | ".join(tail)
+
+
+def apply(workdir: Path, mutation: Mutation) -> str:
+    target = workdir / mutation.path
+    text = target.read_text()
+    found = text.count(mutation.old)
+    if found != 1:
+        raise SystemExit(f"mutation {mutation.name!r}: its pattern occurs {found} times in {mutation.path} "
+                         "(expected exactly once); update the mutation to the current source")
+    target.write_text(text.replace(mutation.old, mutation.new))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python tests/mutate.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated substrings of mutation names")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per test run")
+    parser.add_argument("--list", action="store_true", help="list the mutations and stop")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    args = parser.parse_args(argv)
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    chosen = [m for m in MUTATIONS if not wanted or any(w in m.name for w in wanted)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.source:<9} {m.name}  [{', '.join(m.tests)}]")
+        return 0
+    if not chosen:
+        parser.error("no mutation matches --only")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="halviz-mutate-") as tmp:
+        workdir = Path(tmp)
+        copy_tree(workdir)
+        for m in chosen:  # every pattern must exist before anything runs
+            original = apply(workdir, m)
+            (workdir / m.path).write_text(original)
+        if not args.no_baseline:
+            files = tuple(sorted({t for m in chosen for t in m.tests}))
+            outcome, detail = run_tests(workdir, files, args.timeout * 2)
+            if outcome != "passed":
+                print(f"baseline: the unmutated tests do not pass ({outcome}: {detail}); nothing to measure")
+                return 2
+            print(f"baseline: {', '.join(files)} pass unmutated")
+        for m in chosen:
+            original = apply(workdir, m)
+            t0 = time.perf_counter()
+            try:
+                outcome, detail = run_tests(workdir, m.tests, args.timeout)
+            finally:
+                (workdir / m.path).write_text(original)
+            rows.append((m, outcome, detail, time.perf_counter() - t0))
+            print(f"  {'caught' if outcome == 'failed' else 'MISSED'}: {m.name} ({outcome}, {time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+    print()
+    print(f"| {'mutation':<66} | source   | result | first failing test |")
+    print(f"|{'-' * 68}|----------|--------|--------------------|")
+    for m, outcome, detail, _ in rows:
+        result = "caught" if outcome == "failed" else "MISSED"
+        print(f"| {m.name:<66} | {m.source:<8} | {result:<6} | {detail or outcome} |")
+    missed = [m.name for m, outcome, _, _ in rows if outcome != "failed"]
+    print(f"\n{len(rows) - len(missed)} of {len(rows)} mutations caught" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
