@@ -108,12 +108,14 @@ def unmasked(scores: torch.Tensor) -> torch.Tensor:
 
 
 def minmax(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Min-max over the valid entries of the last dim, to [0, 1]; 0 where a row is constant."""
-    lo = torch.where(valid, x, torch.inf).amin(-1, keepdim=True)
-    hi = torch.where(valid, x, -torch.inf).amax(-1, keepdim=True)
-    span = hi - lo
-    out = (x - lo) / torch.where(span > 0, span, 1.0)
-    return torch.where(valid & (span > 0), out, 0.0)
+    """Min-max over the valid entries of the last dim, to [0, 1] (0 where a row is constant).
+
+    Entries outside ``valid`` come out meaningless; callers mask them (few ops: this runs per layer).
+    """
+    invalid = ~valid
+    lo = x.masked_fill(invalid, torch.inf).amin(-1, keepdim=True)
+    hi = x.masked_fill(invalid, -torch.inf).amax(-1, keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-30)
 
 
 def selection_scores(scores: torch.Tensor, saliency: torch.Tensor, lam: float, valid: torch.Tensor) -> torch.Tensor:
@@ -122,7 +124,7 @@ def selection_scores(scores: torch.Tensor, saliency: torch.Tensor, lam: float, v
     scores (B, H, q, n) scaled logits of the previous generated tokens (the scale cancels in the
     min-max); saliency (B, n) = P; valid (B, H, q, n).
     """
-    sq = minmax(torch.where(valid, scores, 0.0).square(), valid)
+    sq = minmax(scores.square(), valid)
     p = minmax(saliency[:, None, None, :].expand_as(scores), valid)
     return torch.where(valid, sq + lam * p, -torch.inf)
 
@@ -195,12 +197,12 @@ def contrast_logits(theta: torch.Tensor, phi: torch.Tensor, alpha: float, cut: f
     return torch.where(plausible, (1 + alpha) * theta - alpha * phi, -torch.inf)
 
 
-def embedding_logits(model, input_ids: torch.Tensor, normalise: bool = True) -> torch.Tensor:
-    """ℓ_φ without a decoder pass: lm_head([norm](embed(ids))) at the last position, (B, vocab)."""
-    hidden = model.get_input_embeddings()(input_ids[:, -1:])
-    if normalise:
-        hidden = model.get_decoder().norm(hidden)
-    logits = model.get_output_embeddings()(hidden)[:, -1]
+def embedding_logits(embed, norm, head, input_ids: torch.Tensor) -> torch.Tensor:
+    """ℓ_φ without a decoder pass: head(norm(embed(ids))) at the last position, (B, vocab); norm may be None."""
+    hidden = embed(input_ids[:, -1:])
+    if norm is not None:
+        hidden = norm(hidden)
+    logits = head(hidden)[:, -1]
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
@@ -271,9 +273,12 @@ class VASparse(Method):
         self._processed = 0
         if self.params["contrast"] and self.params["phi"] != "masked-pass":
             model = run.model
-            if not hasattr(model.get_decoder(), "norm") and self.params["phi"] == "embedding":
+            norm = getattr(model.get_decoder(), "norm", None)
+            if norm is None and self.params["phi"] == "embedding":
                 raise ValueError("VASparse's ℓ_φ = embedding needs the decoder's final norm, which this model lacks; "
                                  "choose phi = embedding-raw or masked-pass")
+            self._phi_modules = (model.get_input_embeddings(), norm if self.params["phi"] == "embedding" else None,
+                                 model.get_output_embeddings())
         n_image = len(run.image_index)
         generator = torch.Generator().manual_seed(int(self.params["seed"]))
         n_masked = math.floor(float(self.params["mask_rate"]) * n_image + 0.5)
@@ -303,7 +308,8 @@ class VASparse(Method):
                                f"got {kv}; a method that drops cache rows cannot run with it")
         start, n_prev = run.prompt_len, kv - 1 - run.prompt_len  # previous generated tokens: start..kv−2
         dropped = None
-        if run.variant is None and self.params["selection"] and n_prev > 0:
+        # (host-side: while ceil(S·(n+1)) − 1 ≥ n every generated token is kept, nothing to select)
+        if run.variant is None and self.params["selection"] and keep_count(self.keep_ratio, n_prev + 1) - 1 < n_prev:
             prev = scores[..., start:kv - 1]
             valid = unmasked(prev)
             saliency = torch.softmax(self._image_mass[:, start:kv - 1], dim=-1)
@@ -323,27 +329,34 @@ class VASparse(Method):
     def _discard(self, run: Run, layer: int, scores: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         """Mask the dropped generated columns, or give each DPC-KNN cluster of them its merged logit."""
         start, kv = run.prompt_len, scores.shape[-1]
+        if not bool(dropped.any()):
+            return scores
         prev = scores[..., start:kv - 1]
         if self.params["aggregate"] == "none":
             return torch.cat([scores[..., :start], prev.masked_fill(dropped, -torch.inf), scores[..., kv - 1:]], -1)
         b, h, q, n = prev.shape
-        keys = run.cache.layers[layer].keys[:, :, start:kv - 1]  # (B, KVH, n, D), post-RoPE as cached
-        keys = keys.repeat_interleave(h // keys.shape[1], dim=1)
+        cached = run.cache.layers[layer].keys[:, :, start:kv - 1]  # (B, KVH, n, D), post-RoPE as cached
+        rep = h // cached.shape[1]
         rows, flags = prev.reshape(b * h * q, n).clone(), dropped.reshape(b * h * q, n)
-        points = keys[:, :, None].expand(b, h, q, n, keys.shape[-1]).reshape(b * h * q, n, -1)
         counts = flags.sum(-1)
         for size in counts.unique().tolist():
             if size == 0:
                 continue
             which = torch.nonzero(counts == size).flatten()
+            clusters = math.ceil(size / int(self.params["cluster_size"]))
+            self._merged_now += clusters * len(which)
+            if size == 1:  # a cluster of one token is that token: nothing changes
+                continue
             # dropped columns first, in increasing order (stable sort of "not dropped")
             cols = torch.argsort((~flags[which]).to(torch.int8), dim=-1, stable=True)[:, :size]
-            clusters = math.ceil(size / int(self.params["cluster_size"]))
-            labels = dpc_knn(points[which].gather(1, cols[..., None].expand(-1, -1, points.shape[-1])),
-                             clusters, int(self.params["knn"]))
+            if clusters == 1:  # one cluster: no clustering needed
+                labels = torch.zeros_like(cols)
+            else:
+                keys = cached[which // (h * q), (which // q) % h // rep]  # (rows, n, D): row = (batch, head, query)
+                labels = dpc_knn(keys.gather(1, cols[..., None].expand(-1, -1, keys.shape[-1])),
+                                 clusters, int(self.params["knn"]))
             merged = merge_logits(rows[which].gather(1, cols), labels, clusters)
             rows[which] = rows[which].scatter(1, cols, merged)
-            self._merged_now += clusters * len(which)
         return torch.cat([scores[..., :start], rows.reshape(b, h, q, n), scores[..., kv - 1:]], -1)
 
     def after_attention(self, run: Run, layer: int, query: torch.Tensor, key: torch.Tensor,
@@ -368,7 +381,7 @@ class VASparse(Method):
         phi, self._phi_logits = self._phi_logits, None
         if self.params["phi"] != "masked-pass":
             current = run.prompt_ids[:, -1:] if run.step == 0 else torch.tensor([[run.generated[-1]]], device=run.device)
-            phi = embedding_logits(run.model, current, normalise=self.params["phi"] == "embedding")
+            phi = embedding_logits(*self._phi_modules, current)
         elif phi is None:  # step 0: no decode step ran before the prefill's logits
             phi = self._masked_first_step(run)
         self._keep_top("phi", phi)
