@@ -254,16 +254,16 @@ class VASparse(Method):
         self._kept_now: torch.Tensor | None = None
         self._merged_now = 0
         self._processed = 0
-        self._kept_rows: list[np.ndarray] = []
+        # Per step, kept on the device and converted only for the trace (no host sync per step).
+        self._kept_rows: list[tuple[int, torch.Tensor | None]] = []
         self._merged_rows: list[float] = []
-        self._top: dict[str, list[np.ndarray]] = {k: [] for k in ("theta_ids", "theta_logits", "phi_ids", "phi_logits")}
+        self._top: dict[str, list[torch.Tensor]] = {"theta": [], "phi": []}
 
     # ---- lifecycle -------------------------------------------------------------------------
     def setup(self, run: Run) -> None:
         self.layers = vasparse_layers(run.num_layers, int(self.params["first_layer"]))
         self._layer_set = frozenset(self.layers)
         self._last_layer = run.num_layers - 1
-        self._max_new = run.max_new_tokens
         batch, total = run.prompt_ids.shape[0], run.prompt_len + run.max_new_tokens + 1
         # Per position: its own last-layer head-mean attention to the image (m_i), and per layer the
         # head-mean attention it has received so far (Σ_{i≥j} a_{i,j}).
@@ -399,21 +399,24 @@ class VASparse(Method):
                 cache.update(k, v, index)
 
     def _keep_top(self, which: str, logits: torch.Tensor) -> None:
-        values, ids = logits[0].topk(TOP_K)
-        self._top[f"{which}_ids"].append(ids.int().cpu().numpy())
-        self._top[f"{which}_logits"].append(values.float().cpu().numpy())
+        self._top[which].append(logits[0].topk(TOP_K))
 
     def _record_kept(self, run: Run) -> None:
-        """Share of heads × layers keeping each generated token during this step (NaN: not generated yet)."""
-        row = np.full(self._max_new, np.nan, np.float32)
+        """Heads × layers keeping each previous generated token during this step (None: all of them)."""
         kept, self._kept_now = self._kept_now, None
-        if run.step >= 1:
-            row[: run.step] = 1.0
-            if kept is not None:
-                row[: run.step - 1] = (kept.float() / (run.num_heads * len(self.layers))).cpu().numpy()
-        self._kept_rows.append(row)
+        share = None if kept is None else kept.float() / (run.num_heads * len(self.layers))
+        self._kept_rows.append((run.step, share))
         self._merged_rows.append(self._merged_now / (run.num_heads * max(len(self.layers), 1)))
         self._merged_now = 0
+
+    def _kept_table(self) -> np.ndarray:
+        """(T, T): share keeping generated token j during step t; 1 for the current token, NaN for j ≥ t."""
+        table = np.full((len(self._kept_rows),) * 2, np.nan, np.float32)
+        for row, (step, share) in enumerate(self._kept_rows):
+            table[row, :step] = 1.0
+            if share is not None:
+                table[row, : step - 1] = share.cpu().numpy()
+        return table
 
     # ---- trace -----------------------------------------------------------------------------
     def trace_arrays(self) -> dict[str, np.ndarray]:
@@ -423,13 +426,13 @@ class VASparse(Method):
         (P,) = m_i of the processed positions (0 where not recorded); sink_w (n, P) float32 = W over
         all processed positions ``sink_positions`` (0..P−1), per layer of ``layers``."""
         out: dict[str, np.ndarray] = {"layers": np.array(self.layers, np.int32)}
-        for key, rows in self._top.items():
-            name = key.replace("_", "_top_", 1)
-            empty = np.zeros((0, TOP_K), np.int32 if key.endswith("ids") else np.float32)
-            out[name] = np.stack(rows) if rows else empty
+        for which, rows in self._top.items():
+            out[f"{which}_top_ids"] = (torch.stack([r.indices for r in rows]).int().cpu().numpy() if rows
+                                       else np.zeros((0, TOP_K), np.int32))
+            out[f"{which}_top_logits"] = (torch.stack([r.values for r in rows]).float().cpu().numpy() if rows
+                                          else np.zeros((0, TOP_K), np.float32))
         if self.params["selection"] and self._kept_rows:
-            steps = len(self._kept_rows)  # step t reads generated tokens < t: T columns suffice
-            out["kept_generated"] = np.stack(self._kept_rows)[:, :steps].astype(np.float16)
+            out["kept_generated"] = self._kept_table().astype(np.float16)  # step t reads tokens < t: T columns
             out["merged_columns"] = np.array(self._merged_rows, np.float32)
             out["image_mass"] = self._image_mass[0, : self._processed].float().cpu().numpy()
         if self.params["sink"] and self.layers and self._processed:
