@@ -1,8 +1,18 @@
 """halviz: a visual debugger for hallucination in multimodal LLMs. Builds the Gradio app and launches it."""
 
-from halviz.ui import build_app, launch_options
+import signal
+
+from halviz.ui import build_app, launch_options, shutdown
 
 demo = build_app()
 
 if __name__ == "__main__":
-    demo.launch(**launch_options())
+    # Spaces (and most process managers) stop apps with SIGTERM: handle it like Ctrl-C, so the
+    # server closes and the trace folder is deleted on the way out, exactly as with SIGINT.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        demo.launch(**launch_options())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown(demo)

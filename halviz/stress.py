@@ -3,7 +3,11 @@
 Launches the app in-process on a free loopback port and drives it through ``gradio_client``:
 concurrent clients (each result must equal its alone-run), Stop/cancel and a client that
 disconnects mid-stream, a method that raises (only its column fails), and a soak of N runs
-(RSS growth, files left behind). Bounded in requests and time; it stops by itself.
+(RSS growth, files left behind). Then a hostile user's attacks (``halviz.hostile``): crafted trace
+files, special tokens and overlong prompts, knob bombs, model-box probes of server paths, many
+uploads, another session's Stop events, one client filling the queue, a slow model load next to
+the loaded one, and ``python app.py`` stopped with SIGTERM. Bounded in requests and time; loopback
+only; it stops by itself.
 """
 
 from __future__ import annotations
@@ -67,13 +71,15 @@ def free_port() -> int:
 class LocalApp:
     """The app launched in this process on 127.0.0.1; ``close()`` stops it."""
 
-    def __init__(self, loader: Callable | None = None, model: str = "toy", concurrency: int | None = None):
+    def __init__(self, loader: Callable | None = None, model: str = "toy", concurrency: int | None = None,
+                 models: Sequence[str] | None = None, allow_local: bool = False):
         from halviz.models import load_model
         from halviz.ui import build_app, launch_options
 
         self.model = model
-        self.demo = build_app(models=[model], default_model=model, loader=loader or load_model,
-                              registry=stress_registry(), update_every_s=0, concurrency=concurrency)
+        self.demo = build_app(models=list(models or [model]), default_model=model, loader=loader or load_model,
+                              registry=stress_registry(), update_every_s=0, concurrency=concurrency,
+                              allow_local=allow_local)
         _, self.url, _ = self.demo.launch(server_name="127.0.0.1", server_port=free_port(),
                                           prevent_thread_lock=True, quiet=True, **launch_options())
         self.downloads = Path(tempfile.mkdtemp(prefix="halviz-stress-downloads-"))
@@ -84,19 +90,15 @@ class LocalApp:
         return Client(self.url, verbose=False, download_files=str(self.downloads))
 
     def close(self) -> None:
-        self.demo.close()
-        _trace_files(self.demo).close()
+        from halviz.ui import shutdown
+
+        shutdown(self.demo)
         shutil.rmtree(self.downloads, ignore_errors=True)
 
 
 def _trace_files(demo):
-    """The app's TraceFiles, found through a bound Controller method among the event handlers."""
-    for block_fn in demo.fns.values():
-        owner = getattr(block_fn.fn, "__self__", None)
-        app = getattr(owner, "app", None)
-        if app is not None and hasattr(app, "files"):
-            return app.files
-    raise LookupError("no halviz controller in this app")
+    """The app's TraceFiles."""
+    return demo.halviz.files
 
 
 def _trace_root(demo) -> Path:
@@ -177,6 +179,8 @@ def submit_and_wait(client, request: Request, model: str, timeout_s: float = 120
 
 # ---- scenarios ----------------------------------------------------------------------------------------
 
+# 2 × 320 tokens take several seconds on the toy model (its context of 512 holds ~170 prompt tokens + 320).
+LONG = Request("toy-scene.png", ("vanilla", "vasparse"), tokens=320)
 CONCURRENT = (
     Request("toy-scene.png", ("vanilla",)),
     Request("toy-cup-no-spoon.png", ("vanilla", "prunehal")),
@@ -195,6 +199,7 @@ class Report:
     rss_mb: list[float] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)
     idle_after_s: dict[str, float] = field(default_factory=dict)  # worker freed this long after a stop
+    hostile: dict[str, Any] = field(default_factory=dict)  # issue 12's attacks: what each got
     seconds: float = 0.0
 
     def record(self, timed: Timed, expect_error: bool = False) -> None:
@@ -215,7 +220,7 @@ class Report:
             "rss_mb_first_last": [round(self.rss_mb[0], 1), round(self.rss_mb[-1], 1)] if self.rss_mb else [],
             "max_queue_wait_s": round(max(self.queue_waits, default=0.0), 3),
             "worker_idle_after_stop_s": {k: round(v, 2) for k, v in self.idle_after_s.items()},
-            "files": self.files, "seconds": round(self.seconds, 1),
+            "files": self.files, "hostile": self.hostile, "seconds": round(self.seconds, 1),
         }
 
 
@@ -302,8 +307,63 @@ def seconds_until_idle(app: LocalApp, timeout_s: float = 30) -> float:
     return float("inf")
 
 
+def hostile_scenarios(app: LocalApp, report: "Report", log: Callable[[str], None]) -> None:
+    """Issue 12's attacks against the running app (see ``halviz.hostile``)."""
+    from PIL import Image
+
+    from halviz import hostile
+    from halviz.engine.decode import Decoder
+    from halviz.models import load_model
+    from halviz.ui.state import MAX_SESSION_UPLOADS
+
+    folder = Path(tempfile.mkdtemp(prefix="halviz-stress-traces-"))
+    try:
+        good, _ = Decoder(load_model("toy"), Image.open(EXAMPLES / "toy-scene.png"), PROMPT, [], 3).run_to_end().save(
+            folder / "good")
+        figures = hostile.run_hostile(app, good, folder, log)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    report.hostile.update(figures)
+    report.checks["trace_bombs_refused_politely"] = all(v["refused"] for v in figures["trace_bombs"].values())
+    report.checks["prompt_and_knob_attacks_refused_politely"] = all(figures["prompt_attacks"].values())
+    report.checks["model_box_same_answer_for_every_path"] = figures["model_box_same_answer_for_every_path"]
+    report.checks["uploaded_traces_bounded_per_session"] = figures["uploads_kept_of_12"] == MAX_SESSION_UPLOADS
+    report.checks["foreign_stops_keep_downloads"] = figures["download_after_70_foreign_stops"] == 200
+    fill = hostile.fill_the_queue(app, submissions=18)
+    report.hostile["queue_fill"] = {"submitted": fill.submitted, "refused": fill.refused,
+                                    "other_client_served": fill.other_served}
+    report.checks["one_client_cannot_fill_the_queue"] = fill.other_served and fill.refused >= fill.submitted - 4
+    log(f"queue fill: {fill.refused} of {fill.submitted} refused, another client served: {fill.other_served}")
+
+
+def slow_and_shutdown_scenarios(report: "Report", log: Callable[[str], None]) -> None:
+    """A slow model load next to requests for the loaded one, and ``python app.py`` stopped with SIGTERM."""
+    from halviz import hostile
+    from halviz.models import load_model
+
+    loader = hostile.GatedLoader(load_model("toy"), "llava-hf/llava-1.5-7b-hf", timeout_s=30)
+    app = LocalApp(loader=loader, models=["toy", loader.slow_name])
+    try:
+        submit_and_wait(app.client(), Request("toy-scene.png", ("vanilla",), tokens=4), app.model)  # toy loaded
+        slow = hostile.slow_load_scenario(app, loader)
+    finally:
+        app.close()
+    report.hostile["loaded_model_request_during_a_slow_load_s"] = round(slow.loaded_model_s, 2)
+    report.checks["loaded_model_not_blocked_by_a_load"] = slow.error is None and slow.other_load_released
+    log(f"slow load: a request for the loaded model took {slow.loaded_model_s:.2f} s while another model loaded")
+    shutdown = hostile.sigterm_scenario()
+    report.hostile["sigterm"] = {"exit_code": shutdown.exit_code, "seconds_to_exit": round(shutdown.seconds_to_exit, 2),
+                                 "trace_dirs_before": shutdown.trace_dirs_before,
+                                 "trace_dirs_after": shutdown.trace_dirs_after}
+    report.checks["sigterm_deletes_the_trace_folder"] = (shutdown.started and shutdown.exit_code is not None
+                                                         and shutdown.trace_dirs_before == 1
+                                                         and shutdown.trace_dirs_after == 0)
+    log(f"SIGTERM: exit {shutdown.exit_code} after {shutdown.seconds_to_exit:.1f} s, trace folders "
+        f"{shutdown.trace_dirs_before} → {shutdown.trace_dirs_after}")
+
+
 def run_scenarios(runs: int = 100, quick: bool = False, soak_tokens: int = 12,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, hostile: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     deadline = started + TIME_LIMIT_S
     report = Report()
@@ -321,8 +381,8 @@ def run_scenarios(runs: int = 100, quick: bool = False, soak_tokens: int = 12,
         report.checks["concurrent_equal_alone"] = together == alone
         log(f"concurrent ×{len(requests)}: equal to alone-runs: {together == alone}")
 
-        # 2 × 500 tokens take > 15 s on the toy model; a stopped run must free its worker at once.
-        long_request = Request("toy-scene.png", ("vanilla", "vasparse"), tokens=500)
+        # a stopped run must free its worker at once.
+        long_request = LONG
         folders = len(list(traces.iterdir()))
         report.checks["cancel_stopped_early"] = cancel_mid_stream(app, long_request)
         report.requests += 1
@@ -366,8 +426,12 @@ def run_scenarios(runs: int = 100, quick: bool = False, soak_tokens: int = 12,
             "trace_files_kept": files_under(traces),
             "gradio_cache_new_files_while_running": files_under(gradio_cache) - cache_before,
         }
+        if hostile:
+            hostile_scenarios(app, report, log)
     finally:
         app.close()
+    if hostile:
+        slow_and_shutdown_scenarios(report, log)
     report.files["trace_files_left_after_close"] = files_under(traces)
     report.files["gradio_cache_new_files_after_close"] = files_under(gradio_cache) - cache_before
     report.files["halviz_trace_dirs_left_in_tmp"] = len(
@@ -380,11 +444,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m halviz.stress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100, help="soak runs (default 100)")
     parser.add_argument("--quick", action="store_true", help="2 concurrent clients, at most 20 soak runs")
+    parser.add_argument("--no-hostile", action="store_true",
+                        help="skip the hostile-user attacks (trace bombs, queue filling, slow loads, SIGTERM…)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.CRITICAL)  # the deliberate fault's stack trace is expected
-    summary = run_scenarios(runs=max(10, args.runs), quick=args.quick)
+    logging.getLogger("halviz.ui").setLevel(logging.CRITICAL)
+    summary = run_scenarios(runs=max(10, args.runs), quick=args.quick, hostile=not args.no_hostile)
     for key, value in summary.items():
         print(f"{key:>32}: {value}")
     if args.json:

@@ -21,6 +21,22 @@ FORMAT = "halviz-trace/1"
 _META_KEY = "__meta__"
 _STEP_ARRAYS = ("image_attn", "entropy", "segment_share", "top_key_pos", "top_key_attn", "head_image_attn")
 MAX_TRACE_BYTES = 512 * 2**20  # refuse to open anything larger: a trace of LLaVA-7B at 512 steps is ~60 MB
+# Fixed limits on what a trace's metadata may declare, checked before anything is built from it:
+# generous for real models (LLaVA-1.5-7B: 32 layers × 32 heads, 24×24 grid, ~600 prompt tokens).
+MAX_META_BYTES = 8 * 2**20
+MAX_META_DEPTH = 6  # the deepest the engine writes is 4 (methods → params → value)
+MAX_META_ITEMS = 400_000  # every list entry, dict entry and scalar, in all
+MAX_STEPS = 1024
+MAX_LAYERS = 256
+MAX_HEADS = 256
+MAX_GRID_SIDE = 128
+MAX_PROMPT_LEN = 32_768
+MAX_TOP_K = 64
+MAX_SEGMENTS = 16
+MAX_METHODS = 16
+MAX_VOCAB_STRINGS = 65_536
+MAX_PIECE_CHARS = 256  # one token's text
+MAX_TEXT_CHARS = 4_000  # the prompt, names and reasons
 
 
 class TraceFormatError(ValueError):
@@ -115,8 +131,8 @@ class Trace:
             raise
         except FileNotFoundError:
             raise TraceFormatError(f"{path.name} does not exist") from None
-        except Exception as exc:  # zip, npy-header and pickle-refusal errors all mean the same to a user
-            raise TraceFormatError(f"{path.name} is not a halviz trace ({type(exc).__name__}: {exc})") from None
+        except Exception:  # zip, npy-header and pickle-refusal errors all mean the same to a user
+            raise TraceFormatError(f"{path.name} is not a halviz trace (damaged, or not written by halviz)") from None
         return cls.from_arrays(arrays, path.name)
 
     @classmethod
@@ -124,33 +140,158 @@ class Trace:
         raw = arrays.pop(_META_KEY, None)
         if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
             raise TraceFormatError(f"{origin} has no halviz metadata")
+        if raw.size > MAX_META_BYTES:
+            raise TraceFormatError(f"{origin} has {raw.size / 2**20:.0f} MB of metadata; "
+                                   f"the limit is {MAX_META_BYTES >> 20} MB")
         try:
-            meta = json.loads(raw.tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TraceFormatError(f"{origin} has damaged metadata: {exc}") from None
+            meta = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise TraceFormatError(f"{origin} has damaged metadata (not UTF-8 JSON)") from None
+        except (RecursionError, ValueError):  # nested past the parser's depth; huge integers
+            raise TraceFormatError(f"{origin} has damaged metadata: nested too deeply or numbers too long") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise TraceFormatError(f"{origin} is not a {FORMAT} file")
         _validate(meta, arrays, origin)
         return cls(meta, arrays)
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
 def _validate(meta: dict, arrays: dict[str, np.ndarray], origin: str) -> None:
-    """Check the shapes the viewers rely on, so a crafted file fails here and not inside a plot."""
+    """Check every count, size and string the viewers rely on, against the arrays and against fixed
+    limits, so a crafted file fails here (cheaply) and not inside a plot or a million-entry dropdown."""
     try:
-        steps = int(meta["num_steps"])
-        if len(meta["texts"]) != steps or arrays["token_ids"].shape != (steps,):
-            raise ValueError("step count does not match the token list")
-        if "image_attn" in arrays:
-            layers, rows, cols = int(meta["num_layers"]), int(meta["grid"][0]), int(meta["grid"][1])
-            if arrays["image_attn"].shape != (steps, layers, rows * cols):
-                raise ValueError(f"image_attn has shape {arrays['image_attn'].shape}")
-            if arrays["entropy"].shape != (steps, layers):
-                raise ValueError(f"entropy has shape {arrays['entropy'].shape}")
-        for name, array in arrays.items():
-            if array.dtype.kind not in "biuf":
-                raise ValueError(f"array {name} has dtype {array.dtype}")
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        _check_tree(meta)
+        steps = _count(meta, "num_steps", MAX_STEPS)
+        layers = _count(meta, "num_layers", MAX_LAYERS)
+        heads = _count(meta, "num_heads", MAX_HEADS)
+        if "num_kv_heads" in meta:
+            _count(meta, "num_kv_heads", max(heads, 1))
+        prompt_len = _count(meta, "prompt_len", MAX_PROMPT_LEN) if "prompt_len" in meta else 0
+        grid = meta.get("grid", [0, 0])
+        if not (isinstance(grid, list) and len(grid) == 2 and all(_is_int(v, MAX_GRID_SIDE) for v in grid)):
+            raise ValueError(f"grid must be two whole numbers up to {MAX_GRID_SIDE}")
+        n_image = grid[0] * grid[1]
+        _strings(meta.get("texts"), "texts", MAX_PIECE_CHARS, exact=steps)
+        for key in ("model", "source", "family", "prompt", "finish_reason", "device", "step_semantics", "format"):
+            if key in meta and not (isinstance(meta[key], str) and len(meta[key]) <= MAX_TEXT_CHARS):
+                raise ValueError(f"{key} must be text of at most {MAX_TEXT_CHARS} characters")
+        _strings(meta.get("prompt_tokens", []), "prompt_tokens", MAX_PIECE_CHARS, most=max(prompt_len, 0))
+        _strings(meta.get("segments", []), "segments", 40, most=MAX_SEGMENTS)
+        _ints(meta.get("image_positions", []), "image_positions", max(prompt_len, 1), allowed_lengths=(0, n_image))
+        _ints(meta.get("segment_ids_prompt", []), "segment_ids_prompt", MAX_SEGMENTS, most=prompt_len)
+        head_layers = meta.get("head_layers", [])
+        _ints(head_layers, "head_layers", max(layers, 1), most=layers)
+        if len(set(head_layers)) != len(head_layers):
+            raise ValueError("head_layers repeats a layer")
+        boxes = meta.get("patch_boxes", [])
+        if not isinstance(boxes, list) or len(boxes) not in (0, n_image) or not all(
+                isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b) for b in boxes):
+            raise ValueError("patch_boxes must hold four numbers per image token")
+        size = meta.get("image_size", [1, 1])
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v, 10**6) and v > 0 for v in size)):
+            raise ValueError("image_size must be two positive whole numbers")
+        methods = meta.get("methods", [])
+        if not isinstance(methods, list) or len(methods) > MAX_METHODS or not all(
+                isinstance(m, dict) and isinstance(m.get("params", {}), dict) for m in methods):
+            raise ValueError(f"methods must be a list of at most {MAX_METHODS} method descriptions")
+        vocab = meta.get("vocab_strings", {})
+        if not isinstance(vocab, dict) or len(vocab) > MAX_VOCAB_STRINGS or not all(
+                isinstance(v, str) and len(v) <= MAX_PIECE_CHARS for v in vocab.values()):
+            raise ValueError("vocab_strings must map token ids to short texts")
+        segments = len(meta.get("segments", []))
+        _check_arrays(arrays, steps, layers, heads, n_image, len(head_layers), segments, prompt_len)
+    except KeyError as exc:
+        raise TraceFormatError(f"{origin} is inconsistent: it lacks {str(exc.args[0])[:40]!r}") from None
+    except ValueError as exc:  # our own sentences (every check above raises ValueError with one)
         raise TraceFormatError(f"{origin} is inconsistent: {exc}") from None
+    except (TypeError, IndexError, AttributeError, OverflowError):
+        raise TraceFormatError(f"{origin} is inconsistent: its metadata has the wrong types") from None
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], steps: int, layers: int, heads: int, n_image: int,
+                  head_layers: int, segments: int, prompt_len: int) -> None:
+    k = arrays["top_ids"].shape[-1] if "top_ids" in arrays else 0
+    top_keys = arrays["top_key_pos"].shape[-1] if "top_key_pos" in arrays else 0
+    if k > MAX_TOP_K or top_keys > MAX_TOP_K:
+        raise ValueError(f"more than {MAX_TOP_K} candidates per step")
+    expected = {
+        "token_ids": (steps,), "top_ids": (steps, k), "top_probs": (steps, k), "step_ms": (steps,),
+        "image_attn": (steps, layers, n_image), "entropy": (steps, layers), "segment_share": (steps, layers, segments),
+        "top_key_pos": (steps, layers, top_keys), "top_key_attn": (steps, layers, top_keys),
+        "head_image_attn": (steps, head_layers, heads, n_image),
+    }
+    if "token_ids" not in arrays:
+        raise ValueError("the token list is missing")
+    if "image_attn" in arrays and "entropy" not in arrays:
+        raise ValueError("entropy is missing")
+    # A method's own arrays are indexed by steps, layers, heads, image or text positions.
+    longest = max(steps, layers, heads, n_image, prompt_len + steps, MAX_TOP_K)
+    most_items = max(steps, 1) * max(layers, 1) * max(heads, n_image, prompt_len + steps, MAX_TOP_K)
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"array {name} has dtype {array.dtype}")
+        if name in expected:
+            if array.shape != expected[name]:
+                raise ValueError(f"{name} has shape {array.shape}, expected {expected[name]}")
+        elif name.startswith("method/"):
+            if array.ndim > 4 or any(d > longest for d in array.shape) or array.size > most_items:
+                raise ValueError(f"{name} has shape {array.shape}, larger than this trace's model and steps")
+        else:
+            raise ValueError(f"unknown array {name}")
+
+
+def _is_int(value: Any, most: int) -> bool:
+    return type(value) is int and 0 <= value <= most  # not bool, not float, not text
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and abs(value) < 1e9
+
+
+def _count(meta: dict, key: str, most: int) -> int:
+    value = meta[key]
+    if not _is_int(value, most):
+        raise ValueError(f"{key} must be a whole number from 0 to {most}, not {str(value)[:40]!r}")
+    return value
+
+
+def _strings(values: Any, name: str, longest: int, exact: int | None = None, most: int | None = None) -> None:
+    if not isinstance(values, list) or not all(isinstance(v, str) and len(v) <= longest for v in values):
+        raise ValueError(f"{name} must be a list of texts of at most {longest} characters")
+    if exact is not None and len(values) != exact:
+        raise ValueError(f"{name} has {len(values)} entries for {exact} steps")
+    if most is not None and len(values) > most:
+        raise ValueError(f"{name} has {len(values)} entries, more than {most}")
+
+
+def _ints(values: Any, name: str, below: int, most: int | None = None, allowed_lengths: tuple | None = None) -> None:
+    if not isinstance(values, list) or not all(_is_int(v, below - 1) for v in values):
+        raise ValueError(f"{name} must be a list of whole numbers below {below}")
+    if most is not None and len(values) > most:
+        raise ValueError(f"{name} has {len(values)} entries, more than {most}")
+    if allowed_lengths is not None and len(values) not in allowed_lengths:
+        raise ValueError(f"{name} has {len(values)} entries, expected {allowed_lengths[-1]}")
+
+
+def _check_tree(meta: dict) -> None:
+    """Bounded nesting, item count and string length, walked without recursion."""
+    pending, items = [(meta, 1)], 0
+    while pending:
+        node, depth = pending.pop()
+        items += 1
+        if depth > MAX_META_DEPTH or items > MAX_META_ITEMS:
+            raise ValueError("the metadata is nested too deeply or holds too many items")
+        if isinstance(node, dict):
+            if not all(isinstance(k, str) and len(k) <= MAX_PIECE_CHARS for k in node):
+                raise ValueError("the metadata has an overlong key")
+            pending.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            pending.extend((v, depth + 1) for v in node)
+        elif isinstance(node, str) and len(node) > MAX_TEXT_CHARS:
+            raise ValueError(f"the metadata holds a text of {len(node)} characters")
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -15,10 +15,11 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from halviz.engine.decode import Decoder
+from halviz.hostile import looks_like_python
 from halviz.methods import build_stack
 from halviz.models import load_model
 from halviz.trace import Trace
-from halviz.ui import build_app, launch_options
+from halviz.ui import build_app, launch_options, shutdown
 from halviz.ui.inputs import InputError, load_image
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -38,15 +39,23 @@ def model_dir(tiny_model_dirs):
 
 
 @pytest.fixture(scope="module")
-def client(model_dir):
+def server(model_dir):
     # update_every_s=0: one streamed update per round of tokens, so the stream is observable.
-    demo = build_app(models=[model_dir, "llava-hf/llava-1.5-7b-hf"], default_model=model_dir, update_every_s=0)
+    # The operator's switch for local folders is on here: these tests load a tiny checkpoint from disk.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HALVIZ_ALLOW_LOCAL_MODELS", "1")
+        demo = build_app(models=[model_dir, "llava-hf/llava-1.5-7b-hf"], default_model=model_dir, update_every_s=0)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                             quiet=True, **launch_options())
     try:
-        yield Client(url, verbose=False)
+        yield demo, url
     finally:
-        demo.close()
+        shutdown(demo)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[1], verbose=False)
 
 
 class Api:
@@ -77,6 +86,18 @@ def png_claiming_size(path: Path, width: int, height: int) -> Path:
     struct.pack_into(">II", data, 16, width, height)  # IHDR data starts at byte 16
     struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
     path.write_bytes(bytes(data))
+    return path
+
+
+def png_with_short_data(path: Path, width: int, height: int) -> Path:
+    """A well-formed PNG (valid chunks and CRCs, complete zlib stream) that claims ``width``×``height``
+    but holds 100 rows: Pillow decodes it without complaint and fills the rest with black."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = (b"\0" + b"\xff" * (width * 3)) * 100
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
     return path
 
 
@@ -193,9 +214,18 @@ BAD_REQUESTS = {
     "knob not a number": (dict(methods=["prunehal"], settings=json.dumps({"prunehal": {"t": "many"}})), "number"),
     "unknown knob": (dict(methods=["prunehal"], settings=json.dumps({"prunehal": {"zzz": 1}})), "no knob"),
     "settings not JSON": (dict(settings="{oops"), "not valid JSON"),
-    "unknown model id": (dict(model="not a model"), "neither a local model folder nor a hub id"),
+    "unknown model id": (dict(model="not a model"), "does not offer that model"),
+    "model id not offered": (dict(model="someone/else"), "does not offer that model"),
     "model offline": (dict(model="llava-hf/llava-1.5-7b-hf"), "cannot be reached"),
-    "model folder without config": (dict(model="EMPTY_DIR"), "no config.json"),
+    "model folder without config": (dict(model="EMPTY_DIR"), "no config.json"),  # local folders are on here
+    "True as a token count": (dict(tokens=True), "Max new tokens"),
+    "special token": (dict(prompt="Describe <image> twice."), "special token"),
+    "infinite integer knob": (dict(methods=["prunehal"], settings='{"prunehal": {"t": 1e999}}'), "too large"),
+    "Infinity as a knob": (dict(methods=["prunehal"], settings='{"prunehal": {"t": Infinity}}'), "Infinity"),
+    "deeply nested knobs": (dict(methods=["prunehal"], settings='{"prunehal": {"t": ' + "[" * 3000 + "]" * 3000 + "}}"),
+                            "nested far too deeply"),
+    "truncated 40 megapixels": (dict(image="SHORT_PNG"), "damaged or truncated"),
+    "avif listed": (dict(image="NOT_AVIF"), "AVIF"),
 }
 
 
@@ -209,6 +239,8 @@ def test_bad_input_gives_an_error_and_the_server_keeps_serving(api, tmp_path, ca
         "BOMB": lambda: png_claiming_size(tmp_path / "bomb.png", 40000, 40000),
         "HUGE": lambda: png_claiming_size(tmp_path / "huge.png", 8000, 8000),
         "EMPTY_DIR": lambda: tmp_path,
+        "SHORT_PNG": lambda: png_with_short_data(tmp_path / "short.png", 6000, 6600),
+        "NOT_AVIF": lambda: _write(tmp_path / "x.avif", b"\0\0\0\x1cftypavif" + b"\0" * 40),
     }
     for key in ("image", "model"):
         if kwargs.get(key) in stand_ins:
@@ -217,7 +249,7 @@ def test_bad_input_gives_an_error_and_the_server_keeps_serving(api, tmp_path, ca
         api.compare(**kwargs)
     text = str(failure.value)
     assert message.lower() in text.lower(), text
-    assert "Traceback" not in text
+    assert not looks_like_python(text), text
     assert api.compare()[-1]["vanilla"]["tokens"] == 2  # the next good request succeeds
 
 
@@ -297,3 +329,42 @@ def test_model_cache_loads_each_model_once_under_concurrency():
     assert calls == ["a"] and len({id(r) for r in results}) == 1
     cache.get("b")  # capacity 1: "a" is evicted and would load again
     assert cache.loaded_names() == ["b"]
+
+
+def test_an_avif_photo_is_accepted(api, tmp_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow cannot read AVIF, so the message rightly leaves it out")
+    path = tmp_path / "photo.avif"
+    Image.open(PHOTO).save(path, "AVIF")
+    assert api.compare(image=path)[-1]["vanilla"]["tokens"] == 2
+
+
+def test_one_key_per_model_however_it_is_typed(server, api, model_dir):
+    """A folder with a trailing slash, or reached through "..", is the model already loaded."""
+    demo, _ = server
+    cache = demo.halviz.cache
+    api.compare()
+    before = cache.loaded_names()
+    parent = Path(model_dir).parent
+    for spelling in (model_dir + "/", f"{parent}/../{parent.name}/{Path(model_dir).name}", model_dir + "//"):
+        assert api.compare(model=spelling)[-1]["vanilla"]["tokens"] == 2
+    assert cache.loaded_names() == before == [str(Path(model_dir).resolve())]
+
+
+def test_the_model_box_does_not_reveal_server_paths_without_the_switch(model_dir, tmp_path):
+    """With local folders off (the default), every path gets the same sentence, existing or not."""
+    from halviz.ui.controller import HalvizApp
+    from halviz.ui.inputs import InputError
+    from halviz.methods import METHODS
+
+    app = HalvizApp(["toy"], "toy", load_model, [], METHODS)
+    answers = set()
+    for path in ("/etc", "/nonexistent", str(tmp_path), model_dir, "../..", "~root"):
+        with pytest.raises(InputError) as refusal:
+            app.policy.check(path, "toy")
+        answers.add(str(refusal.value))
+    assert len(answers) == 1 and "does not offer that model" in answers.pop()
+    for alias in ("TOY", " toy-llava ", "Toy"):
+        assert app.policy.check(alias, "toy") == "toy"

@@ -7,6 +7,7 @@ Set HALVIZ_README_SCREENSHOT=1 to also write assets/screenshot.png for the READM
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "screenshots"  # git-ignored
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+        "--disable-component-update", "--no-first-run", "--dns-prefetch-disable"]
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
@@ -49,11 +50,32 @@ def app_url(tiny_model_dirs):
         demo.close()
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def keep_on_this_machine(page) -> list[str]:
+    """Abort (and list) every request the page makes to a host other than loopback: nothing the page
+    shows may fetch from outside, and the test itself never sends traffic off the machine."""
+    outside: list[str] = []
+
+    def route(route):
+        url = urlparse(route.request.url)
+        if url.scheme in ("data", "blob") or url.hostname in LOOPBACK:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", route)
+    return outside
+
+
 @pytest.fixture(scope="module")
 def page(app_url):
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.outside_requests = keep_on_this_machine(page)
         page.goto(app_url)
         page.wait_for_selector("#hv-run", timeout=60_000)
         yield page
@@ -153,3 +175,44 @@ def readme_screenshot(page) -> None:
     # A 256-colour palette keeps the file small enough for the repository.
     Image.open(target).convert("RGB").quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(target, optimize=True)
     page.set_viewport_size({"width": 1440, "height": 1000})
+
+
+def test_html_from_users_and_files_is_shown_as_text_and_fetches_nothing(page, tmp_path, tiny_model_dirs):
+    """Issue 12 (2): a replayed trace whose strings hold an image from an outside URL and a password
+    form, HTML typed into the ground-truth box, and a special token in the prompt: the page shows
+    every string literally, builds no such element, and asks no host but this one for anything."""
+    from halviz.engine.decode import Decoder
+    from halviz.hostile import HTML_STRINGS, html_trace
+    from halviz.models import load_model
+
+    page.reload()  # a fresh session: the uploader still holds the refused file of the test before
+    page.wait_for_selector("#hv-run", timeout=60_000)
+    page.fill("#hv-truth textarea", f"{HTML_STRINGS['image']} {HTML_STRINGS['markdown_image']}")
+    page.wait_for_function("document.querySelector('#hv-truth-note').innerText.includes('example.invalid')",
+                           timeout=60_000)
+    note = page.locator("#hv-truth-note").inner_text()
+    assert HTML_STRINGS["image"] in note and HTML_STRINGS["markdown_image"] in note, note
+
+    loaded = load_model(str(tiny_model_dirs["llava-1.5"]))
+    trace = Decoder(loaded, Image.new("RGB", (64, 48), "gray"), "Describe.", [], 3).run_to_end()
+    good, _ = trace.save(tmp_path / "plain")
+    page.set_input_files("#hv-trace-upload input[type=file]", str(html_trace(good, tmp_path / "crafted.npz")))
+    page.wait_for_function("document.querySelector('#hv-trace-info').innerText.includes('example.invalid')",
+                           timeout=60_000)
+    info = page.locator("#hv-trace-info").inner_text()
+    for text in (HTML_STRINGS["image"], HTML_STRINGS["form"], HTML_STRINGS["markdown_image"]):
+        assert text in info, info
+
+    page.fill("#hv-prompt textarea", "Describe <image> again.")
+    page.click("#hv-run")
+    page.wait_for_selector(".toast-body.error:has-text('special token')", timeout=60_000)
+    assert "“<image>”" in page.locator(".toast-body.error").filter(has_text="special token").first.inner_text()
+
+    page.wait_for_timeout(1000)  # time for any image the page might still try to load
+    crafted = page.evaluate("""() => ({
+        images: [...document.querySelectorAll('img')].map(i => i.src).filter(s => s.includes('example.invalid')),
+        forms: document.querySelectorAll('form').length,
+        passwords: document.querySelectorAll('input[type=password]').length,
+    })""")
+    assert crafted == {"images": [], "forms": 0, "passwords": 0}, crafted
+    assert page.outside_requests == [], page.outside_requests

@@ -16,6 +16,7 @@ from halviz.models import load_model
 from halviz.stress import (
     CONCURRENT,
     EXAMPLES,
+    LONG,
     PROMPT,
     FaultyMethod,
     LocalApp,
@@ -163,7 +164,6 @@ def test_four_concurrent_clients_each_get_their_alone_result(app, alone):
 
 # ---- cancellation ------------------------------------------------------------------------------------
 
-LONG = Request("toy-scene.png", ("vanilla", "vasparse"), tokens=500)  # > 15 s if it ran to the end
 
 
 @pytest.mark.parametrize("stop", [cancel_mid_stream, disconnect_mid_stream])
@@ -180,11 +180,15 @@ def test_a_stopped_run_frees_its_worker_and_leaves_no_files(app, alone, stop):
 # ---- soak and files ---------------------------------------------------------------------------------
 
 def test_trace_files_keep_a_bounded_number_of_folders(tmp_path, toy):
-    files = TraceFiles(parent=tmp_path, max_folders=3)
+    files = TraceFiles(parent=tmp_path, per_owner=3, max_owners=2)
     trace = Decoder(toy, picture(), PROMPT, [], 2).run_to_end()
-    saved = [files.save({"vanilla": RunEntry("vanilla", "Greedy", trace, None, None)}) for _ in range(7)]
-    assert len(list(files.root.iterdir())) == 3
-    assert all(Path(p).exists() for p in saved[-1]) and not any(Path(p).exists() for p in saved[0])
+    runs = {"vanilla": RunEntry("vanilla", "Greedy", trace, None, None)}
+    theirs = files.save(runs, owner="b")
+    saved = [files.save(runs, owner="a") for _ in range(7)]
+    assert len(list(files.root.iterdir())) == 4  # a's newest 3, and b's one: a never evicts b
+    assert all(Path(p).exists() for p in saved[-1] + theirs) and not any(Path(p).exists() for p in saved[0])
+    files.save(runs, owner="c")  # a third session: the one that saved least recently (b) loses its files
+    assert not any(Path(p).exists() for p in theirs) and all(Path(p).exists() for p in saved[-1])
     root = files.root
     del files
     gc.collect()
@@ -203,5 +207,7 @@ def test_soak_memory_and_files_stay_bounded(app):
     assert errors == []
     growth = rss[-1] - rss[9]
     assert growth < 50, f"RSS grew {growth:.1f} MB from run 10 to run {SOAK_RUNS}"
-    assert len(list(traces.root.iterdir())) <= traces.max_folders
-    assert files_under(traces.root) <= traces.max_folders * 2 * len(request.methods)
+    mine = traces.folders(owner=client.session_hash)
+    assert len(mine) == traces.per_owner  # this session's oldest went first; other sessions' stay
+    assert sorted(traces.root.iterdir()) == sorted(traces.folders())  # nothing on disk the bookkeeping forgot
+    assert sum(files_under(folder) for folder in mine) == traces.per_owner * 2 * len(request.methods)

@@ -19,6 +19,8 @@ from halviz.engine.attention import ATTENTION_NAME, register_attention
 from halviz.models.adapters import LlavaAdapter, adapter_for
 
 TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy-llava"
+TOY_ALIASES = ("toy", "toy-llava", "")
+TOY_KEY = "toy"
 HUB_HOST = "huggingface.co"
 SUPPORTED = "LLaVA-1.5 (CLIP + Llama) and LLaVA-interleave (SigLIP + Qwen2)"
 
@@ -61,9 +63,31 @@ def _check_architecture(config: dict, where: str) -> None:
         )
 
 
+def looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def canonical_model_key(name: str, resolve_folders: bool = False) -> str:
+    """One key per model, whatever way it was typed: the toy's aliases (any case, or its folder) are
+    ``toy``; a folder is its normalised absolute path (``resolve_folders``: also symlinks resolved and
+    a relative name found on disk); a hub id loses surrounding slashes. Without ``resolve_folders``
+    the file system is never touched, so nothing is revealed about which paths exist."""
+    text = name.strip()
+    if text.lower() in TOY_ALIASES:
+        return TOY_KEY
+    folder = None
+    if resolve_folders and Path(text).expanduser().is_dir():
+        folder = Path(text).expanduser().resolve()
+    elif looks_like_path(text):
+        folder = Path(os.path.normpath(os.path.join(os.getcwd(), os.path.expanduser(text))))
+    if folder is not None:
+        return TOY_KEY if folder == TOY_MODEL_DIR else str(folder)
+    return text.strip("/")
+
+
 def _resolve(name: str) -> tuple[str, bool]:
     """Return (source, is_local_folder)."""
-    if name.strip().lower() in ("toy", "toy-llava", ""):
+    if name.strip().lower() in TOY_ALIASES:
         if not (TOY_MODEL_DIR / "config.json").is_file():
             raise ModelLoadError(f"the bundled toy model is missing from {TOY_MODEL_DIR}")
         return str(TOY_MODEL_DIR), True

@@ -1,5 +1,5 @@
 """Gradio wiring: layout, callbacks and input checks. No tensors here; figures come from ``halviz.viz``."""
 
-from halviz.ui.app import build_app, launch_options
+from halviz.ui.app import build_app, launch_options, shutdown
 
-__all__ = ["build_app", "launch_options"]
+__all__ = ["build_app", "launch_options", "shutdown"]

@@ -16,13 +16,19 @@ from halviz.ui.compare import UPDATE_EVERY_S
 from halviz.ui.controller import Controller, HalvizApp, Layout, Slot
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.examples import EXAMPLES_DIR, TruthInfo, load_examples, truth_markdown
+from halviz.ui.fairness import limit_per_session
 from halviz.ui.knobs import MethodSettings
-from halviz.ui.models import DEFAULT_MODELS, model_choices
+from halviz.ui.models import configured_models, local_models_allowed, model_choices
 from halviz.ui.state import TraceFiles
 from halviz.ui.style import CSS, theme
 from halviz.ui.texts import API_NOTE, CAPTION_COLOURS, HEADER
 
 QUEUE_SIZE = 16
+# Per session (browser tab or API client), waiting or running: comparisons, and events of any kind
+# (debugger redraws included). A page never has more than one comparison pending (its button ignores
+# clicks while one runs), so only scripted clients meet these.
+COMPARES_PER_SESSION = 2
+EVENTS_PER_SESSION = 8
 # Comparisons decoded at once. The engine is thread-safe (per-run state in a ContextVar, weights only
 # read), so two runs share one model; more than two mostly split the same CPU/GPU between them.
 DEFAULT_CONCURRENCY = 2
@@ -34,22 +40,42 @@ MAX_UPLOAD = "20mb"
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
-def build_app(models: Sequence[str | tuple[str, str]] = DEFAULT_MODELS, default_model: str = "toy",
+def build_app(models: Sequence[str | tuple[str, str]] | None = None, default_model: str = "toy",
               loader: Callable[[str], LoadedModel] = load_model, examples_dir=EXAMPLES_DIR,
               registry: Mapping[str, type[Method]] = METHODS, update_every_s: float = UPDATE_EVERY_S,
-              concurrency: int | None = None) -> gr.Blocks:
-    """Build the app. ``models`` lists the picker's entries (ids, or (id, label) pairs); ``loader``
-    loads a model by name (tests inject tiny ones); ``update_every_s`` throttles the caption stream
-    (0: one update per round of tokens); ``concurrency`` is how many comparisons run at once
-    (default: ``$HALVIZ_CONCURRENCY`` or 2). The model cache and trace files belong to this app only."""
-    app = HalvizApp(models, default_model, loader, load_examples(examples_dir), registry, update_every_s)
+              concurrency: int | None = None, allow_local: bool | None = None) -> gr.Blocks:
+    """Build the app. ``models`` lists the picker's entries (ids, or (id, label) pairs; default
+    ``$HALVIZ_MODELS`` or the toy and the known hub ids) and is the only list of models a request
+    may name; ``allow_local`` (default ``$HALVIZ_ALLOW_LOCAL_MODELS``) also lets any local model
+    folder load. ``loader`` loads a model by its canonical name (tests inject tiny ones);
+    ``update_every_s`` throttles the caption stream (0: one update per round of tokens);
+    ``concurrency`` is how many comparisons run at once (default: ``$HALVIZ_CONCURRENCY`` or 2).
+    The model cache and trace files belong to this app only."""
+    models = configured_models() if models is None else models
+    allow_local = local_models_allowed() if allow_local is None else allow_local
+    app = HalvizApp(models, default_model, loader, load_examples(examples_dir), registry, update_every_s,
+                    allow_local=allow_local)
     with gr.Blocks(title="halviz · hallucination debugger", delete_cache=CACHE_SWEEP) as demo:
         # Trace files live inside Gradio's cache, so serving them needs no second copy.
         app.files = TraceFiles(parent=demo.GRADIO_CACHE)
         layout = _layout(app)
         Controller(app, layout).wire()
+    demo.halviz = app  # the server's own state (model cache, trace files), for shutdown() and the tests
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=concurrency or concurrency_from_env())
+    compare_id = next(i for i, fn in demo.fns.items() if fn.api_name == "compare")
+    limit_per_session(demo, {compare_id: (COMPARES_PER_SESSION, (
+        f"You already have {COMPARES_PER_SESSION} comparisons running or waiting; wait for one to finish "
+        "(or stop it) before starting another."))}, EVENTS_PER_SESSION,
+        f"You already have {EVENTS_PER_SESSION} requests running or waiting; wait for them to finish.")
     return demo
+
+
+def shutdown(demo: gr.Blocks) -> None:
+    """Stop the server and delete the trace folder now (not only when the interpreter exits)."""
+    demo.close()
+    app = getattr(demo, "halviz", None)
+    if app is not None:
+        app.files.close()
 
 
 def concurrency_from_env(environ: Mapping[str, str] = os.environ) -> int:
@@ -88,8 +114,9 @@ def _layout(app: HalvizApp) -> Layout:
         with gr.Column(scale=5, min_width=380):
             with gr.Row(equal_height=True):
                 model = gr.Dropdown(choices=model_choices(app.models), value=app.default_model, label="Model",
-                                    allow_custom_value=True, scale=3, elem_id="hv-model",
-                                    info="hub models load on demand and need the network; a local folder works too")
+                                    allow_custom_value=app.policy.allow_local, scale=3, elem_id="hv-model",
+                                    info="hub models load on demand and need the network" +
+                                         ("; a local folder works too" if app.policy.allow_local else ""))
                 max_tokens = gr.Slider(1, checks.MAX_NEW_TOKENS, value=DEFAULT_MAX_NEW_TOKENS, step=1,
                                        label="Max new tokens", scale=2, elem_id="hv-max-tokens")
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=1, max_lines=4, elem_id="hv-prompt")
@@ -99,13 +126,14 @@ def _layout(app: HalvizApp) -> Layout:
             knobs = MethodSettings.build(app.registry, default_methods)
             truth.render()
             truth_note = gr.Markdown(app.truth_note(str(start.path), start.objects) if start else
-                                     truth_markdown(TruthInfo(None, [])), elem_classes=["hv-note"])
+                                     truth_markdown(TruthInfo(None, [])), elem_classes=["hv-note"],
+                                     latex_delimiters=[], elem_id="hv-truth-note")
             settings = gr.Textbox(value="", visible=False, label="Method settings (JSON)")
             with gr.Row():
                 run = gr.Button("▶ Compare", variant="primary", elem_id="hv-run", scale=3)
                 stop = gr.Button("■ Stop", variant="stop", elem_id="hv-stop", scale=1)
     status = gr.Markdown(f"Pick an image and press **Compare**. {API_NOTE}", elem_classes=["hv-status"],
-                         elem_id="hv-status", label="status")
+                         elem_id="hv-status", label="status", latex_delimiters=[])
     slots: list[Slot] = []
     with gr.Row(equal_height=False, elem_id="hv-columns"):
         for i in range(len(names)):  # one slot per registered method, shown when used
@@ -114,7 +142,8 @@ def _layout(app: HalvizApp) -> Layout:
                 caption = gr.HighlightedText(
                     label=f"column {i + 1} caption", show_label=False, color_map=CAPTION_COLOURS, combine_adjacent=False, show_legend=False,
                     show_inline_category=False, elem_id=f"hv-caption-{i}", elem_classes=["hv-caption"])
-                summary = gr.Markdown(elem_classes=["hv-summary"], elem_id=f"hv-summary-{i}", label=f"column {i + 1} summary")
+                summary = gr.Markdown(elem_classes=["hv-summary"], elem_id=f"hv-summary-{i}", label=f"column {i + 1} summary",
+                                      latex_delimiters=[])
             slots.append(Slot(column, header, caption, summary))
     with gr.Accordion("Run summary as JSON (what /compare returns last)", open=False):
         summary_json = gr.JSON(label="summary", elem_id="hv-json", show_label=False)

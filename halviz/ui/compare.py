@@ -7,7 +7,6 @@ runs in another process and only what it yields comes back.
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from halviz.hallucination import (
 from halviz.methods.base import Method
 from halviz.models import LoadedModel
 from halviz.trace import Trace
+from halviz.ui.escaping import markdown_text
 from halviz.ui.gpu import gpu_task
 
 log = logging.getLogger("halviz.ui")
@@ -176,10 +176,10 @@ class ColumnResult:
         else:
             parts.append("no object mentions")
         if self.error:
-            parts.append(f"<span class='hv-bad'>✗ this method failed and stopped: {html.escape(self.error)}</span>")
+            parts.append(f"<span class='hv-bad'>✗ this method failed and stopped: {markdown_text(self.error)}</span>")
             return " · ".join(parts)
         state = {"eos": "finished", "length": "hit max tokens", "stopped": "stopped", None: "running…"}
-        parts.append(state.get(self.finish, str(self.finish)))
+        parts.append(state.get(self.finish, markdown_text(self.finish)))
         return " · ".join(parts)
 
 

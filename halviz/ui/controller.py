@@ -17,16 +17,31 @@ from halviz.trace import Trace, TraceFormatError
 from halviz.ui import inputs as checks
 from halviz.ui.compare import UPDATE_EVERY_S, ColumnResult, Progress, column_result, decode_rounds
 from halviz.ui.debugger import DebuggerPanel
+from halviz.ui.escaping import html_text, markdown_text
 from halviz.ui.examples import Example, TruthInfo, resolve_truth, truth_markdown
 from halviz.ui.knobs import MethodSettings
-from halviz.ui.models import ModelCache
-from halviz.ui.state import RunEntry, Runs, TraceFiles, display_copy, truth_from_meta, truth_to_meta
+from halviz.ui.models import ModelCache, ModelPolicy
+from halviz.ui.state import (MAX_SESSION_UPLOAD_BYTES, RunEntry, Runs, TraceFiles, display_copy, keep_uploads,
+                             truth_from_meta, truth_to_meta)
 from halviz.ui.memory import release_memory
 from halviz.viz import span_offset, step_at_offset
 
 log = logging.getLogger("halviz.ui")
 MAX_ERROR_CHARS = 400
 UPLOAD_PREFIX = "upload:"
+
+
+def ui_error(message: str, title: str = "Error") -> gr.Error:
+    """A ``gr.Error`` whose sentence is shown literally: toasts render HTML, so it is escaped; the
+    plain sentence stays on ``.plain`` for the Markdown status line."""
+    error = gr.Error(html_text(_short(message), MAX_ERROR_CHARS), title=title)
+    error.plain = message
+    return error
+
+
+def session_of(request: gr.Request | None) -> str:
+    """Who asked: Gradio's session hash (one per browser tab or API client)."""
+    return str(getattr(request, "session_hash", None) or "")
 
 
 @dataclass
@@ -81,10 +96,13 @@ class HalvizApp:
 
     def __init__(self, models: Sequence[str | tuple[str, str]], default_model: str,
                  loader: Callable[[str], LoadedModel], examples: list[Example],
-                 registry: Mapping[str, type[Method]], update_every_s: float = UPDATE_EVERY_S):
+                 registry: Mapping[str, type[Method]], update_every_s: float = UPDATE_EVERY_S,
+                 allow_local: bool = False):
         self.models = list(models)
         self.update_every_s = update_every_s
         self.default_model = default_model
+        self.policy = ModelPolicy.build(self.models, default_model, allow_local)
+        self.session_upload_bytes = MAX_SESSION_UPLOAD_BYTES  # replayed traces one session keeps
         self.cache = ModelCache(loader)
         self.examples = examples
         self.registry = dict(registry)
@@ -92,25 +110,36 @@ class HalvizApp:
 
     def check(self, image, prompt, methods, max_new_tokens, truth_text, model, settings) -> Request:
         """Cheap checks first, so a bad request never waits for a model."""
-        picture = checks.load_image(image)
+        model = self.policy.check(model, self.default_model)  # before the image: no file work for a refused model
         prompt = checks.check_prompt(prompt)
         tokens = checks.check_max_new_tokens(max_new_tokens)
         names = checks.check_methods(methods, self.registry)
+        checks.check_request_size(len(names), tokens)
         stacks = checks.build_stacks(names, checks.parse_settings(settings), self.registry)
         if truth_text is not None and not isinstance(truth_text, str):
             raise checks.InputError("The ground-truth objects must be text, such as “cat, cup”.")
+        checks.check_text_characters(truth_text or "", "The ground-truth box")
+        picture = checks.load_image(image)
         truth = resolve_truth(truth_text, picture.digest, self.examples)
-        model = checks.check_model_name(model, self.default_model)
         return Request(picture, prompt, names, stacks, tokens, truth, model)
+
+    def check_for_model(self, request: Request, loaded: LoadedModel) -> None:
+        """The limits only the chosen model knows: its special tokens, its tokens, its context."""
+        processor = loaded.processor
+        sequence = processor(text=loaded.adapter.chat_text(request.prompt), images=request.image.image,
+                             return_tensors="np")["input_ids"]
+        context = getattr(getattr(loaded.model.config, "text_config", None), "max_position_embeddings", None)
+        checks.check_prompt_tokens(request.prompt, processor.tokenizer, int(sequence.shape[-1]), context,
+                                   request.max_new_tokens)
 
     def load(self, name: str) -> LoadedModel:
         try:
             return self.cache.get(name)
         except ModelLoadError as exc:
-            raise gr.Error(_short(f"Could not load the model: {exc}"), title="Model not available") from None
+            raise ui_error(f"Could not load the model: {exc}", title="Model not available") from None
         except Exception as exc:  # still the user's model choice failing, whatever the loader raised
             log.exception("loading %s failed", name)
-            raise gr.Error(f"Could not load the model {name!r} ({type(exc).__name__}).",
+            raise ui_error(f"Could not load the model {name!r}; the details are in the server log.",
                            title="Model not available") from None
 
     def truth_note(self, image, truth_text) -> str:
@@ -127,7 +156,8 @@ def _short(text: str) -> str:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn unexpected exceptions of a (non-generator) callback into a short ``gr.Error``."""
+    """Turn unexpected exceptions of a (non-generator) callback into a short ``gr.Error``; the
+    exception itself goes to the server log only."""
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
@@ -135,16 +165,17 @@ def user_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except checks.InputError as exc:
-            raise gr.Error(str(exc)) from None
-        except Exception as exc:
+            raise ui_error(str(exc)) from None
+        except Exception:
             log.exception("%s failed", fn.__name__)
-            raise gr.Error(_short(f"Something went wrong ({type(exc).__name__}: {exc})."), title="Error") from None
+            raise ui_error("Something went wrong on the server; please try again.", title="Error") from None
     return wrapped
 
 
 def model_line(loaded: LoadedModel) -> str:
     a = loaded.adapter
-    return f"**{loaded.name}** ({a.family}, {a.num_layers} layers × {a.num_heads} heads, {loaded.device.type})"
+    return (f"**{markdown_text(loaded.name)}** ({markdown_text(a.family)}, {a.num_layers} layers × "
+            f"{a.num_heads} heads, {loaded.device.type})")
 
 
 class Controller:
@@ -161,40 +192,46 @@ class Controller:
         slot_parts = [c for s in ui.slots for c in (s.column, s.header, s.caption, s.summary)]
         return [ui.status, *slot_parts, ui.runs, ui.slot_methods, ui.live, ui.trace_files, ui.summary_json]
 
-    def compare(self, image, prompt, methods, max_new_tokens, ground_truth, model, settings="", runs=None
-                ) -> Iterator[dict]:
+    def compare(self, image, prompt, methods, max_new_tokens, ground_truth, model, settings="", runs=None,
+                caller: gr.Request = None) -> Iterator[dict]:
         """Stream every method's caption together; the last update carries the JSON summary."""
         started = time.perf_counter()
         try:
             request = self.app.check(image, prompt, methods, max_new_tokens, ground_truth, model, settings)
         except checks.InputError as exc:
-            raise gr.Error(str(exc), title="Please check the inputs") from None
-        except Exception as exc:  # a check that failed in an unforeseen way is still the input's fault
+            raise ui_error(str(exc), title="Please check the inputs") from None
+        except Exception:  # a check that failed in an unforeseen way is still the input's fault
             log.exception("checking the inputs failed")
-            raise gr.Error(_short(f"These inputs could not be used ({type(exc).__name__}: {exc})."),
+            raise ui_error("These inputs could not be used; please check them.",
                            title="Please check the inputs") from None
+        owner = session_of(caller)
         runs = {k: v for k, v in (runs or {}).items() if k.startswith(UPLOAD_PREFIX)}  # drop the last run's traces
         yield {**self._start(request), self.ui.runs: runs}
         try:
             loaded = self.app.load(request.model)
+            try:
+                self.app.check_for_model(request, loaded)
+            except checks.InputError as exc:
+                raise ui_error(str(exc), title="Please check the inputs") from None
             described = model_line(loaded)
             for progress in decode_rounds(loaded, request.image.image, request.prompt, request.stacks,
                                           request.max_new_tokens, self.app.update_every_s):
-                yield self._progress(request, progress, described, started, runs)
+                yield self._progress(request, progress, described, started, runs, owner)
         except gr.Error as error:
-            yield {self.ui.status: f"✗ {error.message}"}  # the page keeps saying what went wrong
+            plain = getattr(error, "plain", None)  # the page keeps saying what went wrong
+            yield {self.ui.status: f"✗ {markdown_text(plain) if plain is not None else error.message}"}
             raise
-        except Exception as exc:
+        except Exception:
             log.exception("decoding failed")
-            message = _short(f"Decoding failed: {exc}")
+            message = "Decoding failed on the server; the details are in its log."
             yield {self.ui.status: f"✗ {message}"}
-            raise gr.Error(message, title="Decoding failed") from None
+            raise ui_error(message, title="Decoding failed") from None
         finally:  # also when the run is cancelled or the client goes away
             release_memory()
 
     def _start(self, request: Request) -> dict:
         ui = self.ui
-        updates: dict = {ui.status: f"Loading **{request.model}**…", ui.slot_methods: request.methods,
+        updates: dict = {ui.status: f"Loading **{markdown_text(request.model)}**…", ui.slot_methods: request.methods,
                          ui.live: [], ui.trace_files: None, ui.summary_json: {}}
         for i, slot in enumerate(ui.slots):
             shown = i < len(request.methods)
@@ -206,14 +243,15 @@ class Controller:
                 updates[slot.summary] = "waiting for the model…"
         return updates
 
-    def _progress(self, request: Request, progress: Progress, described: str, started: float, runs: Runs) -> dict:
+    def _progress(self, request: Request, progress: Progress, described: str, started: float, runs: Runs,
+                  owner: str = "") -> dict:
         ui = self.ui
         truth = request.truth.truth
         results = [column_result(name, self.app.registry[name].title or name, texts, compute, finish, truth)
                    for name, texts, compute, finish in zip(request.methods, progress.texts, progress.compute_s,
                                                            progress.finish)]
         done = all(f is not None for f in progress.finish)
-        image_note = f" · image {request.image.note}" if request.image.note else ""
+        image_note = f" · image {markdown_text(request.image.note)}" if request.image.note else ""
         failed = [r.title for r in results if r.error]
         if done and failed:
             status = (f"⚠ Done in {time.perf_counter() - started:.1f} s with {described}{image_note}, but "
@@ -234,7 +272,7 @@ class Controller:
             fresh = self._entries(request, progress.traces)
             updates[ui.runs] = {**runs, **fresh}
             if done:
-                updates[ui.trace_files] = self.app.files.save(fresh) if fresh else None
+                updates[ui.trace_files] = self.app.files.save(fresh, owner) if fresh else None
         return updates
 
     def _entries(self, request: Request, traces: list[Trace | None]) -> Runs:
@@ -249,17 +287,18 @@ class Controller:
                                      request.truth.truth)
         return entries
 
-    def stop(self, runs: Runs | None, slot_methods: list[str] | None, live: list[ColumnResult] | None) -> dict:
+    def stop(self, runs: Runs | None, slot_methods: list[str] | None, live: list[ColumnResult] | None,
+             caller: gr.Request = None) -> dict:
         ui = self.ui
         runs, live = runs or {}, live or []
         for result in live:
             result.finish = result.finish or "stopped"
         recorded = {k: v for k, v in runs.items() if k in (slot_methods or [])}
-        steps = ", ".join(f"{e.title} {e.trace.num_steps}" for e in recorded.values()) or "none yet"
+        steps = ", ".join(f"{markdown_text(e.title)} {e.trace.num_steps}" for e in recorded.values()) or "none yet"
         updates: dict = {
             ui.status: f"■ Stopped. The debugger holds the steps recorded up to the last checkpoint ({steps}).",
             ui.summary_json: {r.method: r.summary_json() for r in live},
-            ui.trace_files: self.app.files.save(recorded) if recorded else None,
+            ui.trace_files: self.app.files.save(recorded, session_of(caller)) if recorded else None,
         }
         for slot, result in zip(ui.slots, live):
             updates[slot.summary] = result.summary_markdown()
@@ -275,7 +314,7 @@ class Controller:
         def jump(runs: Runs | None, slot_methods: list[str] | None, evt: gr.SelectData) -> dict:
             methods = slot_methods or []
             if not runs or index >= len(methods) or methods[index] not in runs:
-                raise gr.Error("That column's trace is not ready yet; wait for the run to finish.")
+                raise ui_error("That column's trace is not ready yet; wait for the run to finish.")
             entry = runs[methods[index]]
             spans = column_result(entry.key, entry.title, entry.trace.texts, 1.0, None, entry.truth).spans
             step = step_at_offset(entry.trace.texts, span_offset(spans, int(evt.index or 0)))
@@ -289,16 +328,14 @@ class Controller:
     def replay(self, file, image, runs: Runs | None) -> dict:
         path = checks.image_path(file)
         if not path:
-            raise gr.Error("Choose a .npz trace file to replay.")
+            raise ui_error("Choose a .npz trace file to replay.")
+        name = file.get("orig_name") if isinstance(file, Mapping) else None
+        name = str(name or path).rsplit("/", 1)[-1][:120]
         try:
             checks.check_trace_upload(path)
             trace = Trace.load(path)
-        except checks.InputError as exc:
-            raise gr.Error(f"Could not open the trace: {exc}", title="Not a halviz trace") from None
-        except TraceFormatError as exc:
-            raise gr.Error(f"Could not open the trace: {exc}", title="Not a halviz trace") from None
-        name = file.get("orig_name") if isinstance(file, Mapping) else None
-        name = str(name or path).rsplit("/", 1)[-1]
+        except (checks.InputError, TraceFormatError) as exc:
+            raise ui_error(f"Could not open the trace: {exc}", title="Not a halviz trace") from None
         picture = None
         image_file = checks.image_path(image)
         if image_file and trace.meta.get("image_digest"):
@@ -309,9 +346,16 @@ class Controller:
                 picture = None
         key = f"{UPLOAD_PREFIX}{name}"
         entry = RunEntry(key, f"uploaded: {name}", trace, picture, truth_from_meta(trace.meta))
-        runs = {**(runs or {}), key: entry}
+        runs = {k: v for k, v in (runs or {}).items() if k != key}  # a re-upload counts as the newest
+        runs = keep_uploads({**runs, key: entry}, UPLOAD_PREFIX, self.app.session_upload_bytes)  # its oldest go first
+        try:
+            shown = self.ui.panel.show(runs, key)
+        except Exception:  # passed every check yet cannot be drawn: still the file's fault
+            log.exception("drawing the uploaded trace %s failed", name)
+            raise ui_error(f"Could not open the trace: {name} passed the checks but cannot be drawn.",
+                           title="Not a halviz trace") from None
         # Clearing the uploader makes room for the next trace.
-        return {self.ui.runs: runs, self.ui.upload: None, **self.ui.panel.show(runs, key)}
+        return {self.ui.runs: runs, self.ui.upload: None, **shown}
 
     # ---- wiring -------------------------------------------------------------------------------------
     def wire(self) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from halviz import viz
 from halviz.trace import Trace
 from halviz.ui.compare import mention_ranges
+from halviz.ui.escaping import markdown_text as md
 from halviz.ui.state import RunEntry, Runs
 from halviz.ui.style import height_class
 from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
@@ -75,7 +76,7 @@ class DebuggerPanel:
             with gr.Column(scale=2, min_width=280):
                 choice = gr.Radio(label="Trace", choices=[], elem_id="hv-trace-choice")
             with gr.Column(scale=3, min_width=320):
-                info = gr.Markdown(elem_classes=["hv-trace-info"])
+                info = gr.Markdown(elem_classes=["hv-trace-info"], latex_delimiters=[], elem_id="hv-trace-info")
         caption = gr.HighlightedText(
             label="Caption, one span per token: click a token to jump to its step",
             color_map=CAPTION_COLOURS, combine_adjacent=False, show_legend=False, show_inline_category=False,
@@ -86,7 +87,7 @@ class DebuggerPanel:
                                 elem_id="hv-layer")
             head = gr.Dropdown(choices=[("all heads (mean)", "mean")], value="mean", label="Head", scale=1,
                                elem_id="hv-head")
-        step_info = gr.Markdown(elem_classes=["hv-step-info"])
+        step_info = gr.Markdown(elem_classes=["hv-step-info"], latex_delimiters=[])
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 overlay = gr.Plot(label="Where the model looked", elem_id="hv-overlay", show_label=False)
@@ -216,6 +217,7 @@ def caption_tokens(entry: RunEntry, step: int) -> list[tuple[str, str | None]]:
 
 
 def trace_info(entry: RunEntry) -> str:
+    """What the trace is, in Markdown; every string in it comes from a file, so all are escaped."""
     meta = entry.trace.meta
     methods = meta.get("methods") or []
     described = ", ".join(
@@ -223,13 +225,14 @@ def trace_info(entry: RunEntry) -> str:
         for m in methods) or "plain greedy"
     rows, cols = meta.get("grid", ["?", "?"])
     truth = entry.truth
+    truth_text = f"{', '.join(sorted(truth.objects)) or 'none'} ({truth.trust})" if truth else "none given"
     lines = [
-        f"**{entry.title}** · model `{meta.get('model')}` ({meta.get('family', '?')}, {meta.get('num_layers')} layers × "
-        f"{meta.get('num_heads')} heads) · image tokens {rows}×{cols}",
-        f"methods: {described} · {entry.trace.num_steps} steps, ended by {meta.get('finish_reason')} · "
+        f"**{md(entry.title)}** · model {md(meta.get('model'))} ({md(meta.get('family', '?'))}, "
+        f"{md(meta.get('num_layers'))} layers × {md(meta.get('num_heads'))} heads) · image tokens {md(rows)}×{md(cols)}",
+        f"methods: {md(described)} · {entry.trace.num_steps} steps, ended by {md(meta.get('finish_reason'))} · "
         f"trace {entry.trace.nbytes() / 2**20:.1f} MB",
-        f"prompt: “{meta.get('prompt', '')}”",
-        "ground truth: " + (f"{', '.join(sorted(truth.objects)) or 'none'} ({truth.trust})" if truth else "none given"),
+        f"prompt: “{md(meta.get('prompt', ''))}”",
+        f"ground truth: {md(truth_text)}",
     ]
     return "  \n".join(lines)
 

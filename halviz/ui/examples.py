@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from halviz.hallucination import TRUST_LEVELS, GroundTruth, ground_truth_from_text, parse_object_list
+from halviz.ui.escaping import markdown_text
 from halviz.ui.inputs import file_digest
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
@@ -61,11 +62,13 @@ def resolve_truth(text: str | None, image_digest: str, examples: list[Example]) 
 
 
 def truth_markdown(info: TruthInfo) -> str:
+    """Where the ground truth comes from, in Markdown; the user's words are escaped."""
     if info.truth is None:
         return ("**Ground truth:** none given, so every object mention is marked *unverified*. "
                 "List the objects in the picture to mark mentions correct or hallucinated.")
-    names = ", ".join(sorted(info.truth.objects)) or "no COCO objects"
-    text = (f"**Ground truth:** {names}  \n**Source:** {info.truth.source} · **trust:** `{info.truth.trust}`")
+    names = markdown_text(", ".join(sorted(info.truth.objects)) or "no COCO objects")
+    text = (f"**Ground truth:** {names}  \n**Source:** {markdown_text(info.truth.source)} · "
+            f"**trust:** {markdown_text(info.truth.trust)}")
     if info.unknown:
-        text += f"  \n⚠️ Not COCO object names, ignored: {', '.join(info.unknown)}"
+        text += f"  \n⚠️ Not COCO object names, ignored: {markdown_text(', '.join(info.unknown))}"
     return text

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,18 +18,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from halviz.methods import METHODS, check_compatible
 from halviz.methods.base import Method
 
 MAX_IMAGE_BYTES = 20 * 2**20
 MAX_IMAGE_PIXELS = 40_000_000  # our own per-call limit, checked from the header before decoding
-MAX_PROMPT_CHARS = 1000
+MAX_PROMPT_CHARS = 1000  # a cheap first cut; the real limit is MAX_PROMPT_TOKENS of the chosen model
+MAX_PROMPT_TOKENS = 256
 MAX_NEW_TOKENS = 512
+MAX_REQUEST_TOKENS = 1024  # new tokens × columns one request may decode (5 methods × 204, 2 × 512)
 MAX_MODEL_NAME_CHARS = 300
-MAX_TRACE_UNPACKED_BYTES = 256 * 2**20  # an uploaded trace may expand to this much (LLaVA-7B × 512 steps ≈ 60 MB)
+MAX_SETTINGS_CHARS = 10_000
+MAX_TRACE_UNPACKED_BYTES = 128 * 2**20  # an uploaded trace may expand to this much (LLaVA-7B × 512 steps ≈ 60 MB)
 MAX_TRACE_MEMBERS = 512
+DEFLATE_MAX_RATIO = 1032  # deflate never compresses better than this: a smaller PNG cannot hold its pixels
+# Formats read, and how the message names them; anything else (EPS, PSD, ICO…) is refused unread.
+IMAGE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "AVIF": "AVIF", "GIF": "GIF",
+                 "BMP": "BMP", "TIFF": "TIFF"}
+# Special tokens of common chat formats, refused before any model is loaded; the chosen model's own
+# special tokens are checked once its tokenizer is at hand (``check_prompt_tokens``).
+GENERIC_SPECIAL_TOKENS = re.compile(r"</?(?:s|pad|unk|mask|image|video|bos|eos)>|<\|[^<>|\s]{1,64}\|>")
 
 
 class InputError(ValueError):
@@ -85,13 +96,16 @@ def load_image(source: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInput:
     data = file.read_bytes()
     name = Path(str(source.get("orig_name") or file.name) if isinstance(source, Mapping) else file.name).name
     try:
-        picture = Image.open(io.BytesIO(data))
+        picture = Image.open(io.BytesIO(data), formats=readable_formats())
     except Image.DecompressionBombError:
         raise InputError(f"{name} is far too large to decode safely; the limit is "
                          f"{max_pixels / 1e6:.0f} megapixels.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise InputError(f"{name} is not an image this app can read; use PNG, JPEG, WebP, GIF, BMP or TIFF.") from None
+        raise InputError(f"{name} is not an image this app can read; use {format_names()}.") from None
     _check_size(picture, max_pixels, name)
+    if picture.format == "PNG" and len(data) * DEFLATE_MAX_RATIO < _png_raw_bytes(data):
+        raise InputError(f"{name} is damaged or truncated: the file is far too small for "
+                         f"{picture.width}×{picture.height} pixels.")
     notes = []
     frames = getattr(picture, "n_frames", 1)
     try:
@@ -110,6 +124,25 @@ def load_image(source: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInput:
         raise InputError(f"{name} uses the colour mode {picture.mode}, which cannot be converted to RGB.") from None
     notes += [note] if note else []
     return ImageInput(rgb, name, hashlib.sha1(data).hexdigest(), "; ".join(notes))
+
+
+def readable_formats() -> tuple[str, ...]:
+    """The Pillow formats this app opens (AVIF only when Pillow was built with it)."""
+    return tuple(f for f in IMAGE_FORMATS if f != "AVIF" or features.check("avif"))
+
+
+def format_names() -> str:
+    names = [IMAGE_FORMATS[f] for f in readable_formats()]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _png_raw_bytes(data: bytes) -> int:
+    """Bytes of filtered scanlines the IHDR promises (width, height, bit depth, colour type)."""
+    if len(data) < 26:
+        return 0
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, channels = data[24], {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(data[25], 1)
+    return height * (1 + math.ceil(width * channels * depth / 8))
 
 
 def _check_size(picture: Image.Image, max_pixels: int, name: str = "The image") -> Image.Image:
@@ -150,13 +183,60 @@ def check_prompt(prompt: Any) -> str:
         raise InputError("The prompt is empty; write a question or instruction about the image.")
     if len(text) > MAX_PROMPT_CHARS:
         raise InputError(f"The prompt has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    check_text_characters(text, "The prompt")
+    found = GENERIC_SPECIAL_TOKENS.search(text)
+    if found:
+        raise InputError(special_token_message(found.group()))
     return text.strip()
 
 
+def check_text_characters(text: str, what: str) -> None:
+    """Lone UTF-16 surrogates (possible through JSON) cannot be encoded, tokenized or shown."""
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        raise InputError(f"{what} contains an invalid character (a lone surrogate); please retype it.")
+
+
+def special_token_message(token: str) -> str:
+    return f"The prompt contains “{token}”, a special token of the model; please remove it."
+
+
+def check_prompt_tokens(prompt: str, tokenizer, sequence_tokens: int, context: int | None,
+                        max_new_tokens: int) -> None:
+    """The chosen model's limits: none of its special tokens, at most MAX_PROMPT_TOKENS of its tokens,
+    and the whole sequence (chat text, image tokens, prompt) plus the new tokens within its context.
+    ``sequence_tokens`` is the length of the model input this prompt and image make."""
+    special = sorted({str(t) for t in getattr(tokenizer, "all_special_tokens", []) if str(t).strip()} |
+                     {str(t.content) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                      if getattr(t, "special", False) and str(t.content).strip()}, key=len, reverse=True)
+    for token in special:
+        if token in prompt:
+            raise InputError(special_token_message(token))
+    count = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if count > MAX_PROMPT_TOKENS:
+        raise InputError(f"The prompt is {count} tokens long for this model; the limit is {MAX_PROMPT_TOKENS}.")
+    if context and sequence_tokens + max_new_tokens > context:
+        room = context - sequence_tokens
+        if room < 1:
+            raise InputError(f"The image and prompt take {sequence_tokens} tokens, more than this model's "
+                             f"context of {context}; shorten the prompt.")
+        raise InputError(f"The image and prompt take {sequence_tokens} of this model's {context} tokens of context, "
+                         f"so at most {room} new tokens fit; lower Max new tokens to {room} or shorten the prompt.")
+
+
+def check_request_size(columns: int, max_new_tokens: int, limit: int = MAX_REQUEST_TOKENS) -> None:
+    """One request's decoding work is bounded: new tokens × columns."""
+    if columns * max_new_tokens > limit:
+        most = limit // max(columns, 1)
+        raise InputError(f"{columns} methods × {max_new_tokens} new tokens is more than one request may decode "
+                         f"({limit} tokens in all); lower Max new tokens to {most} or pick fewer methods.")
+
+
 def check_max_new_tokens(value: Any, limit: int = MAX_NEW_TOKENS) -> int:
+    if isinstance(value, bool):  # True is an int to Python, not a token count to a person
+        raise InputError(f"Max new tokens must be a whole number from 1 to {limit}, not {value!r}.")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"Max new tokens must be a whole number from 1 to {limit}, not {value!r}.") from None
     if not math.isfinite(number) or number != int(number) or not 1 <= number <= limit:
         raise InputError(f"Max new tokens must be a whole number from 1 to {limit}, not {value!r}.")
@@ -183,15 +263,40 @@ def parse_settings(text: Any) -> dict[str, dict[str, Any]]:
     if text is None or (isinstance(text, str) and not text.strip()):
         return {}
     if isinstance(text, str):
+        if len(text) > MAX_SETTINGS_CHARS:
+            raise InputError(f"The method settings have {len(text)} characters; the limit is {MAX_SETTINGS_CHARS}.")
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_short_int)
         except json.JSONDecodeError as exc:
             raise InputError(f"The method settings are not valid JSON: {exc.msg}.") from None
+        except RecursionError:
+            raise InputError('Method settings are nested far too deeply; they look like {"method": {"knob": value}}.') from None
     else:
         value = text
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
         raise InputError('Method settings must look like {"method": {"knob": value}}.')
+    for knobs in value.values():
+        for knob, setting in knobs.items():
+            if not isinstance(setting, (bool, int, float, str)) and setting is not None:
+                raise InputError(f"The setting {str(knob)[:40]!r} must be a number, text or true/false.")
     return {str(k): dict(v) for k, v in value.items()}
+
+
+def _no_constant(name: str):
+    raise InputError(f"The method settings hold {name}, which is not a number a knob can take.")
+
+
+def _short_int(text: str) -> int:
+    if len(text.lstrip("-")) > 18:  # past any knob's range, and Python refuses > 4300 digits anyway
+        raise InputError(f"The method settings hold a {len(text)}-digit number, which is too large for any knob.")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise InputError(f"The method settings hold {text[:20]}, which is too large for any knob.")
+    return number
 
 
 def build_stacks(names: Sequence[str], settings: Mapping[str, Mapping[str, Any]],
@@ -208,14 +313,9 @@ def build_stacks(names: Sequence[str], settings: Mapping[str, Mapping[str, Any]]
             stacks.append(stack)
         except (ValueError, TypeError) as exc:
             raise InputError(f"{registry[name].title or name}: {exc}.") from None
+        except (OverflowError, ArithmeticError):  # e.g. an integer knob given 1e308
+            raise InputError(f"{registry[name].title or name}: a knob value is far too large.") from None
     return stacks
-
-
-def check_model_name(name: Any, default: str) -> str:
-    text = str(name or "").strip() or default
-    if len(text) > MAX_MODEL_NAME_CHARS or any(ord(c) < 32 for c in text):
-        raise InputError("That model name is not a hub id or a folder path.")
-    return text
 
 
 def check_trace_upload(path: str | Path, max_unpacked: int | None = None) -> None:

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,24 +57,50 @@ def truth_from_meta(meta: dict) -> GroundTruth | None:
     return None
 
 
+MAX_SESSION_UPLOAD_BYTES = 128 * 2**20  # replayed traces one session keeps in memory, in all
+MAX_SESSION_UPLOADS = 8
+
+
+def keep_uploads(runs: Runs, prefix: str, max_bytes: int = MAX_SESSION_UPLOAD_BYTES,
+                 max_count: int = MAX_SESSION_UPLOADS) -> Runs:
+    """``runs`` with this session's oldest uploaded traces (keys starting with ``prefix``) dropped
+    until the rest fit ``max_bytes`` and ``max_count``; the newest always stays. Dicts keep insertion
+    order, and a re-uploaded name moves to the end, so "oldest" is the order of upload."""
+    uploads = [k for k in runs if k.startswith(prefix)]
+    sizes = {k: runs[k].trace.nbytes() for k in uploads}
+    total = sum(sizes.values())
+    dropped = set()
+    for key in uploads[:-1]:
+        if total <= max_bytes and len(uploads) - len(dropped) <= max_count:
+            break
+        dropped.add(key)
+        total -= sizes[key]
+    return {k: v for k, v in runs.items() if k not in dropped}
+
+
 class TraceFiles:
     """Trace files written for download, one folder per save, in one private folder.
 
-    At most ``max_folders`` folders are kept (the oldest go first) and none older than ``keep_s``,
-    so a long-running server's disk use is bounded; the whole folder goes when the app object does.
+    Folders belong to the session that saved them. Each session keeps at most ``per_owner`` folders
+    (its own oldest go first), at most ``max_owners`` sessions have files (the one that saved least
+    recently loses its files first) and no folder outlives ``keep_s``: disk use is bounded, and one
+    session's saves never delete another's downloads while fewer than ``max_owners`` sessions are
+    active. The whole folder goes when the app object does.
     """
 
-    def __init__(self, parent: str | Path | None = None, keep_s: float = 3600, max_folders: int = 64):
+    def __init__(self, parent: str | Path | None = None, keep_s: float = 3600, per_owner: int = 8,
+                 max_owners: int = 128):
         if parent is not None:
             Path(parent).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="halviz-traces-", dir=parent))
         self.keep_s = keep_s
-        self.max_folders = max(1, max_folders)
-        self._folders: deque[tuple[float, Path]] = deque()
+        self.per_owner = max(1, per_owner)
+        self.max_owners = max(1, max_owners)
+        self._owners: OrderedDict[str, deque[tuple[float, Path]]] = OrderedDict()  # least recent first
         self._lock = threading.Lock()
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, True)
 
-    def save(self, runs: Runs) -> list[str]:
+    def save(self, runs: Runs, owner: str = "") -> list[str]:
         folder = self.root / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         paths: list[str] = []
@@ -83,23 +109,33 @@ class TraceFiles:
             npz, meta = entry.trace.save(folder / f"halviz-trace-{stem}")
             paths += [str(npz), str(meta)]
         with self._lock:
-            self._folders.append((time.time(), folder))
-            stale = self._evict()
+            self._owners.setdefault(owner, deque()).append((time.time(), folder))
+            self._owners.move_to_end(owner)
+            stale = self._evict(owner)
         for old in stale:
             shutil.rmtree(old, ignore_errors=True)
         return paths
 
-    def folders(self) -> list[Path]:
+    def folders(self, owner: str | None = None) -> list[Path]:
         with self._lock:
-            return [folder for _, folder in self._folders]
+            return [folder for name, kept in self._owners.items() if owner in (None, name) for _, folder in kept]
 
     def close(self) -> None:
         """Delete every file written (also done automatically when this object is collected)."""
         self._cleanup()
 
-    def _evict(self) -> list[Path]:
-        cutoff = time.time() - self.keep_s
+    def _evict(self, owner: str) -> list[Path]:
         stale = []
-        while self._folders and (len(self._folders) > self.max_folders or self._folders[0][0] < cutoff):
-            stale.append(self._folders.popleft()[1])
+        mine = self._owners[owner]
+        while len(mine) > self.per_owner:
+            stale.append(mine.popleft()[1])
+        while len(self._owners) > self.max_owners:
+            stale += [folder for _, folder in self._owners.popitem(last=False)[1]]
+        cutoff = time.time() - self.keep_s
+        for name in list(self._owners):
+            kept = self._owners[name]
+            while kept and kept[0][0] < cutoff:
+                stale.append(kept.popleft()[1])
+            if not kept:
+                del self._owners[name]
         return stale
