@@ -1,6 +1,7 @@
 """The toy probe's metrics against independent computations, its CLI, and the per-model defaults."""
 
 import json
+import shutil
 from math import comb
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ from transformers import LlavaForConditionalGeneration
 from halviz.engine.decode import Decoder
 from halviz.engine.recorder import RecordOptions
 from halviz.engine.run import SEGMENTS
+from halviz.methods import build_stack
 from halviz.methods.defaults import DEFAULTS_FILE, defaults_for, defaults_problems, weights_sha256
 from halviz.models import TOY_MODEL_DIR, load_model
 from halviz.toy import probe, scenes
@@ -133,12 +135,27 @@ def test_probe_seed_is_its_own_stream():
     assert len({probe.PROBE_SEED, TUNING_SEED, scenes.HELDOUT_SEED}) == 3
 
 
+def test_caption_scenes_runs_the_method_with_the_given_knobs(tiny_models):
+    loaded = tiny_models["llava-1.5"]
+    sample = scenes.heldout(2, seed=probe.PROBE_SEED)
+    knobs = {"r": 0.05, "t": 1, "forced_step": 1}
+    captions = probe.caption_scenes(loaded, sample, "prunehal", knobs, probe.ProbeConfig(max_new_tokens=4))
+    assert all(c.params["r"] == 0.05 and c.params["t"] == 1 and c.params["forced_step"] == 1 for c in captions)
+    direct = Decoder(loaded, sample[0].image, methods=build_stack(["prunehal"], {"prunehal": knobs}),
+                     max_new_tokens=4).run_to_end()
+    assert captions[0].token_ids == direct.arrays["token_ids"].tolist()
+
+
 def test_probe_cli_writes_a_consistent_report(tiny_model_dirs, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["llava-1.5"], model)
+    (model / DEFAULTS_FILE).write_text(json.dumps({"methods": {"prunehal": {"r": 0.7, "t": 1}}}))
     out = tmp_path / "probe.json"
-    code = probe.main(["--model", str(tiny_model_dirs["llava-1.5"]), "--n", "2", "--n-pair", "2",
+    code = probe.main(["--model", str(model), "--n", "2", "--n-pair", "2",
                        "--methods", "prunehal", "--max-new-tokens", "3", "--json", str(out)])
     assert code == 0
     table = capsys.readouterr().out
+    assert "[r=0.7, t=1]" in table
     for row in ("S1 sink", "S2 value norm", "S3 necessity", "D1 decay", "H1 prior", "R1 recognition", "M1 prunehal"):
         assert row in table
     report = json.loads(out.read_text())
@@ -147,6 +164,7 @@ def test_probe_cli_writes_a_consistent_report(tiny_model_dirs, tmp_path, capsys)
     row = m1["prunehal"]
     flips = row["only_method_names_partner"] - row["only_vanilla_names_partner"]
     assert flips == round((row["rate"] - m1["vanilla"]["rate"]) * m1["scenes"])
+    assert report["M1"]["prunehal"]["params"]["r"] == 0.7 and report["config"]["defaults"] == "model"
     assert len(report["S1"]["per_layer"]) == 2 and report["S1"]["pass"] in (True, False)
     assert probe.main(["--model", str(tiny_model_dirs["llava-1.5"]), "--methods", "nonsense"]) == 2
 

@@ -80,6 +80,7 @@ class Caption:
     token_ids: list[int]
     steps: int
     seconds: float
+    params: dict | None = None  # the knob values of the method instance that ran (None: vanilla)
 
 
 def greedy_caption(loaded, image, prompt: str, methods, max_new_tokens: int) -> tuple[Caption, Decoder]:
@@ -87,17 +88,19 @@ def greedy_caption(loaded, image, prompt: str, methods, max_new_tokens: int) -> 
     decoder = Decoder(loaded, image, prompt, methods, max_new_tokens, record=RecordOptions(enabled=False))
     t0 = time.perf_counter()
     trace = decoder.run_to_end()
-    return Caption(trace.caption, decoder.token_ids, trace.num_steps, time.perf_counter() - t0), decoder
+    params = dict(methods[0].params) if methods else None
+    return Caption(trace.caption, decoder.token_ids, trace.num_steps, time.perf_counter() - t0, params), decoder
 
 
 def names_partner(caption: str, partner: str) -> bool:
     return any(m.canonical == partner for m in extract_mentions(caption))
 
 
-def caption_scenes(loaded, scenes: Sequence, method: str, params: dict, cfg: ProbeConfig) -> list[Caption]:
-    """Greedy captions of ``scenes`` under one method (a fresh method instance per decode)."""
-    return [greedy_caption(loaded, s.image, cfg.prompt, build_stack([method], params), cfg.max_new_tokens)[0]
-            for s in scenes]
+def caption_scenes(loaded, scenes: Sequence, method: str, knobs: dict, cfg: ProbeConfig) -> list[Caption]:
+    """Greedy captions of ``scenes`` under one method with ``knobs`` ({knob: value}; the rest at the
+    class defaults), a fresh method instance per decode."""
+    return [greedy_caption(loaded, s.image, cfg.prompt, build_stack([method], {method: knobs}),
+                           cfg.max_new_tokens)[0] for s in scenes]
 
 
 def ground_truth_targets(tokenizer, caption: str) -> list[int]:
@@ -183,7 +186,8 @@ def measure_pairs(loaded, cfg: ProbeConfig, params: dict[str, dict]) -> dict[str
         named = np.array([names_partner(c.text, pair[1]) for c, (_, pair) in zip(captions, pooled)])
         chair = chair_metrics([c.text for c in captions], truths)
         per_pair = {f"{t}->{p}": float(named[[q == (t, p) for _, q in pooled]].mean()) for t, p in pairs}
-        return {"named": named, "rate": float(named.mean()), "per_pair": per_pair, "recall": chair.recall,
+        return {"named": named, "params": captions[0].params, "rate": float(named.mean()), "per_pair": per_pair,
+                "recall": chair.recall,
                 "precision": chair.precision, "chair_i": chair.chair_i, "len": chair.len,
                 "ms_per_token": 1e3 * sum(c.seconds for c in captions) / max(1, sum(c.steps for c in captions))}
 
@@ -207,7 +211,6 @@ def measure_pairs(loaded, cfg: ProbeConfig, params: dict[str, dict]) -> dict[str
         recall_points = 100 * (row["recall"] - vanilla["recall"])
         m1[method] = {k: v for k, v in row.items() if k != "named"}
         m1[method].update({
-            "params": build_stack([method], params)[0].describe()["params"],
             "relative_change": rel, "recall_change_points": recall_points,
             "only_vanilla_names_partner": test.only_before, "only_method_names_partner": test.only_after,
             "mcnemar_p": test.p_value,
@@ -240,6 +243,7 @@ def _floats(values: Sequence[float], fmt: str = "{:.2f}") -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
+    PAPER_KNOBS = {name: {k.name: k.default for k in cls.knobs} for name, cls in METHODS.items()}
     rows: list[tuple[str, str, str, str]] = []
     s1, s2, s3, d1, h1, r1, m1 = (report[k] for k in ("S1", "S2", "S3", "D1", "H1", "R1", "M1"))
     late = f"{s1['late_layers'][0]}..{s1['late_layers'][-1]}" if s1["late_layers"] else "-"
@@ -274,7 +278,10 @@ def format_table(report: dict[str, Any]) -> str:
     for method in (k for k in m1 if isinstance(m1[k], dict) and "mcnemar_p" in m1[k]):
         row = m1[method]
         rel = "n/a" if row["relative_change"] != row["relative_change"] else f"{100 * row['relative_change']:+.1f}%"
-        rows.append((f"M1 {method}", f"{100 * row['rate']:.1f}% ({rel} rel), recall {row['recall_change_points']:+.1f} pt, "
+        changed = {k: v for k, v in (row["params"] or {}).items()
+                   if k in PAPER_KNOBS.get(method, {}) and PAPER_KNOBS[method][k] != v}
+        at = ", ".join(f"{k}={v}" for k, v in changed.items()) or "paper defaults"
+        rows.append((f"M1 {method}", f"[{at}] {100 * row['rate']:.1f}% ({rel} rel), recall {row['recall_change_points']:+.1f} pt, "
                      f"McNemar p = {row['mcnemar_p']:.2g} ({row['only_vanilla_names_partner']}/"
                      f"{row['only_method_names_partner']} discordant)",
                      "≤ -25%, ≥ -3 pt, p < 0.01", "meets goal" if row["meets_goal"] else "short"))
