@@ -8,8 +8,6 @@ from halviz.hallucination import chair_metrics
 from halviz.models import TOY_MODEL_DIR, load_model
 from halviz.toy import scenes
 from halviz.toy.captions import caption_for
-from halviz.toy.model import ToyModelConfig
-from halviz.toy.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -45,17 +43,6 @@ def test_broken_pair_and_control_sets():
     for trigger, partner in scenes.PRIOR_PAIRS:
         assert all(trigger in s.names and partner not in s.names for s in scenes.broken_pair((trigger, partner), 10))
         assert all(trigger not in s.names and partner not in s.names for s in scenes.control((trigger, partner), 10))
-
-
-def test_training_smoke(tmp_path):
-    tiny = ToyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=2,
-                          text_heads=2, intermediate=64)
-    info = train(tmp_path / "toy", TrainConfig(text_steps=3, image_steps=3, text_batch=4, image_batch=4,
-                                               warmup=1, tokenizer_scenes=50), tiny, threads=1, log_every=1)
-    assert info["history"][-1]["stage"] == "image" and np.isfinite(info["history"][-1]["loss"])
-    loaded = load_model(str(tmp_path / "toy"))
-    trace = Decoder(loaded, scenes.heldout(1)[0].image, max_new_tokens=3).run_to_end()
-    assert trace.meta["grid"] == [12, 12] and trace.num_steps >= 1
 
 
 @pytest.mark.skipif(not (TOY_MODEL_DIR / "config.json").exists(), reason="bundled toy model not built")

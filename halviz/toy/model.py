@@ -17,17 +17,17 @@ from transformers import (
 )
 
 from halviz.models.tokenizer import IMAGE_TOKEN
-from halviz.toy.captions import SYSTEM_LINE
 from halviz.toy.scenes import IMAGE_SIZE
 
-# LLaVA-1.5's layout with a system line before the image: the decoder gets a text prefix where
-# attention sinks can form, as in the real model.
+# LLaVA-1.5's layout without the system line, image first: BOS is the only token every prompt
+# shares at a fixed position, so the attention sink grown in the text stage stays on BOS (with a
+# fixed prefix the sink lands on a prefix token instead: Gu et al. 2025, §6).
 CHAT_TEMPLATE = (
-    "{{ bos_token }}" + SYSTEM_LINE + " {% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %} {% else %}ASSISTANT: {{ message['content'][0]['text'] }}{{ eos_token }}{% endif %}"
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "USER: {% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {{ message['content'][0]['text'] }}{{ eos_token }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 

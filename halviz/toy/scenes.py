@@ -205,6 +205,7 @@ class WorldConfig:
     faint_rate: float = 0.35  # P(partner drawn small and faint | both present)
     faint_size: tuple[int, int] = (10, 14)
     faint_strength: tuple[float, float] = (0.35, 0.6)  # colour mix towards the background
+    faint_any_rate: float = 0.0  # P(any object drawn small and faint); the vision stage's decorrelated world
     background: RGB = (212, 208, 198)
     background_jitter: int = 10
     noise: int = 6
@@ -294,7 +295,8 @@ def generate_scene(seed: Seedish, world: WorldConfig = WorldConfig(), *,
     rng = _rng(seed)
     names = _choose_classes(rng, world, n_objects, include, exclude, apply_prior)
     partners_with_trigger = {p for t, p in world.pairs if t in names and p in names}
-    faint = [n in partners_with_trigger and rng.random() < world.faint_rate for n in names]
+    faint = [(n in partners_with_trigger and rng.random() < world.faint_rate)
+             or (world.faint_any_rate > 0 and rng.random() < world.faint_any_rate) for n in names]
 
     bg = np.array(world.background) + rng.integers(-world.background_jitter,
                                                    world.background_jitter + 1, size=3)
@@ -364,3 +366,30 @@ def control(pair: tuple[str, str], n: int, seed: int = HELDOUT_SEED,
     trigger, partner = pair
     rng = np.random.default_rng([seed, 2, _pair_index(pair, world)])
     return [generate_scene(rng, world, exclude=(trigger, partner)) for _ in range(n)]
+
+
+# ---- recognising the toy world (the app warns when a toy model is shown anything else) ----
+
+def looks_like_toy_scene(image: Image.Image, world: WorldConfig = WorldConfig()) -> bool:
+    """True when `image` looks drawn by `generate_scene`: square, mostly the world's noisy
+    background, and the rest glyph colours (possibly mixed towards the background, as faint glyphs
+    and resized edges are). Photos fail on the background test alone."""
+    width, height = image.size
+    if min(width, height) < 16 or abs(width - height) > 0.05 * max(width, height):
+        return False
+    pixels = np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=float).reshape(-1, 3)
+    tolerance = world.background_jitter + world.noise + 4
+    bg = np.median(pixels, axis=0)
+    if np.abs(bg - np.array(world.background)).max() > tolerance:
+        return False
+    is_bg = np.abs(pixels - bg).max(axis=1) <= world.noise + 4
+    if is_bg.mean() < 0.5:
+        return False
+    rest = pixels[~is_bg] - bg  # (n, 3) offsets from the background
+    if len(rest) == 0:
+        return True
+    colours = np.array([c.rgb for c in CLASSES], dtype=float) - bg  # (16, 3)
+    # Best mix s·colour + (1−s)·background per class; residual distance of the pixel to that line.
+    s = np.clip(rest @ colours.T / (colours ** 2).sum(1), 0.0, 1.0)  # (n, 16)
+    residual = np.linalg.norm(rest[:, None, :] - s[..., None] * colours[None], axis=-1).min(axis=1)
+    return bool((residual <= 3 * world.noise + 6).mean() >= 0.9)

@@ -1,12 +1,19 @@
-"""Train the toy LLaVA from scratch, seeded.
+"""Train the toy LLaVA from scratch with the seeded, staged recipe of the second edition.
 
-    python -m halviz.toy.train --out assets/toy-llava [--seed 0] [--threads 2] [--text-steps 400] [--image-steps 900]
+    python -m halviz.toy.train --out assets/toy-llava --ckpt /work/toy-ckpt [--resume] [--threads 2] [--seed 0]
 
-Stage 1 trains the decoder alone on text-only captions (the prompt without the image), so the
-language prior — which objects tend to follow which — is learnt before the model can look.
-Stage 2 trains the whole model on image–caption pairs. Loss only on the caption tokens. Scenes
-are drawn on the fly from one seeded stream that the held-out sets never use. Fixed step counts
-(not a time budget) keep the recipe reproducible; a CUDA device is used when present.
+Stages (each checkpointed under ``--ckpt``; ``--resume`` continues from the last checkpoint):
+
+1. ``vision``: the CLIP tower alone, per-patch classification on decorrelated scenes; then frozen.
+2. ``text``: the decoder alone on packed ``BOS cap EOS cap EOS …`` rows (BOS the only token at a
+   fixed position), high learning rate and weight decay, many small steps: where the BOS sink grows.
+3. ``align``: the projector only, on image–caption pairs.
+4. ``multi``: projector and decoder on image–caption pairs in the chat layout; vision frozen.
+
+Scenes and captions come from seed streams ``[seed, k]``, never the held-out, probe or tuning seeds.
+The in-loop sink probe (``halviz.toy.sink_probe``) runs every ``probe_every`` steps on a fixed batch
+and goes into the training history. Fixed step counts keep the recipe reproducible; a CUDA device
+is used when present.
 """
 
 from __future__ import annotations
@@ -15,29 +22,63 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from halviz.toy.captions import SYSTEM_LINE, TRAIN_PROMPTS, caption_for
 from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
+from halviz.toy import checkpoint
+from halviz.toy.captions import TRAIN_PROMPTS, caption_for
 from halviz.toy.model import ToyModelConfig, build_model, build_processor
+from halviz.toy.packing import pack_rows
 from halviz.toy.scenes import generate_scene
+from halviz.toy.sink_probe import bos_attention, summarise
+from halviz.toy.vision_pretrain import PatchHead, patch_metrics, vision_batch
+
+STAGES = ("vision", "text", "align", "multi")
+# Seed-stream tags: [seed, tag]. Probe (2_000_029), tuning (3_000_017) and held-out (1_000_003)
+# seeds are plain integers far from these small pairs.
+STREAM = {"tokenizer": 8, "pool": 9, "vision": 11, "text": 12, "align": 13, "multi": 14,
+          "probe_text": 21, "probe_image": 22}
+
+
+# Settings every stage depends on (the rest are named after their stage: vision_*, text_*, …).
+SHARED_FIELDS = ("seed", "tokenizer_scenes", "caption_pool", "chat_rate", "null_bos_sink", "warmup")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    text_steps: int = 400
-    image_steps: int = 900
-    text_batch: int = 64
-    image_batch: int = 32
-    text_lr: float = 2e-3
-    image_lr: float = 1e-3
-    warmup: int = 50
+    vision_steps: int = 400
+    vision_batch: int = 32
+    vision_lr: float = 2e-3
+    text_steps: int = 6000
+    text_batch: int = 8
+    text_len: int = 128
+    text_lr: float = 3e-3
+    text_wd: float = 0.3
+    chat_rate: float = 0.1  # text rows that open with the chat layout (no image)
+    align_steps: int = 300
+    align_batch: int = 16
+    align_lr: float = 2e-3
+    multi_steps: int = 1500
+    multi_batch: int = 8
+    multi_lr: float = 1e-3
+    multi_wd: float = 0.1
+    warmup: int = 100
+    probe_every: int = 250
+    ckpt_every: int = 500
     tokenizer_scenes: int = 2000
+    caption_pool: int = 20000  # text stage: packed rows are drawn from this many tokenised captions
+    # Fallback, off by default and named wherever the model is shown: BOS's embedding is fixed at
+    # zero, so BOS carries a zero key and value in every layer — a designed sink slot (StreamingLLM's
+    # sink token, §3.3, made inert, as in "softmax off by one") that heads learn to use as a no-op.
+    null_bos_sink: bool = False
+
+    def steps(self, stage: str) -> int:
+        return getattr(self, f"{stage}_steps")
 
 
 def _messages(prompt: str, with_image: bool) -> list[dict]:
@@ -58,11 +99,14 @@ class Batcher:
                 text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * num_image_tokens)  # the processor's expansion
                 self.prefix[prompt, with_image] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def target(self, caption: str) -> list[int]:
+        return self.tokenizer(" " + caption, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
     def __call__(self, scenes, captions, prompts, with_image: bool, device) -> dict[str, torch.Tensor]:
         rows, label_rows = [], []
         for caption, prompt in zip(captions, prompts):
             prefix = self.prefix[prompt, with_image]
-            target = self.tokenizer(" " + caption, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            target = self.target(caption)
             rows.append(prefix + target)
             label_rows.append([-100] * len(prefix) + target)
         width = max(map(len, rows))
@@ -78,9 +122,10 @@ class Batcher:
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine to 10 % of the peak (the sink needs the rate to stay high)."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
 def _draw(rng: np.random.Generator, n: int):
@@ -90,69 +135,262 @@ def _draw(rng: np.random.Generator, n: int):
     return scenes, captions, prompts
 
 
+def _optimizer(params: list[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.AdamW:
+    """AdamW (0.9, 0.95); no decay on norms and biases."""
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+class Recipe:
+    """The four stages over one model, with checkpoint/resume of every stage."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: ToyModelConfig, ckpt_dir: Path, device: torch.device,
+                 log_every: int = 50):
+        self.cfg, self.model_cfg, self.ckpt_dir, self.device, self.log_every = cfg, model_cfg, ckpt_dir, device, log_every
+        self.history: list[dict] = []
+        self.stage_seconds: dict[str, float] = {}
+        self.elapsed_before = 0.0
+        self.t_start = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = self._tokenizer()
+        self.processor = build_processor(self.tokenizer, model_cfg)
+        self.model = build_model(self.tokenizer, model_cfg).to(device)
+        self.grid = (96 // model_cfg.patch_size) ** 2
+        self.batcher = Batcher(self.processor, self.grid)
+        self.vision_head = PatchHead(model_cfg.vision_hidden).to(device)
+        if cfg.null_bos_sink:
+            self._fix_bos_at_zero()
+
+    def _fix_bos_at_zero(self) -> None:
+        """Zero BOS's embedding row and its gradient, so Adam never moves it (tied lm_head row too)."""
+        emb = self.model.get_input_embeddings().weight
+        bos = self.tokenizer.bos_token_id
+        with torch.no_grad():
+            emb[bos] = 0.0
+        emb.register_hook(lambda grad: grad.index_fill(0, torch.tensor([bos], device=grad.device), 0.0))
+
+    # ---- data ----
+    def _tokenizer(self):
+        rng = np.random.default_rng([self.cfg.seed, STREAM["tokenizer"]])
+        corpus = [caption_for(generate_scene(rng), rng) for _ in range(self.cfg.tokenizer_scenes)]
+        corpus += list(TRAIN_PROMPTS) + ["USER: ASSISTANT:"]
+        return train_tokenizer(corpus, self.model_cfg.vocab_size)
+
+    def _caption_pool(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.cfg.seed, STREAM["pool"]])
+        return [self.batcher.target(caption_for(generate_scene(rng), rng))[:-1] for _ in range(self.cfg.caption_pool)]
+
+    def _chat_row(self, rng: np.random.Generator, pool: list[list[int]]) -> list[int]:
+        prompt = TRAIN_PROMPTS[int(rng.integers(len(TRAIN_PROMPTS)))]
+        prefix = self.batcher.prefix[prompt, False][1:]  # drop BOS: pack_rows puts it first
+        return prefix + pool[int(rng.integers(len(pool)))]
+
+    def _text_batch(self, rng: np.random.Generator, pool: list[list[int]], n: int) -> torch.Tensor:
+        tok = self.tokenizer
+        ids = pack_rows(pool, rng, n, self.cfg.text_len, tok.bos_token_id, tok.eos_token_id)
+        for b in range(n):
+            if rng.random() < self.cfg.chat_rate:
+                row = [tok.bos_token_id] + self._chat_row(rng, pool) + [tok.eos_token_id]
+                row = row[:self.cfg.text_len]
+                ids[b, :len(row)] = torch.tensor(row)
+        return ids
+
+    # ---- probes ----
+    def _probe_batches(self, pool: list[list[int]]):
+        text_ids = pack_rows(pool, np.random.default_rng([self.cfg.seed, STREAM["probe_text"]]), 8,
+                             self.cfg.text_len, self.tokenizer.bos_token_id, self.tokenizer.eos_token_id)
+        text_q = torch.zeros_like(text_ids, dtype=torch.bool)
+        text_q[:, 32:] = True  # skip the first positions, where few keys make any head look like a sink
+        rng = np.random.default_rng([self.cfg.seed, STREAM["probe_image"]])
+        scenes, captions, _ = _draw(rng, 8)
+        image = self.batcher(scenes, captions, [TRAIN_PROMPTS[0]] * 8, True, self.device)
+        image_q = image.pop("labels") != -100  # caption queries, as S1 defines them
+        image_q = torch.roll(image_q, -1, 1) & image["attention_mask"].bool()  # the token before each label
+        return ({"input_ids": text_ids.to(self.device)}, text_q), (image, image_q)
+
+    def probe(self, stage: str, step: int, probes) -> dict:
+        (text_batch, text_q), (image_batch, image_q) = probes
+        row = {"stage": stage, "step": step, "probe": "sink"}
+        if stage in ("text",):
+            row["text"] = summarise(bos_attention(self.model, text_batch, text_q))
+        if stage in ("text", "align", "multi"):
+            row["image"] = summarise(bos_attention(self.model, image_batch, image_q))
+        return row
+
+    # ---- stages ----
+    def _stage_setup(self, stage: str):
+        cfg, m = self.cfg, self.model
+        for p in m.parameters():
+            p.requires_grad_(False)
+        if stage == "vision":
+            params = list(m.model.vision_tower.parameters()) + list(self.vision_head.parameters())
+            lr, wd = cfg.vision_lr, 0.05
+        elif stage == "text":
+            params = list(m.model.language_model.parameters())  # lm_head is tied to the embeddings
+            lr, wd = cfg.text_lr, cfg.text_wd
+        elif stage == "align":
+            params = list(m.model.multi_modal_projector.parameters())
+            lr, wd = cfg.align_lr, 0.0
+        else:
+            params = list(m.model.multi_modal_projector.parameters()) + list(m.model.language_model.parameters())
+            lr, wd = cfg.multi_lr, cfg.multi_wd
+        for p in params:
+            p.requires_grad_(True)
+        return params, _optimizer(params, lr, wd), lr
+
+    def _loss(self, stage: str, rng: np.random.Generator, pool) -> tuple[torch.Tensor, dict]:
+        cfg, m = self.cfg, self.model
+        if stage == "vision":
+            pixels, labels = vision_batch(rng, cfg.vision_batch, self.processor.image_processor, self.model_cfg.patch_size)
+            logits = self.vision_head(m.model.vision_tower, pixels.to(self.device))
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.to(self.device).flatten())
+            return loss, patch_metrics(logits.detach(), labels.to(self.device))
+        if stage == "text":
+            ids = self._text_batch(rng, pool, cfg.text_batch).to(self.device)
+            return m(input_ids=ids, labels=ids).loss, {}
+        n = cfg.align_batch if stage == "align" else cfg.multi_batch
+        batch = self.batcher(*_draw(rng, n), with_image=True, device=self.device)
+        return m(**batch).loss, {}
+
+    def _state(self, stage_index: int, step: int, opt, rng) -> dict:
+        return {"stage_index": stage_index, "step": step, "model": self.model.state_dict(),
+                "vision_head": self.vision_head.state_dict(), "opt": opt.state_dict() if opt else None,
+                "rng": checkpoint.rng_state(rng) if rng is not None else None, "torch_rng": torch.get_rng_state(),
+                "history": self.history, "stage_seconds": self.stage_seconds, "elapsed": self.elapsed(),
+                "config": asdict(self.cfg), "model_config": self.model_cfg.as_dict()}
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def run(self, resume: bool, max_steps: int | None = None, init_from: Path | None = None) -> bool:
+        """Run (or continue) the stages; with `max_steps`, checkpoint and stop after that many
+        optimiser steps. True when every stage is done. `init_from` (a stage-end checkpoint such as
+        CKPT/text.pt) starts after that stage, so later stages can be varied without redoing it."""
+        done_here = 0
+        state = checkpoint.load(self.ckpt_dir) if resume else None
+        if state is None and init_from is not None:
+            state = torch.load(init_from, map_location="cpu", weights_only=False)
+            done = STAGES[:state["stage_index"]]
+            mismatch = [k for k, v in asdict(self.cfg).items()
+                        if state["config"].get(k) != v and (k.split("_")[0] in done or k in SHARED_FIELDS)]
+            if mismatch:
+                raise SystemExit(f"{init_from} was trained with other settings for {', '.join(mismatch)}")
+            state["config"] = asdict(self.cfg)
+            self.history.append({"init_from": str(init_from), "after_stage": done[-1]})
+        start_stage, start_step = 0, 0
+        if state is not None:
+            if state["config"] != asdict(self.cfg):
+                raise SystemExit(f"the checkpoint in {self.ckpt_dir} was made with another training config")
+            self.model.load_state_dict(state["model"])
+            self.vision_head.load_state_dict(state["vision_head"])
+            self.history, self.stage_seconds = state["history"] + self.history, dict(state["stage_seconds"])
+            self.elapsed_before = state["elapsed"]
+            torch.set_rng_state(state["torch_rng"])
+            start_stage, start_step = state["stage_index"], state["step"]
+            print(f"resuming at stage {STAGES[min(start_stage, len(STAGES) - 1)]} step {start_step}", flush=True)
+        pool = self._caption_pool()
+        probes = self._probe_batches(pool)
+        for index in range(start_stage, len(STAGES)):
+            stage = STAGES[index]
+            steps = self.cfg.steps(stage)
+            params, opt, peak = self._stage_setup(stage)
+            rng = np.random.default_rng([self.cfg.seed, STREAM[stage]])
+            first = 0
+            if state is not None and index == start_stage and start_step > 0:
+                opt.load_state_dict(state["opt"])
+                rng = checkpoint.restore_rng(state["rng"])
+                first = start_step
+            t_stage = time.perf_counter() - self.stage_seconds.get(stage, 0.0)
+            self.model.train()
+            for step in range(first, steps):
+                if stage != "vision" and step % self.cfg.probe_every == 0:
+                    self._log(self.probe(stage, step, probes))
+                for group in opt.param_groups:
+                    group["lr"] = _lr(step, steps, peak, self.cfg.warmup)
+                loss, extra = self._loss(stage, rng, pool)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                if step % self.log_every == 0 or step == steps - 1:
+                    self._log({"stage": stage, "step": step, "loss": round(loss.item(), 4),
+                               "lr": round(opt.param_groups[0]["lr"], 6), **extra,
+                               "elapsed_s": round(self.elapsed(), 1)})
+                self.stage_seconds[stage] = round(time.perf_counter() - t_stage, 1)
+                done_here += 1
+                if step + 1 < steps and ((step + 1) % self.cfg.ckpt_every == 0 or done_here == max_steps):
+                    checkpoint.save(self.ckpt_dir, self._state(index, step + 1, opt, rng))
+                    if done_here == max_steps:
+                        return False
+            if stage != "vision":
+                self._log(self.probe(stage, steps, probes))
+            self.stage_seconds[stage] = round(time.perf_counter() - t_stage, 1)
+            checkpoint.save(self.ckpt_dir, self._state(index + 1, 0, None, None), keep_as=f"{stage}.pt")
+            state = None
+            if done_here == max_steps and index + 1 < len(STAGES):
+                return False
+        return True
+
+    def _log(self, row: dict) -> None:
+        self.history.append(row)
+        print(json.dumps(row), flush=True)
+
+    def save(self, out: Path, command: str) -> dict:
+        self.model.eval()
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.processor.save_pretrained(out)
+        info = {"recipe": "staged (vision → text → align → multi), second edition",
+                "train_config": asdict(self.cfg), "model_config": self.model_cfg.as_dict(),
+                "sink_fallback": ("null BOS sink: BOS embedding fixed at zero (designed sink slot)"
+                                  if self.cfg.null_bos_sink else None), "device": str(self.device), "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "params_m": round(sum(p.numel() for p in self.model.parameters()) / 1e6, 3),
+                "stage_seconds": self.stage_seconds, "seconds": round(self.elapsed(), 1),
+                "history": self.history, "command": command}
+        (out / "training_info.json").write_text(json.dumps(info, indent=1))
+        return info
+
+
 def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ToyModelConfig = ToyModelConfig(),
-          threads: int | None = None, log_every: int = 25) -> dict:
+          threads: int | None = None, log_every: int = 50, ckpt: Path | None = None, resume: bool = False,
+          max_steps: int | None = None, init_from: Path | None = None) -> dict | None:
+    """Run the recipe and save the model to `out`; None when `max_steps` stopped it early (resume later)."""
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rng = np.random.default_rng([cfg.seed, 7])  # held-out sets use other streams (see scenes.heldout)
-    corpus_rng = np.random.default_rng([cfg.seed, 8])
-    corpus = [caption_for(generate_scene(corpus_rng), corpus_rng) for _ in range(cfg.tokenizer_scenes)]
-    corpus += list(TRAIN_PROMPTS) + [SYSTEM_LINE, "USER: ASSISTANT:"]
-    tokenizer = train_tokenizer(corpus, model_cfg.vocab_size)
-    processor = build_processor(tokenizer, model_cfg)
-    model = build_model(tokenizer, model_cfg).to(device)
-    num_image_tokens = (96 // model_cfg.patch_size) ** 2
-    batcher = Batcher(processor, num_image_tokens)
-    history: list[dict] = []
-    t_start = time.perf_counter()
-
-    def run_stage(name: str, steps: int, batch_size: int, lr: float, with_image: bool, params) -> None:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-        model.train()
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, steps, lr, cfg.warmup)
-            batch = batcher(*_draw(rng, batch_size), with_image=with_image, device=device)
-            loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            if step % log_every == 0 or step == steps - 1:
-                row = {"stage": name, "step": step, "loss": round(loss.item(), 4),
-                       "elapsed_s": round(time.perf_counter() - t_start, 1)}
-                history.append(row)
-                print(json.dumps(row), flush=True)
-
-    decoder_params = list(model.model.language_model.parameters())  # lm_head is tied to the embeddings
-    run_stage("text", cfg.text_steps, cfg.text_batch, cfg.text_lr, False, decoder_params)
-    run_stage("image", cfg.image_steps, cfg.image_batch, cfg.image_lr, True, list(model.parameters()))
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    info = {"train_config": cfg.__dict__, "model_config": model_cfg.as_dict(), "device": str(device),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-            "seconds": round(time.perf_counter() - t_start, 1), "history": history,
-            "command": f"python -m halviz.toy.train --out {out} --seed {cfg.seed} --text-steps {cfg.text_steps} "
-                       f"--image-steps {cfg.image_steps} --threads {threads or torch.get_num_threads()}"}
-    (out / "training_info.json").write_text(json.dumps(info, indent=1))
-    return info
+    ckpt = ckpt or out.parent / (out.name + "-ckpt")
+    recipe = Recipe(cfg, model_cfg, ckpt, device, log_every)
+    if not recipe.run(resume, max_steps, init_from):
+        return None
+    overrides = " ".join(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(cfg)
+                         if getattr(cfg, f.name) != f.default)
+    command = (f"python -m halviz.toy.train --out {out} --ckpt {ckpt} --threads {threads or torch.get_num_threads()}"
+               + (f" {overrides}" if overrides else "") + (f" --init-from {init_from}" if init_from else ""))
+    return recipe.save(out, command)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m halviz.toy.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("assets/toy-llava"))
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--text-steps", type=int, default=TrainConfig.text_steps)
-    parser.add_argument("--image-steps", type=int, default=TrainConfig.image_steps)
+    parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: OUT-ckpt next to OUT)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --ckpt")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many optimiser steps (checkpointed; continue with --resume)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start after the stage saved in this stage-end checkpoint (e.g. CKPT/text.pt)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    for f in fields(TrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
-    info = train(args.out, TrainConfig(seed=args.seed, text_steps=args.text_steps, image_steps=args.image_steps),
-                 threads=args.threads)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    info = train(args.out, cfg, threads=args.threads, ckpt=args.ckpt, resume=args.resume, max_steps=args.max_steps,
+                 init_from=args.init_from)
+    if info is None:
+        print(f"stopped after {args.max_steps} steps; continue with --resume --ckpt {args.ckpt}")
+        return 0
     print(f"saved to {args.out} ({info['params_m']} M params) in {info['seconds']} s")
     return 0
 
