@@ -3,8 +3,9 @@
 import signal
 
 from halviz.ui import build_app, launch_options, shutdown
+from halviz.ui.app import preload_from_env
 
-demo = build_app()
+demo = build_app(preload=preload_from_env())  # the default model is ready before the first visitor
 
 if __name__ == "__main__":
     # Spaces (and most process managers) stop apps with SIGTERM: handle it like Ctrl-C, so the

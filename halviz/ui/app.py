@@ -33,6 +33,7 @@ EVENTS_PER_SESSION = 8
 # read), so two runs share one model; more than two mostly split the same CPU/GPU between them.
 DEFAULT_CONCURRENCY = 2
 CONCURRENCY_ENV = "HALVIZ_CONCURRENCY"
+PRELOAD_ENV = "HALVIZ_PRELOAD"  # models loaded and warmed at start-up
 STATE_SECONDS = 3600  # a session's traces are dropped this long after its last run
 STATE_SESSIONS = 100  # sessions whose traces are kept in memory at most (oldest dropped first)
 CACHE_SWEEP = (600, 3600)  # every 10 min, delete Gradio cache files (uploads, trace copies) older than 1 h
@@ -43,18 +44,23 @@ DEFAULT_MAX_NEW_TOKENS = 64
 def build_app(models: Sequence[str | tuple[str, str]] | None = None, default_model: str = "toy",
               loader: Callable[[str], LoadedModel] = load_model, examples_dir=EXAMPLES_DIR,
               registry: Mapping[str, type[Method]] = METHODS, update_every_s: float = UPDATE_EVERY_S,
-              concurrency: int | None = None, allow_local: bool | None = None) -> gr.Blocks:
+              concurrency: int | None = None, allow_local: bool | None = None,
+              preload: Sequence[str] = ()) -> gr.Blocks:
     """Build the app. ``models`` lists the picker's entries (ids, or (id, label) pairs; default
     ``$HALVIZ_MODELS`` or the toy and the known hub ids) and is the only list of models a request
     may name; ``allow_local`` (default ``$HALVIZ_ALLOW_LOCAL_MODELS``) also lets any local model
     folder load. ``loader`` loads a model by its canonical name (tests inject tiny ones);
     ``update_every_s`` throttles the caption stream (0: one update per round of tokens);
     ``concurrency`` is how many comparisons run at once (default: ``$HALVIZ_CONCURRENCY`` or 2).
-    The model cache and trace files belong to this app only."""
+    ``preload`` names models to load and warm before the app serves (``app.py`` passes
+    ``$HALVIZ_PRELOAD``, default the default model). The model cache and trace files belong to this
+    app only."""
     models = configured_models() if models is None else models
     allow_local = local_models_allowed() if allow_local is None else allow_local
     app = HalvizApp(models, default_model, loader, load_examples(examples_dir), registry, update_every_s,
                     allow_local=allow_local)
+    # On ZeroGPU no CUDA work may run outside a request: load only (spaces places the weights).
+    app.warm(preload, decode=not on_zero_gpu())
     with gr.Blocks(title="halviz · hallucination debugger", delete_cache=CACHE_SWEEP) as demo:
         # Trace files live inside Gradio's cache, so serving them needs no second copy.
         app.files = TraceFiles(parent=demo.GRADIO_CACHE)
@@ -76,6 +82,17 @@ def shutdown(demo: gr.Blocks) -> None:
     app = getattr(demo, "halviz", None)
     if app is not None:
         app.files.close()
+
+
+def on_zero_gpu(environ: Mapping[str, str] = os.environ) -> bool:
+    """What the ``spaces`` package itself reads to know it runs on ZeroGPU."""
+    return environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+def preload_from_env(default_model: str = "toy", environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``$HALVIZ_PRELOAD`` (comma-separated), else the default model alone."""
+    listed = [m.strip() for m in environ.get(PRELOAD_ENV, "").split(",") if m.strip()]
+    return listed or [default_model]
 
 
 def concurrency_from_env(environ: Mapping[str, str] = os.environ) -> int:

@@ -1,8 +1,8 @@
 """Several decodes of one image, interleaved token by token, and what each column shows.
 
 :func:`decode_rounds` is the only place the app drives the model. It yields plain Python/numpy data
-(text pieces, counts, traces), so it may run inside ``@spaces.GPU`` on ZeroGPU, where the function
-runs in another process and only what it yields comes back.
+(text pieces, counts, traces), so it may run inside ``@spaces.GPU`` on ZeroGPU (see
+:mod:`halviz.ui.gpu`), where the function runs in another process and only what it yields comes back.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from halviz.methods.base import Method
 from halviz.models import LoadedModel
 from halviz.trace import Trace
 from halviz.ui.escaping import markdown_text
-from halviz.ui.gpu import gpu_task
 
 log = logging.getLogger("halviz.ui")
 UPDATE_EVERY_S = 0.06  # at most ~16 UI updates per second
@@ -49,7 +48,6 @@ class Progress:
     traces: list[Trace | None] | None = None  # at checkpoints and at the end; None for a column that failed early
 
 
-@gpu_task
 def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: Sequence[Sequence[Method]],
                   max_new_tokens: int, update_every_s: float = UPDATE_EVERY_S) -> Iterator[Progress]:
     """Decode with every stack at once, one token each in turn, yielding progress now and then.

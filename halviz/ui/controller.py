@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import gradio as gr
+import numpy as np
 
 from halviz.methods.base import Method
 from halviz.models import LoadedModel, ModelLoadError
 from halviz.trace import Trace, TraceFormatError
 from halviz.ui import inputs as checks
-from halviz.ui.compare import UPDATE_EVERY_S, ColumnResult, Progress, column_result, decode_rounds
+from halviz.ui.compare import UPDATE_EVERY_S, ColumnResult, Progress, column_result
+from halviz.ui.gpu import gpu_decoder
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.escaping import html_text, markdown_text
 from halviz.ui.examples import Example, TruthInfo, resolve_truth, truth_markdown
@@ -85,7 +87,8 @@ class Request:
     image: checks.ImageInput
     prompt: str
     methods: list[str]
-    stacks: list[list[Method]]
+    stacks: list[list[Method]]  # built once here, so bad knob values are refused before any model work
+    settings: dict  # the knob values as plain data: what crosses to a ZeroGPU worker
     max_new_tokens: int
     truth: TruthInfo
     model: str
@@ -106,6 +109,7 @@ class HalvizApp:
         self.cache = ModelCache(loader)
         self.examples = examples
         self.registry = dict(registry)
+        self.decode = gpu_decoder(self.cache, self.registry)  # the only call that holds a GPU
         self.files = TraceFiles()
 
     def check(self, image, prompt, methods, max_new_tokens, truth_text, model, settings) -> Request:
@@ -115,13 +119,14 @@ class HalvizApp:
         tokens = checks.check_max_new_tokens(max_new_tokens)
         names = checks.check_methods(methods, self.registry)
         checks.check_request_size(len(names), tokens)
-        stacks = checks.build_stacks(names, checks.parse_settings(settings), self.registry)
+        knobs = checks.parse_settings(settings)
+        stacks = checks.build_stacks(names, knobs, self.registry)
         if truth_text is not None and not isinstance(truth_text, str):
             raise checks.InputError("The ground-truth objects must be text, such as “cat, cup”.")
         checks.check_text_characters(truth_text or "", "The ground-truth box")
         picture = checks.load_image(image)
         truth = resolve_truth(truth_text, picture.digest, self.examples)
-        return Request(picture, prompt, names, stacks, tokens, truth, model)
+        return Request(picture, prompt, names, stacks, knobs, tokens, truth, model)
 
     def check_for_model(self, request: Request, loaded: LoadedModel) -> None:
         """The limits only the chosen model knows: its special tokens, its tokens, its context."""
@@ -131,6 +136,24 @@ class HalvizApp:
         context = getattr(getattr(loaded.model.config, "text_config", None), "max_position_embeddings", None)
         checks.check_prompt_tokens(request.prompt, processor.tokenizer, int(sequence.shape[-1]), context,
                                    request.max_new_tokens)
+
+    def warm(self, names: Sequence[str], decode: bool = True) -> list[str]:
+        """Load ``names`` now (start-up) and, unless ``decode`` is off, run every method for two tokens
+        on a grey image, so the first visitor does not pay for first-call set-up. Returns what failed:
+        a model that cannot load is logged and left to load (and fail) on first use."""
+        failed = []
+        grey = np.full((64, 64, 3), 128, dtype=np.uint8)
+        for name in names:
+            try:
+                key = self.policy.check(name, self.default_model)
+                self.cache.get(key)
+                if decode:
+                    for _ in self.decode(key, grey, "Describe the image.", list(self.registry), {}, 2, 0.0):
+                        pass
+            except Exception:
+                log.exception("warming %s failed", name)
+                failed.append(name)
+        return failed
 
     def load(self, name: str) -> LoadedModel:
         try:
@@ -214,8 +237,9 @@ class Controller:
             except checks.InputError as exc:
                 raise ui_error(str(exc), title="Please check the inputs") from None
             described = model_line(loaded)
-            for progress in decode_rounds(loaded, request.image.image, request.prompt, request.stacks,
-                                          request.max_new_tokens, self.app.update_every_s):
+            for progress in self.app.decode(request.model, np.asarray(request.image.image), request.prompt,
+                                            request.methods, request.settings, request.max_new_tokens,
+                                            self.app.update_every_s):
                 yield self._progress(request, progress, described, started, runs, owner)
         except gr.Error as error:
             plain = getattr(error, "plain", None)  # the page keeps saying what went wrong

@@ -105,6 +105,11 @@ class ModelCache:
         pending.set_result(loaded)
         return loaded
 
+    def peek(self, name: str) -> LoadedModel | None:
+        """The model if it is loaded, without taking the lock (for a forked worker, where the lock
+        may have been copied while held) and without loading anything."""
+        return self._models.get(name)
+
     def loaded_names(self) -> list[str]:
         with self._lock:
             return list(self._models)

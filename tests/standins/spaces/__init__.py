@@ -49,6 +49,10 @@ def _log(**event) -> None:
             f.write(json.dumps({"time": time.time(), **event}) + "\n")
 
 
+def _name(task) -> str:
+    return getattr(task, "__name__", None) or getattr(getattr(task, "func", None), "__name__", type(task).__name__)
+
+
 def _worker(task, payload: bytes, conn, stop) -> None:
     args, kwargs = pickle.loads(payload)
     try:
@@ -85,7 +89,7 @@ def _run(task, duration, args, kwargs):
     process = _FORK.Process(target=_worker, args=(task, payload, child, stop), daemon=True)
     process.start()
     child.close()
-    _log(event="call", task=task.__name__, duration=asked, pid=process.pid, parent_pid=os.getpid())
+    _log(event="call", task=_name(task), duration=asked, pid=process.pid, parent_pid=os.getpid())
     ended = "cancelled"
     try:
         while True:
@@ -110,7 +114,7 @@ def _run(task, duration, args, kwargs):
             process.kill()
             process.join()
         parent.close()
-        _log(event="ended", task=task.__name__, how=ended, pid=process.pid, exitcode=process.exitcode)
+        _log(event="ended", task=_name(task), how=ended, pid=process.pid, exitcode=process.exitcode)
 
 
 def GPU(task=None, *, duration=None, size=None, **_ignored):
