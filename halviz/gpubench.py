@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from halviz.chair import write_json_atomically
 from halviz.engine.attention import ATTENTION_NAME, register_attention
 from halviz.engine.decode import Decoder
 from halviz.engine.recorder import RecordOptions
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json_atomically(args.json, result)
     return 0
 
 
