@@ -178,3 +178,24 @@ def test_shipped_model_meets_s1_and_r1_on_a_small_probe_set(toy):
     report = probe.measure_heldout(toy, probe.ProbeConfig(n=30))
     assert report["S1"]["pass"], (report["S1"]["sink_late"], report["S1"]["sink_early"])
     assert report["R1"]["pass"], (report["R1"]["precision"], report["R1"]["recall"])
+
+
+def test_tuning_criterion_on_hand_made_figures():
+    from halviz.toy.tune import choose
+
+    vanilla = {"partner_rate": 0.60, "recall": 0.60, "precision": 0.60, "len": 20.0}
+
+    def row(rate, recall=0.60, precision=0.60, length=20.0, name="x"):
+        return {"params": {"name": name}, "partner_rate": rate, "recall": recall, "precision": precision, "len": length}
+
+    # A loop (length > 1.5× vanilla) and a recall loss of 4 points are out; 0.40 beats the paper's 0.50 by 10 points.
+    rows = [row(0.50, name="paper"), row(0.10, length=40.0, name="loop"), row(0.20, recall=0.56, name="blind"),
+            row(0.40, name="better"), row(0.40, name="tie")]
+    best, _ = choose(vanilla, rows)
+    assert best["params"]["name"] == "better"
+    assert [r["eligible"] for r in rows] == [True, False, False, True, True]
+    # A gain under 5 points keeps the paper's default; a paper default that breaks a bound does not.
+    assert choose(vanilla, [row(0.50, name="paper"), row(0.47, name="close")])[0]["params"]["name"] == "paper"
+    assert choose(vanilla, [row(0.50, precision=0.5, name="paper"), row(0.49, name="ok")])[0]["params"]["name"] == "ok"
+    best, how = choose(vanilla, [row(0.5, recall=0.1, name="paper"), row(0.1, recall=0.1, name="bad")])
+    assert best["params"]["name"] == "paper" and "no setting" in how

@@ -14,9 +14,14 @@ Tuning split: ``broken_pair(pair, n_pair, seed=TUNING_SEED)`` for every planted 
 (trigger present, partner absent); the probe uses ``PROBE_SEED`` and halviz.eval ``HELDOUT_SEED``.
 
 Criterion, per method: among the settings whose recall and precision on the tuning scenes are
-each at most ``MAX_LOSS_POINTS`` below vanilla's, the one that names the absent partner least
-often; exact ties go to the setting listed first (so the paper's default wins a tie). If no
-setting stays within the bound, the paper's default is kept and the file says so.
+each at most ``MAX_LOSS_POINTS`` below vanilla's and whose mean caption length is at most
+``MAX_LENGTH_RATIO`` × vanilla's (a repetition loop names fewer partners only because it names
+the same objects over and over), the one that names the absent partner least often; exact ties
+go to the setting listed first. The paper's default (listed first) is kept unless that setting
+names the partner at least ``MIN_GAIN_POINTS`` points less often (smaller gains are within the
+noise of ~120 scenes) or the paper's default itself breaks a bound. If no setting stays within
+the bounds, the paper's default is kept and the file says so. ``--rechoose`` applies the
+criterion again to the figures a file already holds, without decoding.
 
 Writes ``<model>/method_defaults.json`` (read by :func:`halviz.methods.defaults.defaults_for`)
 with the chosen values, every setting's figures, the criterion, the split and this command.
@@ -44,6 +49,8 @@ from halviz.toy.probe import PROBE_METHODS, ProbeConfig, caption_scenes, names_p
 
 TUNING_SEED = 3_000_017
 MAX_LOSS_POINTS = 3.0
+MAX_LENGTH_RATIO = 1.5  # a repetition loop runs to max_new_tokens; it must not pass for a cure
+MIN_GAIN_POINTS = 5.0  # below this a gain over the paper's default is within noise on ~120 scenes
 
 # Knob values tried per method, the paper's default first. PruneHal's kept counts of 144 image
 # tokens after t prunes: r 0.4 → 58, 23, 9; r 0.6 → 86, 52, 31; r 0.8 → 115, 92, 74.
@@ -80,13 +87,36 @@ def choose(vanilla: dict[str, float], rows: list[dict[str, Any]]) -> tuple[dict[
     """The criterion above; ``rows`` in grid order, each with ``params`` and figures."""
     for row in rows:
         row["eligible"] = bool(100 * (vanilla["recall"] - row["recall"]) <= MAX_LOSS_POINTS
-                               and 100 * (vanilla["precision"] - row["precision"]) <= MAX_LOSS_POINTS)
+                               and 100 * (vanilla["precision"] - row["precision"]) <= MAX_LOSS_POINTS
+                               and row["len"] <= MAX_LENGTH_RATIO * vanilla["len"])
     eligible = [r for r in rows if r["eligible"]]
     if not eligible:
-        return rows[0], "paper default kept: no setting stayed within the recall/precision bound"
+        return rows[0], "paper default kept: no setting stayed within the recall/precision/length bounds"
     best = min(eligible, key=lambda r: r["partner_rate"])  # min keeps the first of exact ties
-    how = "paper default" if best is rows[0] else "lowest partner insertion within the bound"
-    return best, how
+    paper = rows[0]
+    if best is paper:
+        return paper, "paper default: lowest partner insertion within the bounds"
+    if paper["eligible"] and 100 * (paper["partner_rate"] - best["partner_rate"]) < MIN_GAIN_POINTS:
+        return paper, (f"paper default kept: the best setting {best['params']} names the partner only "
+                       f"{100 * (paper['partner_rate'] - best['partner_rate']):.1f} points less (< {MIN_GAIN_POINTS:g})")
+    return best, "lowest partner insertion within the bounds"
+
+
+CRITERION = (f"per method, among the grid settings whose recall and precision on the tuning scenes are each at "
+             f"most {MAX_LOSS_POINTS:g} points below vanilla's and whose mean caption length is at most "
+             f"{MAX_LENGTH_RATIO:g}x vanilla's, the lowest share of captions naming the absent partner; exact ties "
+             "go to the first setting listed; the paper's default (listed first) is kept unless it breaks a bound "
+             f"or the best setting names the partner at least {MIN_GAIN_POINTS:g} points less often; with none "
+             "within the bounds the paper's default is kept")
+
+
+def rechoose(record: dict[str, Any]) -> dict[str, Any]:
+    """Apply the current criterion to a stored record's figures again (no decoding)."""
+    for method, rows in record["grid"].items():
+        best, record["chosen_by"]["how"][method] = choose(record["vanilla"], rows)
+        record["methods"][method] = best["params"]
+    record["chosen_by"]["criterion"] = CRITERION
+    return record
 
 
 def tune(loaded, methods, n_pair: int, max_new_tokens: int, log=print) -> dict[str, Any]:
@@ -117,10 +147,7 @@ def tune(loaded, methods, n_pair: int, max_new_tokens: int, log=print) -> dict[s
                            for m in methods},
         "model_sha256": weights_sha256(loaded.source),
         "chosen_by": {
-            "criterion": (f"per method, among the grid settings whose recall and precision on the tuning scenes are "
-                          f"each at most {MAX_LOSS_POINTS:g} points below vanilla's, the lowest share of captions "
-                          "naming the absent partner; exact ties go to the first setting listed (the paper's "
-                          "default first); with none within the bound the paper's default is kept"),
+            "criterion": CRITERION,
             "how": how,
             "split": (f"broken_pair(pair, {n_pair}, seed=TUNING_SEED={TUNING_SEED}) for the pairs "
                       f"{[f'{t}->{p}' for t, p in pairs]}, pooled: {len(sample)} scenes"),
@@ -143,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=ProbeConfig.max_new_tokens)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--out", type=Path, help=f"where to write (default: <model folder>/{DEFAULTS_FILE})")
+    parser.add_argument("--rechoose", action="store_true",
+                        help="apply the criterion again to the figures already in the output file, without decoding")
     args = parser.parse_args(argv)
+    if args.rechoose:
+        args.argv = argv
+        return _rechoose_file(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in GRID]
     if unknown or not methods or args.n_pair < 1:
@@ -162,6 +194,28 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(loaded.source) / DEFAULTS_FILE
     write_json_atomically(out, record)
     print(f"wrote {out} in {record['chosen_by']['seconds']:.0f} s")
+    for method, params in record["methods"].items():
+        print(f"  {method}: {params} ({record['chosen_by']['how'][method]})")
+    return 0
+
+
+def _rechoose_file(args) -> int:
+    from halviz.chair import write_json_atomically
+    from halviz.methods.defaults import read_defaults_record
+    from halviz.models.loading import TOY_MODEL_DIR
+
+    out = args.out or (TOY_MODEL_DIR if args.model == "toy" else Path(args.model)) / DEFAULTS_FILE
+    try:
+        record = read_defaults_record(out.parent) if out.name == DEFAULTS_FILE else None
+        if record is None:
+            raise ValueError(f"{out}: no stored tuning record to choose from")
+    except ValueError as exc:
+        print(f"halviz.toy.tune: {exc}", file=sys.stderr)
+        return 2
+    record = rechoose(record)
+    record["chosen_by"]["rechosen_with"] = "python -m halviz.toy.tune " + " ".join(
+        sys.argv[1:] if args.argv is None else args.argv)
+    write_json_atomically(out, record)
     for method, params in record["methods"].items():
         print(f"  {method}: {params} ({record['chosen_by']['how'][method]})")
     return 0
