@@ -60,9 +60,20 @@ def make_trace(steps=STEPS, patch_boxes=None, methods=True) -> Trace:
             "method/vhr/selected": np.array([[False, True], [False, True]]),
             "method/vhr/outlier": np.array([[True, False], [False, False]]),
             "method/vhr/tvhd": np.arange(steps, dtype=np.float32),
-            "method/vasparse/kept_image": np.full((steps, ROWS * COLS), 0.5, np.float16),
             "method/vasparse/layers": np.array([1], np.int32),
+            # Step t reads generated tokens < t: row t holds j < t, NaN elsewhere.
+            "method/vasparse/kept_generated": np.where(np.tril(np.ones((steps, steps)), -1) > 0,
+                                                       np.linspace(0.25, 1.0, steps * steps).reshape(steps, steps),
+                                                       np.nan).astype(np.float16),
+            "method/vasparse/merged_columns": np.arange(steps, dtype=np.float32) / 2,
+            "method/vasparse/sink_w": np.array([np.linspace(0.05, 0.15, PROMPT_LEN + steps)[::-1],
+                                                np.linspace(0.05, 0.15, PROMPT_LEN + steps)], np.float32),
+            "method/vasparse/sink_positions": np.arange(PROMPT_LEN + steps, dtype=np.int32),
         })
+        arrays["method/vasparse/layers"] = np.array([0, 1], np.int32)
+        meta["methods"] = [{"name": "vasparse", "title": "VASparse", "params": {"aggregate": "dpc-knn",
+                                                                                "phi": "embedding"}}]
+        meta["segment_ids_prompt"] = [0, 1, 1] + [2] * 6 + [3]
     return Trace(meta, arrays)
 
 
@@ -136,10 +147,69 @@ def test_kept_masks_follow_prunes_and_vasparse_shares():
     fig = viz.kept_mask_figure(trace, after.kept, after.title, None, after.details)
     np.testing.assert_allclose(np.asarray(heatmap(fig).z), after.kept.reshape(ROWS, COLS))
     assert "grid 2×3" in title(fig) and "layer 1" in title(fig)
-    vas = vasparse_mask(trace, 1)
-    assert vas.kept.tolist() == [0.5] * 6 and "50%" in vas.title
-    assert [m.method for m in viz.kept_masks(trace, 1, 0)] == ["prunehal", "vasparse"]
+    # Today's VASparse never drops image tokens: no image mask from it.
+    assert vasparse_mask(trace, 1) is None
+    assert [m.method for m in viz.kept_masks(trace, 1, 0)] == ["prunehal"]
     assert viz.kept_masks(make_trace(methods=False), 1, 0) == []
+    # A first-edition trace (kept_image) still replays, and says what it is.
+    trace.arrays["method/vasparse/kept_image"] = np.full((STEPS, ROWS * COLS), 0.5, np.float16)
+    vas = vasparse_mask(trace, 1)
+    assert vas.kept.tolist() == [0.5] * 6 and "50%" in vas.title and "first-edition" in vas.title
+
+
+def test_vasparse_selection_draws_kept_generated_tokens_and_merged_columns():
+    trace = make_trace()
+    fig = viz.vasparse_selection_figure(trace)
+    z = np.asarray(heatmap(fig).z, dtype=np.float64)
+    kept = trace.arrays["method/vasparse/kept_generated"].astype(np.float64)
+    assert z.shape == (STEPS, STEPS)
+    np.testing.assert_array_equal(np.isnan(z), np.triu(np.ones((STEPS, STEPS)), 0) > 0)  # j ≥ t: not generated yet
+    np.testing.assert_allclose(z[1, 0], kept[1, 0])
+    np.testing.assert_allclose(z[2, :2], kept[2, :2])
+    bars = next(t for t in fig.data if isinstance(t, go.Bar))
+    np.testing.assert_allclose(bars.x, [0.0, 0.5, 1.0])
+    text = title(fig)
+    assert "share of heads × layers 0–1" in text and "never dropped" in text and "DPC-KNN" in text
+    assert fig.layout.xaxis.title.text == "generated token j" and fig.layout.yaxis.title.text == "step t"
+    assert list(fig.layout.xaxis.ticktext[:2]) == ["A (gen 0)", "␣cat (gen 1)"]
+    # Without merged columns (aggregate = none), only the heatmap, labelled as masking.
+    del trace.arrays["method/vasparse/merged_columns"]
+    trace.meta["methods"][0]["params"]["aggregate"] = "none"
+    bare = viz.vasparse_selection_figure(trace)
+    assert not any(isinstance(t, go.Bar) for t in bare.data) and "masked" in title(bare)
+    assert viz.vasparse_selection_figure(make_trace(methods=False)) is None
+
+
+def test_vasparse_sink_weights_over_every_position_by_segment():
+    trace = make_trace()
+    fig = viz.vasparse_sink_figure(trace)
+    expected = trace.arrays["method/vasparse/sink_w"].astype(np.float64).mean(0)  # mean over the 2 layers
+    drawn = {int(x): y for t in fig.data for x, y in zip(t.x, t.y)}
+    assert sorted(drawn) == list(range(PROMPT_LEN + STEPS))  # every position, the image and generated ones too
+    np.testing.assert_allclose([drawn[p] for p in sorted(drawn)], expected, rtol=1e-6)
+    by_segment = {t.name: [int(x) for x in t.x] for t in fig.data}
+    assert by_segment["BOS token"] == [0] and by_segment["image tokens"] == IMAGE_POSITIONS
+    assert by_segment["system text"] == [1, 2] and by_segment["prompt text"] == [9]
+    assert by_segment["generated text"] == [10, 11, 12]
+    assert any(abs(s.y0 - 1 / 13) < 1e-9 for s in fig.layout.shapes)  # the uniform share 1/P
+    text = title(fig)
+    assert "all 13 positions" in text and "mean over layers 0–1" in text and "1 + β − β·W" in text
+    assert viz.vasparse_sink_figure(make_trace(methods=False)) is None
+
+
+def test_vasparse_logits_name_the_phi_reading_of_the_trace():
+    trace = make_trace()
+    trace.arrays.update({
+        "method/vasparse/theta_top_ids": np.tile(np.array([7, 8, 9, 10, 11], np.int32), (STEPS, 1)),
+        "method/vasparse/theta_top_logits": np.tile(np.arange(5, 0, -1, dtype=np.float32), (STEPS, 1)),
+        "method/vasparse/phi_top_ids": np.tile(np.array([8, 7, 9, 10, 11], np.int32), (STEPS, 1)),
+        "method/vasparse/phi_top_logits": np.tile(np.arange(4, -1, -1, dtype=np.float32), (STEPS, 1)),
+    })
+    fig = viz.vasparse_logits_figure(trace, 0)
+    assert [t.name for t in fig.data][1].startswith("ℓ_φ (language head of the token embedding, no decoder pass")
+    assert list(fig.data[1].y[:2]) == [" dog", " cat"] and list(fig.data[1].x[:2]) == [4, 3]
+    trace.meta["methods"][0]["params"]["phi"] = "masked-pass"
+    assert "random image tokens masked" in viz.vasparse_logits_figure(trace, 0).data[1].name
 
 
 def test_entropy_curves_with_lambda_and_step_marker():

@@ -63,6 +63,7 @@ class DebuggerPanel:
     prunehal: gr.Plot
     vasparse_box: gr.Column
     vasparse_logits: gr.Plot
+    vasparse_selection: gr.Plot
     vasparse_sink: gr.Plot
     vhr_box: gr.Column
     vhd: gr.Plot
@@ -110,10 +111,11 @@ class DebuggerPanel:
             prunehal = gr.Plot(show_label=False)
             help_text("prunehal")
         with gr.Column(visible=False) as vasparse_box:
-            gr.Markdown("### VASparse: contrast and sinks", elem_classes=["hv-subsection"])
+            gr.Markdown("### VASparse: kept generated tokens, contrast and sinks", elem_classes=["hv-subsection"])
             with gr.Row(equal_height=False):
-                vasparse_logits = gr.Plot(show_label=False)
-                vasparse_sink = gr.Plot(show_label=False)
+                vasparse_selection = gr.Plot(show_label=False, elem_id="hv-vasparse-selection")
+                vasparse_logits = gr.Plot(show_label=False, elem_id="hv-vasparse-logits")
+            vasparse_sink = gr.Plot(show_label=False, elem_id="hv-vasparse-sink")
             help_text("vasparse")
         with gr.Column(visible=False) as vhr_box:
             gr.Markdown("### VHR: vision-sensitive heads", elem_classes=["hv-subsection"])
@@ -123,7 +125,7 @@ class DebuggerPanel:
             help_text("vhr")
         return cls(choice, info, caption, step, layer, head, step_info, overlay, mask_box, mask, candidates,
                    entropy, shares, top_keys, prunehal_box, prunehal, vasparse_box, vasparse_logits,
-                   vasparse_sink, vhr_box, vhd, tvhd)
+                   vasparse_selection, vasparse_sink, vhr_box, vhd, tvhd)
 
     # ---- component lists for event wiring -------------------------------------------------------
     @property
@@ -135,7 +137,7 @@ class DebuggerPanel:
     @property
     def trace_outputs(self) -> list:
         return [self.choice, self.info, self.step, self.layer, self.prunehal_box, self.vasparse_box,
-                self.vasparse_sink, self.vhr_box, self.vhd, *self.step_outputs]
+                self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, *self.step_outputs]
 
     # ---- rendering ------------------------------------------------------------------------------
     def show(self, runs: Runs | None, key: str | None, step: int = 0) -> dict:
@@ -160,14 +162,17 @@ class DebuggerPanel:
         layers = int(trace.meta.get("num_layers", 0))
         layer_options = [("all layers (mean)", "mean")] + [(f"layer {l}", str(l)) for l in range(layers)]
         vhr = viz.vhr_maps(trace)
+        selection, sink = viz.vasparse_selection_figure(trace), viz.vasparse_sink_figure(trace)
         updates = {
             self.choice: gr.Radio(choices=choices, value=key),
             self.info: trace_info(entry),
             self.step: slider,
             self.layer: gr.Dropdown(choices=layer_options, value="mean"),
             self.prunehal_box: gr.Column(visible=viz.prunehal_figure(trace) is not None),
-            self.vasparse_box: gr.Column(visible=viz.vasparse_logits_figure(trace, 0) is not None),
-            self.vasparse_sink: sized_plot(viz.vasparse_sink_figure(trace)),
+            self.vasparse_box: gr.Column(visible=any(f is not None for f in (
+                viz.vasparse_logits_figure(trace, 0), selection, sink))),
+            self.vasparse_selection: sized_plot(selection),
+            self.vasparse_sink: sized_plot(sink),
             self.vhr_box: gr.Column(visible=vhr is not None),
             self.vhd: sized_plot(viz.vhd_figure(trace, vhr) if vhr is not None else None),
         }

@@ -22,8 +22,8 @@ DEBUGGER_INTRO = (
 HELP = {
     "overlay": ("Each cell is one image token (a patch of your picture); the colour is how much attention the "
                 "query predicting this step's token paid to it, averaged as the title says. " + NOT_WHY),
-    "mask": ("Dark patches were removed from attention by the method at this step, clear ones kept (for "
-             "VASparse, the share of heads and layers that kept each one). " + NOT_WHY),
+    "mask": ("Dark patches were removed from attention by the method at this step, clear ones kept (a "
+             "first-edition VASparse trace shows the share of heads and layers that kept each one). " + NOT_WHY),
     "entropy": ("Entropy of one attention row: low means concentrated on a few tokens, high means spread out. "
                 "KVSmooth smooths a new token's keys and values more (λ) when its entropy ranks high. " + NOT_WHY),
     "sinks": ("Each bar splits one layer's attention over BOS, system text, image, prompt and generated tokens; "
@@ -33,9 +33,13 @@ HELP = {
                    "A hallucinated object often wins by a small margin."),
     "prunehal": ("A layer votes when its attention to the kept image tokens falls below √r × its running mean; "
                  "a majority (or the forced step) prunes the least-attended image tokens. " + NOT_WHY),
-    "vasparse": ("ℓ_θ are the logits with visual-aware sparse attention, ℓ_φ those with a random half of the "
-                 "image hidden; tokens that stay likely without the image are pushed down. W is the sink "
-                 "weight the penalty uses."),
+    "vasparse": ("Heatmap: at every step each head keeps the generated tokens that score highest on (q·K)² plus "
+                 "λ × how much they looked at the image; the rest are merged by DPC-KNN clustering (knob "
+                 "aggregate) or masked. Image and prompt tokens are never dropped. ℓ_θ are the logits with this "
+                 "sparse attention; ℓ_φ is a language prior: by default (knob phi = embedding) the language "
+                 "head applied to the current token's embedding, with no decoder pass. Tokens that stay likely "
+                 "under ℓ_φ are pushed down. Bars below: the sink weight W of every position, which the penalty "
+                 "uses to damp attention to sinks. " + NOT_WHY),
     "vhr": ("Each cell is one head: how much its output changes when the image is removed from the prompt. "
             "VHR multiplies the outlined heads by α. A high VHD says a head reacts to the image, not that "
             "it is right."),

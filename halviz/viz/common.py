@@ -159,3 +159,23 @@ def index_ranges(values) -> str:
             parts.append(str(v) if v == start else f"{start}–{v}")
             start = None
     return ", ".join(parts)
+
+
+def position_segments(trace: Trace, positions) -> list[str]:
+    """The segment (bos, system, image, prompt, generated) of each sequence position."""
+    meta = trace.meta
+    prompt_len = int(meta.get("prompt_len", 0))
+    names = list(meta.get("segments") or [])
+    ids = list(meta.get("segment_ids_prompt") or [])
+    image = meta.get("image_positions") or []
+    out = []
+    for p in (int(v) for v in positions):
+        if p >= prompt_len:
+            out.append("generated")
+        elif p < len(ids) and 0 <= int(ids[p]) < len(names):
+            out.append(str(names[int(ids[p])]))
+        elif image and image[0] <= p <= image[-1]:
+            out.append("image")
+        else:  # a trace without segment ids: BOS first, the rest prompt text
+            out.append("bos" if p == 0 else "prompt")
+    return out

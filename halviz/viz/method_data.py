@@ -62,15 +62,48 @@ def prunehal_mask(trace: Trace, step: int, layer: Choice) -> KeptMask | None:
 
 
 def vasparse_mask(trace: Trace, step: int) -> KeptMask | None:
-    """VASparse keeps tokens per head and layer; the trace holds the share keeping each image token."""
+    """First-edition traces only: that VASparse masked image tokens and recorded the share keeping
+    each (``kept_image``). The current one never drops image tokens (see :func:`vasparse_selection`)."""
     kept = method_array(trace, "vasparse", "kept_image", "kept", ndim=2)
     if kept is None or step >= kept.shape[0]:
         return None
     layers = method_array(trace, "vasparse", "layers", ndim=1)
     span = f"layers {index_ranges(layers)}" if layers is not None else "its layers"
     row = kept[step].astype(np.float64)
-    return KeptMask("vasparse", row, f"VASparse at step {step}: {row.mean():.0%} of image-token slots kept",
+    return KeptMask("vasparse", row, f"VASparse (first-edition trace) at step {step}: {row.mean():.0%} of "
+                    "image-token slots kept",
                     (f"colour = share of heads × {span} keeping each token", "the layer picker does not apply"))
+
+
+@dataclass(frozen=True)
+class GeneratedSelection:
+    """VASparse's selection over the generated tokens (image and prompt columns are never dropped)."""
+
+    kept: np.ndarray  # (T, T): share of heads × layers keeping generated token j during step t; NaN for j ≥ t
+    merged: np.ndarray | None  # (T,): merged (DPC-KNN) columns per head and layer at step t
+    layers: np.ndarray | None
+    aggregate: str | None  # "dpc-knn" (dropped tokens merged) or "none" (masked), from the trace's meta
+
+
+def method_params(trace: Trace, method: str) -> dict:
+    """The knob values ``method`` ran with, as the trace's meta records them."""
+    for described in trace.meta.get("methods") or []:
+        if isinstance(described, dict) and described.get("name") == method:
+            return dict(described.get("params") or {})
+    return {}
+
+
+def vasparse_selection(trace: Trace) -> GeneratedSelection | None:
+    kept = method_array(trace, "vasparse", "kept_generated", ndim=2)
+    if kept is None or kept.shape[0] != kept.shape[1]:
+        return None
+    merged = method_array(trace, "vasparse", "merged_columns", ndim=1)
+    if merged is not None and merged.shape[0] != kept.shape[0]:
+        merged = None
+    aggregate = method_params(trace, "vasparse").get("aggregate")
+    return GeneratedSelection(kept.astype(np.float64), None if merged is None else merged.astype(np.float64),
+                              method_array(trace, "vasparse", "layers", ndim=1),
+                              None if aggregate is None else str(aggregate))
 
 
 def kept_masks(trace: Trace, step: int, layer: Choice) -> list[KeptMask]:
@@ -134,13 +167,23 @@ def vasparse_logits(trace: Trace, step: int) -> LogitContrast | None:
                          phi[step] if has_phi else None)
 
 
-def vasparse_sink(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """(W per text position averaged over layers, the positions, the layers) at the end of the run."""
+@dataclass(frozen=True)
+class SinkWeights:
+    weights: np.ndarray  # (n_layers, P): W per VASparse layer over every position processed
+    positions: np.ndarray  # (P,)
+    layers: np.ndarray | None  # the layers of the rows (None: not recorded)
+
+
+def vasparse_sink(trace: Trace) -> SinkWeights | None:
+    """VASparse's sink weights W at the end of the run (or the last checkpoint), over all positions."""
     weights = method_array(trace, "vasparse", "sink_w", ndim=2)
     positions = method_array(trace, "vasparse", "sink_positions", ndim=1)
     if weights is None or positions is None or weights.shape[1] != positions.shape[0]:
         return None
-    return weights.astype(np.float64).mean(0), positions.astype(int), method_array(trace, "vasparse", "layers", ndim=1)
+    layers = method_array(trace, "vasparse", "layers", ndim=1)
+    if layers is not None and len(layers) != weights.shape[0]:
+        layers = None
+    return SinkWeights(weights.astype(np.float64), positions.astype(int), layers)
 
 
 def prunehal_votes(trace: Trace) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:

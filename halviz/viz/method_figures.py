@@ -7,8 +7,12 @@ import numpy as np
 import plotly.graph_objects as go
 
 from halviz.trace import Trace
-from halviz.viz.common import base_layout, clamp_step, index_ranges, key_label, message_figure, step_token
-from halviz.viz.method_data import prunehal_votes, token_string, vasparse_logits, vasparse_sink
+from plotly.subplots import make_subplots
+
+from halviz.viz.common import (SEGMENT_COLOURS, SEGMENT_NAMES, base_layout, clamp_step, index_ranges, key_label,
+                               position_segments, readable, step_token, subtitle)
+from halviz.viz.method_data import (method_params, prunehal_votes, token_string, vasparse_logits, vasparse_selection,
+                                    vasparse_sink)
 
 
 def prunehal_figure(trace: Trace, step: int | None = None) -> go.Figure | None:
@@ -41,8 +45,16 @@ def prunehal_figure(trace: Trace, step: int | None = None) -> go.Figure | None:
     return base_layout(fig, title, int(min(max(180 + 12 * layers, 280), 640)))
 
 
+def phi_reading(trace: Trace) -> str:
+    """What VASparse's ℓ_φ was in this trace (its ``phi`` knob; first-edition traces had the masked pass)."""
+    phi = method_params(trace, "vasparse").get("phi", "masked-pass")
+    return {"embedding": "ℓ_φ (language head of the token embedding, no decoder pass)",
+            "embedding-raw": "ℓ_φ (language head of the raw token embedding, no norm, no decoder pass)",
+            }.get(str(phi), "ℓ_φ (second pass with random image tokens masked)")
+
+
 def vasparse_logits_figure(trace: Trace, step: int) -> go.Figure | None:
-    """Top-5 logits of VASparse's sparse pass ℓ_θ and of its random-image-mask pass ℓ_φ at a step."""
+    """Top-5 logits of VASparse's sparse pass ℓ_θ and of its language prior ℓ_φ at a step."""
     step = clamp_step(trace, step)
     data = vasparse_logits(trace, step)
     if data is None:
@@ -50,42 +62,99 @@ def vasparse_logits_figure(trace: Trace, step: int) -> go.Figure | None:
     fig = go.Figure()
     fig.add_trace(go.Bar(
         y=[token_string(trace, i) for i in data.theta_ids], x=data.theta_logits, orientation="h",
-        name="ℓ_θ (visual-aware sparse pass)", marker_color="#2563eb",
+        name="ℓ_θ (visual-aware sparse attention)", marker_color="#2563eb",
         hovertemplate="ℓ_θ %{y}: %{x:.2f}<extra></extra>",
     ))
     if data.phi_ids is not None:
         fig.add_trace(go.Bar(
             y=[token_string(trace, i) for i in data.phi_ids], x=data.phi_logits, orientation="h",
-            name="ℓ_φ (random image tokens masked)", marker_color="#f59e0b",
+            name=phi_reading(trace), marker_color="#f59e0b",
             hovertemplate="ℓ_φ %{y}: %{x:.2f}<extra></extra>",
         ))
         note = "the final logits are (1+α)·ℓ_θ − α·ℓ_φ over the plausible tokens"
     else:
-        note = "no ℓ_φ at this step (the first token is never contrasted)"
+        note = "no ℓ_φ recorded at this step (contrast off)"
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(title="logit")
-    title = (f"VASparse at step {step} → {step_token(trace, step)}: top-5 logits of both passes"
+    title = (f"VASparse at step {step} → {step_token(trace, step)}: top-5 logits of ℓ_θ and ℓ_φ"
              f"<br><span style='font-size:11px'>{note}</span>")
     return base_layout(fig, title, 300, barmode="group", legend=dict(orientation="h", y=-0.2, x=0))
 
 
-def vasparse_sink_figure(trace: Trace, top: int = 12) -> go.Figure | None:
-    """VASparse's sink weights W over text tokens at the end of the run (mean over its layers)."""
+def vasparse_selection_figure(trace: Trace) -> go.Figure | None:
+    """Which generated tokens VASparse kept at each step (share of heads × layers), and how many
+    columns it merged from the dropped ones."""
+    data = vasparse_selection(trace)
+    if data is None:
+        return None
+    steps = data.kept.shape[0]
+    texts = trace.texts
+    labels = [f"{readable(texts[j]) if j < len(texts) else '?'} (gen {j})" for j in range(steps)]
+    span = f"layers {index_ranges(data.layers)}" if data.layers is not None and len(data.layers) else "its layers"
+    with_bars = data.merged is not None
+    fig = (make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.8, 0.2], horizontal_spacing=0.03)
+           if with_bars else go.Figure())
+    heat = go.Heatmap(
+        z=data.kept, x=list(range(steps)), y=list(range(steps)), zmin=0, zmax=1,
+        colorscale=[[0, "#0f172a"], [0.5, "#f97316"], [1, "#f8fafc"]], xgap=0, ygap=0,
+        colorbar=dict(title=dict(text="share kept", side="right"), len=0.8, x=-0.14 if with_bars else 1.02),
+        customdata=np.array([labels] * steps), hovertemplate=(
+            "step %{y} kept %{customdata} in %{z:.0%} of heads × layers<extra></extra>"),
+    )
+    if with_bars:
+        fig.add_trace(heat, row=1, col=1)
+        fig.add_trace(go.Bar(y=list(range(steps)), x=data.merged, orientation="h", marker_color="#7c3aed",
+                             hovertemplate="step %{y}: %{x:.2f} merged columns per head and layer<extra></extra>",
+                             showlegend=False), row=1, col=2)
+        fig.update_xaxes(title="merged columns", row=1, col=2)
+    else:
+        fig.add_trace(heat)
+    tick_every = max(1, steps // 24)
+    fig.update_xaxes(title="generated token j", tickmode="array", tickvals=list(range(0, steps, tick_every)),
+                     ticktext=labels[::tick_every], tickangle=-60, tickfont=dict(size=9), row=1 if with_bars else None,
+                     col=1 if with_bars else None)
+    fig.update_yaxes(title="step t", autorange="reversed")
+    dropped = {"dpc-knn": "the dropped ones are merged per cluster (DPC-KNN)",
+               "none": "the dropped ones are masked"}.get(data.aggregate or "", "")
+    parts = [f"colour = share of heads × {span} that kept generated token j while predicting token t",
+             "blank: j not generated yet", dropped,
+             "image and prompt tokens are never dropped"]
+    if with_bars:
+        parts.append("right: merged columns at step t, mean per head and layer")
+    title = "VASparse: which generated tokens each step kept" + subtitle(parts)
+    height = int(min(max(260 + 9 * steps, 360), 760))
+    return base_layout(fig, title, height, margin=dict(l=70, b=90))
+
+
+def vasparse_sink_figure(trace: Trace, top: int = 3) -> go.Figure | None:
+    """VASparse's sink weights W over every position at the end of the run (mean over its layers)."""
     data = vasparse_sink(trace)
     if data is None:
         return None
-    weights, positions, layers = data
-    order = np.argsort(-weights)[:top]
-    span = f"layers {index_ranges(layers)}" if layers is not None and len(layers) else "its layers"
-    fig = go.Figure(go.Bar(
-        y=[key_label(trace, int(positions[i])) for i in order], x=weights[order], orientation="h",
-        marker_color="#7c3aed", hovertemplate="%{y}: W = %{x:.3f}<extra></extra>",
-    ))
-    fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(title="W (softmax of accumulated attention)")
-    title = (f"VASparse sink weights W at the end of the run (mean over {span}), top {len(order)} text tokens"
-             "<br><span style='font-size:11px'>the penalty lowers attention to these columns by β·W</span>")
-    return base_layout(fig, title, 300)
+    weights, positions = data.weights.mean(0), data.positions
+    count = len(positions)
+    segments = position_segments(trace, positions)
+    names = [key_label(trace, int(p)) for p in positions]
+    fig = go.Figure()
+    for segment in dict.fromkeys(segments):
+        where = [i for i, s in enumerate(segments) if s == segment]
+        fig.add_trace(go.Bar(
+            x=positions[where], y=weights[where], name=SEGMENT_NAMES.get(segment, segment),
+            marker=dict(color=SEGMENT_COLOURS.get(segment, "#64748b"), line=dict(width=0)),
+            customdata=[names[i] for i in where], hovertemplate="%{customdata} (position %{x}): W = %{y:.4f}<extra></extra>",
+        ))
+    fig.add_hline(y=1.0 / count, line=dict(color="#475569", width=1, dash="dash"))
+    for i in np.argsort(-weights, kind="stable")[:top]:
+        fig.add_annotation(x=int(positions[i]), y=float(weights[i]), text=names[i], showarrow=True, arrowhead=0,
+                           ax=20, ay=-18, font=dict(size=10))
+    fig.update_xaxes(title="sequence position (all columns)")
+    fig.update_yaxes(title="W")
+    span = f"layers {index_ranges(data.layers)}" if data.layers is not None and len(data.layers) else "its layers"
+    title = (f"VASparse sink weights W over all {count} positions at the end of the run (mean over {span})"
+             + subtitle(["W = softmax over all columns of the layer's accumulated head-mean attention",
+                         "the penalty multiplies each column's logit by 1 + β − β·W",
+                         f"dashed: uniform 1/{count}"]))
+    return base_layout(fig, title, 340, bargap=0, legend=dict(orientation="h", y=-0.25, x=0))
 
 
 def candidates_figure(trace: Trace, step: int) -> go.Figure:
