@@ -311,7 +311,7 @@ def _jsonable(value):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from halviz.chair import write_json_atomically
+    from halviz.chair import InputError, write_json_atomically
 
     parser = argparse.ArgumentParser(prog="python -m halviz.toy.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy", help="'toy' or a local toy-model folder")
@@ -344,9 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.json:  # fail now, not after a quarter of an hour of decoding
+            args.json.parent.mkdir(parents=True, exist_ok=True)
         loaded = load_model(args.model)
         params = {} if args.paper_defaults else defaults_for(loaded.source)
         problems = [] if args.paper_defaults else defaults_problems(loaded.source)
+    except OSError as exc:
+        print(f"halviz.toy.probe: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except (ModelLoadError, ValueError) as exc:
         print(f"halviz.toy.probe: {exc}", file=sys.stderr)
         return 2
@@ -365,8 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"took {seconds['total']:.0f} s ({seconds['heldout']:.0f} s held-out, {seconds['pairs_and_methods']:.0f} s "
           f"pairs and methods) on {torch.get_num_threads()} thread(s)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(args.json, _jsonable(report))
+        try:
+            write_json_atomically(args.json, _jsonable(report))
+        except InputError as exc:
+            print(f"halviz.toy.probe: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -161,7 +161,7 @@ def tune(loaded, methods, n_pair: int, max_new_tokens: int, log=print) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from halviz.chair import write_json_atomically
+    from halviz.chair import InputError, write_json_atomically
 
     parser = argparse.ArgumentParser(prog="python -m halviz.toy.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy", help="'toy' or a local toy-model folder")
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.out is not None and not args.out.parent.is_dir():  # fail now, not after the grid
+        print(f"halviz.toy.tune: cannot write {args.out}: its folder does not exist", file=sys.stderr)
+        return 2
     try:
         loaded = load_model(args.model)
     except ModelLoadError as exc:
@@ -192,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     record["chosen_by"]["command"] = "python -m halviz.toy.tune " + " ".join(
         argv if argv is not None else sys.argv[1:])
     out = args.out or Path(loaded.source) / DEFAULTS_FILE
-    write_json_atomically(out, record)
+    try:
+        write_json_atomically(out, record)
+    except InputError as exc:
+        print(f"halviz.toy.tune: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out} in {record['chosen_by']['seconds']:.0f} s")
     for method, params in record["methods"].items():
         print(f"  {method}: {params} ({record['chosen_by']['how'][method]})")
