@@ -140,7 +140,8 @@ def _layout(app: HalvizApp) -> Layout:
             methods = gr.CheckboxGroup(choices=[(cls.title or n, n) for n, cls in app.registry.items()],
                                        value=default_methods, label="Methods: one caption column each",
                                        elem_id="hv-methods")
-            knobs = MethodSettings.build(app.registry, default_methods)
+            defaults = app.method_defaults(app.default_model)
+            knobs = MethodSettings.build(app.registry, default_methods, defaults)
             truth.render()
             truth_note = gr.Markdown(app.truth_note(str(start.path), start.objects) if start else
                                      truth_markdown(TruthInfo(None, [])), elem_classes=["hv-note"],
@@ -176,6 +177,7 @@ def _layout(app: HalvizApp) -> Layout:
         summary_json=summary_json, panel=panel, trace_files=trace_files, upload=upload,
         runs=gr.State({}, time_to_live=STATE_SECONDS), slot_methods=gr.State([], time_to_live=STATE_SECONDS),
         live=gr.State([], time_to_live=STATE_SECONDS),
+        knob_defaults=gr.State(defaults.shown(app.registry), time_to_live=STATE_SECONDS),
     )
 
 

@@ -22,7 +22,10 @@ from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.escaping import html_text, markdown_text
 from halviz.ui.examples import Example, TruthInfo, resolve_truth, truth_markdown
 from halviz.ui.knobs import MethodSettings
-from halviz.ui.models import ModelCache, ModelPolicy
+from halviz.ui.model_defaults import ModelDefaults, model_defaults
+from halviz.models.loading import TOY_KEY
+from halviz.toy.scenes import looks_like_toy_scene
+from halviz.ui.models import DEFAULT_MODELS, ModelCache, ModelPolicy
 from halviz.ui.state import (MAX_SESSION_UPLOAD_BYTES, RunEntry, Runs, TraceFiles, display_copy, keep_uploads,
                              truth_from_meta, truth_to_meta)
 from halviz.ui.memory import release_memory
@@ -78,6 +81,7 @@ class Layout:
     runs: gr.State  # Runs: the traces the debugger can show
     slot_methods: gr.State  # method name shown in each slot
     live: gr.State  # latest ColumnResults, so Stop can finish the summaries
+    knob_defaults: gr.State  # {method: {knob: value}}: the defaults the knobs show for the chosen model
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Request:
     max_new_tokens: int
     truth: TruthInfo
     model: str
+    notice: str = ""  # shown on the status line for the whole run (e.g. a photo given to the toy model)
 
 
 class HalvizApp:
@@ -119,14 +124,21 @@ class HalvizApp:
         tokens = checks.check_max_new_tokens(max_new_tokens)
         names = checks.check_methods(methods, self.registry)
         checks.check_request_size(len(names), tokens)
-        knobs = checks.parse_settings(settings)
+        knobs = model_defaults(model, self.registry).merged(checks.parse_settings(settings), names)
         stacks = checks.build_stacks(names, knobs, self.registry)
         if truth_text is not None and not isinstance(truth_text, str):
             raise checks.InputError("The ground-truth objects must be text, such as “cat, cup”.")
         checks.check_text_characters(truth_text or "", "The ground-truth box")
         picture = checks.load_image(image)
         truth = resolve_truth(truth_text, picture.digest, self.examples)
-        return Request(picture, prompt, names, stacks, knobs, tokens, truth, model)
+        return Request(picture, prompt, names, stacks, knobs, tokens, truth, model, self.image_notice(model, picture))
+
+    def image_notice(self, model: str, picture: checks.ImageInput) -> str:
+        """A warning when the toy model is given a picture that is not one of its scenes."""
+        if model != TOY_KEY or looks_like_toy_scene(picture.image):
+            return ""
+        real = [k for k in self.policy.allowed if k != TOY_KEY] or [m for m, _ in DEFAULT_MODELS if m != TOY_KEY]
+        return toy_photo_notice(real)
 
     def check_for_model(self, request: Request, loaded: LoadedModel) -> None:
         """The limits only the chosen model knows: its special tokens, its tokens, its context."""
@@ -155,6 +167,14 @@ class HalvizApp:
                 failed.append(name)
         return failed
 
+    def method_defaults(self, name: object) -> ModelDefaults:
+        """The knob defaults of the model the picker names (the papers' for a name the app refuses)."""
+        try:
+            key = self.policy.check(name, self.default_model)
+        except checks.InputError:
+            return ModelDefaults()
+        return model_defaults(key, self.registry)
+
     def load(self, name: str) -> LoadedModel:
         try:
             return self.cache.get(name)
@@ -172,6 +192,14 @@ class HalvizApp:
         except OSError:
             digest = ""
         return truth_markdown(resolve_truth(truth_text if isinstance(truth_text, str) else "", digest, self.examples))
+
+
+def toy_photo_notice(real_models: Sequence[str]) -> str:
+    """What the status line says when a photo (not a toy scene) goes to the toy model."""
+    named = " or ".join(f"**{markdown_text(m)}**" for m in real_models)
+    return ("⚠ **This picture is not a toy scene.** The toy model only knows its glyph world (coloured shapes "
+            "on a plain background), so its captions of a photo are noise. For photos pick a real model in "
+            f"the Model box: {named}. The comparison runs anyway.")
 
 
 def _short(text: str) -> str:
@@ -193,6 +221,10 @@ def user_errors(fn: Callable) -> Callable:
             log.exception("%s failed", fn.__name__)
             raise ui_error("Something went wrong on the server; please try again.", title="Error") from None
     return wrapped
+
+
+def with_notice(status: str, request: Request) -> str:
+    return f"{status}  \n{request.notice}" if request.notice else status
 
 
 def model_line(loaded: LoadedModel) -> str:
@@ -255,7 +287,8 @@ class Controller:
 
     def _start(self, request: Request) -> dict:
         ui = self.ui
-        updates: dict = {ui.status: f"Loading **{markdown_text(request.model)}**…", ui.slot_methods: request.methods,
+        updates: dict = {ui.status: with_notice(f"Loading **{markdown_text(request.model)}**…", request),
+                         ui.slot_methods: request.methods,
                          ui.live: [], ui.trace_files: None, ui.summary_json: {}}
         for i, slot in enumerate(ui.slots):
             shown = i < len(request.methods)
@@ -287,7 +320,7 @@ class Controller:
         else:
             status = (f"Decoding with {described}{image_note} · token {max(len(t) for t in progress.texts)} "
                       f"of at most {request.max_new_tokens}")
-        updates: dict = {ui.status: status, ui.live: results,
+        updates: dict = {ui.status: with_notice(status, request), ui.live: results,
                          ui.summary_json: {r.method: r.summary_json() for r in results}}
         for slot, result in zip(ui.slots, results):
             updates[slot.caption] = result.spans
@@ -327,6 +360,10 @@ class Controller:
         for slot, result in zip(ui.slots, live):
             updates[slot.summary] = result.summary_markdown()
         return updates
+
+    def knobs_for_model(self, model, shown, *values) -> list:
+        """The knobs show the chosen model's defaults; values the user set stay."""
+        return self.ui.knobs.for_model(self.app.method_defaults(model), shown, *values)
 
     # ---- debugger ---------------------------------------------------------------------------------
     def show_first(self, runs: Runs | None, slot_methods: list[str] | None) -> dict:
@@ -386,9 +423,14 @@ class Controller:
         ui, panel = self.ui, self.ui.panel
         private = dict(api_visibility="private", show_progress="hidden")
         knob_components = [c for _, _, c in ui.knobs.components]
+        settings_inputs = [ui.knob_defaults, *knob_components]
         for component in knob_components:
-            component.change(ui.knobs.settings_json, inputs=knob_components, outputs=ui.settings, queue=False,
+            component.change(ui.knobs.settings_json, inputs=settings_inputs, outputs=ui.settings, queue=False,
                              **private)
+        ui.model.change(user_errors(self.knobs_for_model), inputs=[ui.model, ui.knob_defaults, *knob_components],
+                        outputs=[ui.knob_defaults, *ui.knobs.notes.values(), *knob_components], queue=False,
+                        **private) \
+            .then(ui.knobs.settings_json, inputs=settings_inputs, outputs=ui.settings, queue=False, **private)
         ui.methods.change(ui.knobs.visibility, inputs=ui.methods, outputs=list(ui.knobs.accordions.values()),
                           queue=False, **private)
         gr.on([ui.image.change, ui.truth.change], user_errors(self.app.truth_note), inputs=[ui.image, ui.truth],
