@@ -441,7 +441,8 @@ class Controller:
             inputs=[ui.image, ui.prompt, ui.methods, ui.max_tokens, ui.truth, ui.model, ui.settings, ui.runs],
             outputs=self.compare_outputs, api_name="compare", preprocess=False, show_progress="minimal",
             api_description="Caption one image with several decoding methods; streams every column, "
-                            "the last output is a JSON summary per method.",
+                            "the last output is a JSON summary per method. Knobs missing from the settings "
+                            "JSON take the model's own defaults (its method_defaults.json), else the papers'.",
         )
         run_event.success(user_errors(self.show_first), inputs=[ui.runs, ui.slot_methods],
                           outputs=panel.trace_outputs, **private)

@@ -96,8 +96,9 @@ def vasparse_selection_figure(trace: Trace) -> go.Figure | None:
            if with_bars else go.Figure())
     heat = go.Heatmap(
         z=data.kept, x=list(range(steps)), y=list(range(steps)), zmin=0, zmax=1,
-        colorscale=[[0, "#0f172a"], [0.5, "#f97316"], [1, "#f8fafc"]], xgap=0, ygap=0,
-        colorbar=dict(title=dict(text="share kept", side="right"), len=0.8, x=-0.14 if with_bars else 1.02),
+        # Kept by every head is pale blue, not white: white is left for "not generated yet".
+        colorscale=[[0, "#0f172a"], [0.5, "#f97316"], [1, "#bfdbfe"]], xgap=0, ygap=0,
+        colorbar=dict(title=dict(text="share kept", side="right"), len=0.8, x=1.02),
         customdata=np.array([labels] * steps), hovertemplate=(
             "step %{y} kept %{customdata} in %{z:.0%} of heads × layers<extra></extra>"),
     )
@@ -107,13 +108,16 @@ def vasparse_selection_figure(trace: Trace) -> go.Figure | None:
                              hovertemplate="step %{y}: %{x:.2f} merged columns per head and layer<extra></extra>",
                              showlegend=False), row=1, col=2)
         fig.update_xaxes(title="merged columns", row=1, col=2)
+        fig.update_yaxes(title=None, row=1, col=2)
     else:
         fig.add_trace(heat)
     tick_every = max(1, steps // 24)
     fig.update_xaxes(title="generated token j", tickmode="array", tickvals=list(range(0, steps, tick_every)),
                      ticktext=labels[::tick_every], tickangle=-60, tickfont=dict(size=9), row=1 if with_bars else None,
                      col=1 if with_bars else None)
-    fig.update_yaxes(title="step t", autorange="reversed")
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    fig.update_yaxes(title="step t", row=1 if with_bars else None, col=1 if with_bars else None)
+    fig.update_xaxes(showgrid=False)
     dropped = {"dpc-knn": "the dropped ones are merged per cluster (DPC-KNN)",
                "none": "the dropped ones are masked"}.get(data.aggregate or "", "")
     parts = [f"colour = share of heads × {span} that kept generated token j while predicting token t",
@@ -123,7 +127,7 @@ def vasparse_selection_figure(trace: Trace) -> go.Figure | None:
         parts.append("right: merged columns at step t, mean per head and layer")
     title = "VASparse: which generated tokens each step kept" + subtitle(parts)
     height = int(min(max(260 + 9 * steps, 360), 760))
-    return base_layout(fig, title, height, margin=dict(l=70, b=90))
+    return base_layout(fig, title, height, margin=dict(l=70, b=90), plot_bgcolor="white")
 
 
 def vasparse_sink_figure(trace: Trace, top: int = 3) -> go.Figure | None:
