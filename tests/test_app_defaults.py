@@ -193,3 +193,19 @@ def test_the_toy_models_stored_defaults_reach_its_runs(toy_client):
     params = ran_with(compare(toy_client, "toy", ["vasparse"], image=TOY_SCENE, tokens=2))["vasparse"]
     expected = {k.name: stored.get(k.name, k.default) for k in METHODS["vasparse"].knobs}
     assert {k: params[k] for k in expected} == expected
+
+
+def test_defaults_chosen_on_other_weights_are_flagged(folders, tmp_path):
+    from halviz.methods.defaults import weights_sha256
+    from halviz.ui.knobs import defaults_note
+    from halviz.ui.model_defaults import model_defaults
+
+    tuned, _ = folders
+    copy = shutil.copytree(tuned, tmp_path / "copy")
+    record = json.loads((copy / "method_defaults.json").read_text())
+    for fingerprint, stale in ((weights_sha256(copy), False), ("0" * 64, True)):
+        record["model_sha256"] = fingerprint
+        (copy / "method_defaults.json").write_text(json.dumps(record))
+        defaults = model_defaults(str(copy), METHODS)
+        assert defaults.values == STORED and defaults.stale is stale
+        assert ("other weights" in defaults_note(METHODS["prunehal"], defaults)) is stale

@@ -54,9 +54,11 @@ def defaults_note(method: type[Method], defaults: ModelDefaults) -> str:
         return ""
     listed = ", ".join(f"{markdown_text(k.label)} **{v}** (paper {k.default})" for k, v in changed)
     how = defaults.how.get(method.name)
-    source = f"{markdown_text(how)}; " if how else ""
+    source = f"chosen by {markdown_text(how)}; " if how else ""
     command = f"written by {markdown_text(defaults.command)}" if defaults.command else "stored with the model"
-    return (f"**Defaults for this model** ({markdown_text(defaults.model)}): {listed}. "
+    stale = (" ⚠ They were chosen on other weights than this folder now holds; rerun the tuning."
+             if defaults.stale else "")
+    return (f"**Defaults for this model** ({markdown_text(defaults.model)}): {listed}.{stale} "
             f"<span class='hv-ref'>{source}{command}. Values you set override them knob by knob.</span>")
 
 

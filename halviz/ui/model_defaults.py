@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from halviz.methods.base import Method
-from halviz.methods.defaults import defaults_for, read_defaults_record
+from halviz.methods.defaults import WEIGHTS_FILE, defaults_for, read_defaults_record, weights_sha256
 from halviz.models.loading import TOY_KEY, TOY_MODEL_DIR
 
 log = logging.getLogger("halviz.ui")
+MAX_HASHED_BYTES = 256 * 2**20  # weights checked against the file's fingerprint (bigger ones are not read)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ModelDefaults:
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     how: dict[str, str] = field(default_factory=dict)  # method → how its values were chosen
     command: str = ""  # the command that wrote the file
+    stale: bool = False  # the file names other weights than the folder holds (tuned on an older model)
 
     def shown(self, registry: Mapping[str, type[Method]]) -> dict[str, dict[str, Any]]:
         """Every knob's default for this model: its stored value, else the paper's."""
@@ -70,4 +72,12 @@ def model_defaults(key: str, registry: Mapping[str, type[Method]]) -> ModelDefau
             values[name] = kept
     chosen = record.get("chosen_by") if isinstance(record.get("chosen_by"), dict) else {}
     how = chosen.get("how") if isinstance(chosen.get("how"), dict) else {}
-    return ModelDefaults(key, values, {str(k): str(v) for k, v in how.items()}, str(chosen.get("command") or ""))
+    return ModelDefaults(key, values, {str(k): str(v) for k, v in how.items()}, str(chosen.get("command") or ""),
+                         _stale(folder, record.get("model_sha256")))
+
+
+def _stale(folder: Path, tuned_on: object) -> bool:
+    weights = folder / WEIGHTS_FILE
+    if not isinstance(tuned_on, str) or not weights.is_file() or weights.stat().st_size > MAX_HASHED_BYTES:
+        return False
+    return weights_sha256(folder) != tuned_on
