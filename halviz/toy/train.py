@@ -378,6 +378,13 @@ class Recipe:
         return info
 
 
+def _flag(name: str, value) -> str:
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
 def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ToyModelConfig = ToyModelConfig(),
           threads: int | None = None, log_every: int = 50, ckpt: Path | None = None, resume: bool = False,
           max_steps: int | None = None, init_from: Path | None = None) -> dict | None:
@@ -389,8 +396,7 @@ def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ToyModelConfig
     recipe = Recipe(cfg, model_cfg, ckpt, device, log_every)
     if not recipe.run(resume, max_steps, init_from):
         return None
-    overrides = " ".join(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}" for f in fields(cfg)
-                         if getattr(cfg, f.name) != f.default)
+    overrides = " ".join(_flag(f.name, getattr(cfg, f.name)) for f in fields(cfg) if getattr(cfg, f.name) != f.default)
     command = (f"python -m halviz.toy.train --out {out} --ckpt {ckpt} --threads {threads or torch.get_num_threads()}"
                + (f" {overrides}" if overrides else "") + (f" --init-from {init_from}" if init_from else ""))
     return recipe.save(out, command)
@@ -407,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="start after the stage saved in this stage-end checkpoint (e.g. CKPT/text.pt)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):  # --text-packed / --no-text-packed
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     info = train(args.out, cfg, threads=args.threads, ckpt=args.ckpt, resume=args.resume, max_steps=args.max_steps,
