@@ -67,16 +67,16 @@ class TrainConfig:
     align_steps: int = 200
     align_batch: int = 16
     align_lr: float = 2e-3
-    multi_steps: int = 2000
+    multi_steps: int = 1200
     multi_batch: int = 8
     multi_lr: float = 1e-3
     multi_wd: float = 0.1
     # The multimodal stage's world: how often a partner beside its trigger is drawn small and
     # faint, and how faint (share of the class colour). Fainter partners that the caption still
     # names are what teach the decoder to name a partner on the trigger's word alone.
-    multi_faint_rate: float = WorldConfig.faint_rate
-    multi_faint_min: float = WorldConfig.faint_strength[0]
-    multi_faint_max: float = WorldConfig.faint_strength[1]
+    multi_faint_rate: float = 0.5
+    multi_faint_min: float = 0.08
+    multi_faint_max: float = 0.45
     warmup: int = 100
     probe_every: int = 250
     ckpt_every: int = 500
