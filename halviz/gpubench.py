@@ -1,10 +1,11 @@
-"""Decode cost at a real model's size on a GPU: random weights with LLaVA-1.5-7B's exact architecture.
+"""Decode cost at a real model's size on a GPU: random weights with a real checkpoint's exact architecture.
 
-    python -m halviz.gpubench [--device cuda] [--tokens 64] [--rounds 2] [--json PATH]
+    python -m halviz.gpubench [--device cuda] [--models 7b|interleave-0.5b] [--tokens 64] [--rounds 2] [--json PATH]
 
 The model is built from the checkpoint's real ``config.json`` (``halviz/models/configs/``) straight
 on the device in bfloat16: no download, no weights on disk. The tokenizer is a small stand-in (the
-prompt's token count differs from Vicuna's; the 576 image tokens and every layer's shape do not).
+prompt's token count differs from the real one's; the image tokens, 576 or 729, and every layer's
+shape do not).
 In one run it prints per-token decode time for stock SDPA ``generate``, halviz vanilla with and
 without recording, every method (prefill and extra passes amortised over the tokens), and all
 columns of a comparison, plus peak GPU memory. Sized to finish within a few minutes on one H200.
@@ -14,8 +15,6 @@ columns of a comparison, plus peak GPU memory. Sized to finish within a few minu
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from halviz.chair import write_json_atomically
 from halviz.engine.attention import ATTENTION_NAME, register_attention
@@ -32,49 +30,15 @@ from halviz.engine.recorder import RecordOptions
 from halviz.methods import METHODS, build_stack
 from halviz.models import LoadedModel
 from halviz.models.adapters import adapter_for
-from halviz.models.tiny import build_tokenizer, clip_image_processor, llava_processor
-from halviz.models.tokenizer import IMAGE_TOKEN
-
-CONFIGS = Path(__file__).parent / "models" / "configs"
-GEOMETRIES = {"7b": "llava-1.5-7b-hf.json"}
-
-
-def real_geometry_config(name: str, layers: int | None = None) -> dict:
-    """The checkpoint's config as a dict; ``layers`` cuts both towers (every other size is kept)."""
-    config = json.loads((CONFIGS / GEOMETRIES[name]).read_text())
-    config.pop("_source", None)
-    for part in (config, config["text_config"]):  # the dtype is the benchmark's choice, not the checkpoint's
-        part.pop("torch_dtype", None)
-    if layers is not None:
-        config["text_config"]["num_hidden_layers"] = layers
-        config["vision_config"]["num_hidden_layers"] = max(layers, 2)  # feature layer -2 must exist
-    return config
+from halviz.models.real_geometry import GEOMETRIES, build_real_geometry_model, real_geometry_config  # noqa: F401
 
 
 def build_real_geometry(name: str, device: torch.device, dtype: torch.dtype, layers: int | None = None,
                         seed: int = 0) -> LoadedModel:
     """Random weights of the real architecture, allocated on ``device``, wrapped as the app loads models."""
     register_attention()
-    raw = real_geometry_config(name, layers)
-    tokenizer = build_tokenizer(320)
-    # The stand-in tokenizer's ids replace the checkpoint's special ids (32000 <image>, 32001 <pad>).
-    raw.update(image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), pad_token_id=tokenizer.pad_token_id)
-    raw["text_config"].update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id)
-    config = LlavaConfig(**raw)
-    config.text_config._attn_implementation = ATTENTION_NAME
-    config.vision_config._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlavaForConditionalGeneration(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
-    vision = raw["vision_config"]
-    processor = llava_processor(clip_image_processor(vision["image_size"]), tokenizer, vision["patch_size"],
-                                raw["vision_feature_select_strategy"], 1)
+    model, processor = build_real_geometry_model(name, device, dtype, layers, seed)
+    model.set_attn_implementation({"text_config": ATTENTION_NAME, "vision_config": "sdpa"})
     return LoadedModel(f"random-{name}", f"random weights, {GEOMETRIES[name]}", model, processor,
                        adapter_for(model, processor), device, dtype)
 
