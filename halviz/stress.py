@@ -50,9 +50,9 @@ class FaultyMethod(Method):
     knobs = (Knob("fail_at", "Fail at step", 2, 0, 10_000, 1),)
     hook_points: ClassVar[frozenset[str]] = frozenset({"logits"})
 
-    def edit_logits(self, run, logits):
-        if run.step >= self.params["fail_at"]:
-            raise RuntimeError(f"deliberate failure at step {run.step}")
+    def edit_logits(self, p, logits):
+        if p.step >= self.params["fail_at"]:
+            raise RuntimeError(f"deliberate failure at step {p.step}")
         return logits
 
 

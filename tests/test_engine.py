@@ -24,12 +24,12 @@ class MaskHalfImage(Method):
     name = "mask-half"
     hook_points = frozenset({"scores"})
 
-    def uses_scores(self, run, layer):
+    def wants_scores(self, p, layer):
         return True
 
-    def edit_scores(self, run, layer, scores):
+    def edit_scores(self, p, layer, scores, keys):
         scores = scores.clone()
-        scores[..., run.image_index[::2]] = float("-inf")
+        scores[..., p.column.image_index[::2]] = float("-inf")
         return scores
 
 

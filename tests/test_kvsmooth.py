@@ -105,7 +105,7 @@ def test_cache_equals_formula(tiny_models_f64, tiny_model_dirs, photo, family, p
     np.testing.assert_allclose(z, z_ref, rtol=1e-5, atol=1e-5)
     if not params.get("fixed_lambda") and method.params["lambda_ref"] < 0.9:
         assert len(set(lam[~np.isnan(lam)].round(6))) >= 3  # the rank moved λ around: a real test
-    for layer, ours in enumerate(dec.run.cache.layers):
+    for layer, ours in enumerate(dec.cache.layers):
         torch.testing.assert_close(ours.keys, cache.layers[layer].keys, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ours.values, cache.layers[layer].values, rtol=1e-5, atol=1e-5)
 
@@ -116,12 +116,12 @@ def test_prefill_entries_untouched_and_decode_entries_smoothed(tiny_models, phot
     vanilla = Decoder(tiny_models[family], photo, max_new_tokens=6)
     ours.run_to_end(), vanilla.run_to_end()
     n = ours.run.prompt_len
-    for a, b in zip(ours.run.cache.layers, vanilla.run.cache.layers):
+    for a, b in zip(ours.cache.layers, vanilla.cache.layers):
         assert torch.equal(a.keys[:, :, :n], b.keys[:, :, :n])
         assert torch.equal(a.values[:, :, :n], b.values[:, :, :n])
     # the first decode entry of a smoothed layer is pulled towards the last prompt entry (λ ≥ 0.7)
-    layer = smoothed_layers(len(ours.run.cache.layers))[0]
-    assert not torch.equal(ours.run.cache.layers[layer].keys[:, :, n], vanilla.run.cache.layers[layer].keys[:, :, n])
+    layer = smoothed_layers(len(ours.cache.layers))[0]
+    assert not torch.equal(ours.cache.layers[layer].keys[:, :, n], vanilla.cache.layers[layer].keys[:, :, n])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -133,7 +133,7 @@ def test_switched_off_is_vanilla(tiny_models, photo, family):
     assert ours.token_ids == vanilla.token_ids
     lam = method.trace_arrays()["lambda"]
     assert np.nanmax(lam) == 0.0
-    for a, b in zip(ours.run.cache.layers, vanilla.run.cache.layers):
+    for a, b in zip(ours.cache.layers, vanilla.cache.layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     # λ_ref = 0 alone is not off: the clip lets λ reach the radius
     leaky = KVSmooth(lambda_ref=0.0, radius=0.2, queue=4)
@@ -146,7 +146,7 @@ def test_stacks_with_prunehal(tiny_models, photo, tmp_path):
     stack = build_stack(["kvsmooth", "prunehal"])
     dec = Decoder(tiny_models["llava-1.5"], photo, methods=stack, max_new_tokens=8)
     trace = dec.run_to_end()
-    assert [m.name for m in dec.run.methods] == ["prunehal", "kvsmooth"]  # sorted by order: 10, 40
+    assert [m.name for m in dec.run.methods] == ["prunehal", "kvsmooth"]  # the registry's order
     steps, layers = trace.num_steps, trace.meta["num_layers"]
     for key in ("mass", "reference", "votes", "retained_count"):
         assert trace.arrays[f"method/prunehal/{key}"].shape == (steps, layers)
@@ -166,20 +166,20 @@ def test_stacks_with_prunehal(tiny_models, photo, tmp_path):
 
 
 class ScoreSpy(Method):
-    """Keeps the main pass's decode-step logits at its place in the stacking order."""
+    """Keeps the main row's decode-step logits at its place in the stack."""
 
     name = "score-spy"
+    hook_points = frozenset({"scores"})
 
-    def __init__(self, order):
+    def __init__(self):
         super().__init__()
-        self.order = order
         self.scores = {}
 
-    def uses_scores(self, run, layer):
-        return run.variant is None and run.phase == "decode"
+    def wants_scores(self, p, layer):
+        return p.decode
 
-    def edit_scores(self, run, layer, scores):
-        self.scores[(run.step, layer)] = scores.clone()
+    def edit_scores(self, p, layer, scores, keys):
+        self.scores[(p.step, layer)] = scores[p.main:p.main + 1].clone()
         return scores
 
 
@@ -193,7 +193,7 @@ def test_entropy_is_read_after_the_other_methods_edits(tiny_models, photo, famil
     """Stacked after PruneHal, z is the entropy of the attention actually applied (pruned image columns
     at zero weight), not of the logits before PruneHal's mask: the cached K/V KVSmooth blends are the
     ones that attention produced, so that is the distribution whose sink-likeness matters."""
-    raw, final = ScoreSpy(order=5), ScoreSpy(order=11)
+    raw, final = ScoreSpy(), ScoreSpy()
     stack = build_stack(["prunehal", "kvsmooth"], {"prunehal": {"r": 0.2}})
     dec = Decoder(tiny_models[family], photo, methods=[raw, *stack, final], max_new_tokens=8)
     trace = dec.run_to_end()

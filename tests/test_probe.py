@@ -12,7 +12,7 @@ from transformers import LlavaForConditionalGeneration
 
 from halviz.engine.decode import Decoder
 from halviz.engine.recorder import RecordOptions
-from halviz.engine.run import SEGMENTS
+from halviz.engine.rows import SEGMENTS
 from halviz.methods import build_stack
 from halviz.methods.defaults import DEFAULTS_FILE, defaults_for, defaults_problems, weights_sha256
 from halviz.models import TOY_MODEL_DIR, load_model

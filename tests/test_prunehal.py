@@ -8,7 +8,7 @@ from transformers import DynamicCache, LlavaForConditionalGeneration
 
 from halviz.engine.decode import Decoder
 from halviz.methods import METHODS, build_stack
-from halviz.methods.base import Method
+from halviz.methods.base import Method, Stream
 from halviz.methods.prunehal import PruneHal, PruneSchedule, kept_count
 from spies import LogitSpy
 
@@ -198,35 +198,34 @@ def test_trace_shapes_and_registry(tiny_models, photo):
 
 
 class ExtraPass(Method):
-    """Runs one extra decode-step pass (like a contrast branch) before each main forward."""
+    """Adds a branch row that mirrors the main row's cache (like a contrast branch)."""
 
     name = "extra-pass"
-    order = 5
 
-    def before_forward(self, run, input_ids):
-        run.forward(variant="extra", restore_cache=True, input_ids=input_ids)
+    def streams(self):
+        return (Stream("extra", mirrors_main=True),)
 
 
 class ExtraSpy(Method):
-    """Keeps the extra pass's attention logits after PruneHal (order 10) has acted."""
+    """Keeps the branch row's decode attention logits after PruneHal (before it in the stack) has acted."""
 
     name = "extra-spy"
-    order = 11
+    hook_points = frozenset({"scores"})
 
     def __init__(self):
         super().__init__()
         self.scores = []
 
-    def uses_scores(self, run, layer):
-        return run.variant == "extra"
+    def wants_scores(self, p, layer):
+        return p.decode and p.row("extra") is not None
 
-    def edit_scores(self, run, layer, scores):
-        self.scores.append((run.step, layer, scores.clone()))
+    def edit_scores(self, p, layer, scores, keys):
+        self.scores.append((p.step, layer, scores[p.row("extra")].clone()))
         return scores
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pruned_columns_are_masked_in_extra_passes_too(tiny_models, photo, family):
+def test_pruned_columns_are_masked_in_branch_rows_too(tiny_models, photo, family):
     method, spy = EagerPruneHal(), ExtraSpy()
     dec = Decoder(tiny_models[family], photo, methods=[ExtraPass(), method, spy], max_new_tokens=8)
     dec.run_to_end()

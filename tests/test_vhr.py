@@ -14,36 +14,26 @@ from halviz.methods import METHODS, build_stack
 from halviz.methods.base import Method
 from halviz.methods.vhr import VHR, outlier_heads, reinforce, select_heads, t_vhd, vhr_layers
 from halviz.models import load_model
+from spies import LogitSpy
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
 
 
-class LogitSpy(Method):
-    name = "logit-spy"
-    order = 99
-
-    def __init__(self):
-        super().__init__()
-        self.logits: list[torch.Tensor] = []
-
-    def edit_logits(self, run, logits):
-        self.logits.append(logits.clone())
-        return logits
-
-
 class MaskHalfImage(Method):
-    """A trivial scores method to stack with: hide every second image token in every layer and pass."""
+    """A trivial scores method to stack with: hide every second image token in every layer, in the rows
+    laid out like the main prompt (a text-only stream has no image)."""
 
     name = "mask-half"
-    order = 5
+    hook_points = frozenset({"scores"})
 
-    def uses_scores(self, run, layer):
+    def wants_scores(self, p, layer):
         return True
 
-    def edit_scores(self, run, layer, scores):
-        if run.variant == "vhr-select" or scores.shape[-1] <= int(run.image_index.max()):
-            return scores
-        return scores.index_fill(-1, run.image_index[::2], float("-inf"))
+    def edit_scores(self, p, layer, scores, keys):
+        scores = scores.clone()
+        rows = p.main_layout
+        scores[rows] = scores[rows].index_fill(-1, p.column.image_index[::2], float("-inf"))
+        return scores
 
 
 def stock_model(folder, selected=None, alpha=1.0):
@@ -289,17 +279,25 @@ def test_stacks_with_other_methods(tiny_models, photo):
         dec = Decoder(loaded, photo, methods=build_stack(names), max_new_tokens=6)
         arrays = dec.run_to_end().arrays
         assert len(dec.token_ids) == 6 and arrays["method/vhr/selected"].any()
-        assert [m.name for m in dec.run.methods] == sorted(names, key=lambda n: METHODS[n].order)
+        assert [m.name for m in dec.run.methods] == sorted(names, key=list(METHODS).index)
 
 
-def test_per_step_tvhd_with_prunehal_is_refused(tiny_models, photo):
-    if "prunehal" not in METHODS:
-        pytest.skip("PruneHal is not registered")
-    stack = build_stack(["prunehal", "vhr"], {"vhr": {"per_step_tvhd": True}})
-    dec = Decoder(tiny_models["llava-1.5"], photo, methods=stack, max_new_tokens=3)
-    with pytest.raises(ValueError, match="PruneHal"):
-        dec.run_to_end()
+def test_per_step_tvhd_stacks_with_prunehal_and_leaves_the_main_row_alone(tiny_models_f64, photo):
+    """The text stream is a row of its own: PruneHal masks only rows laid out like the main prompt, and
+    adding the stream changes nothing in the main row (its logits equal the run without it)."""
+    loaded = tiny_models_f64["llava-1.5"]
+    runs = {}
+    for per_step in (False, True):
+        spy = LogitSpy()
+        stack = build_stack(["prunehal", "vhr"], {"prunehal": {"r": 0.3}, "vhr": {"per_step_tvhd": per_step}})
+        dec = Decoder(loaded, photo, methods=[*stack, spy], max_new_tokens=6, stop_at_eos=False)
+        runs[per_step] = (dec.run_to_end(), torch.cat(spy.logits))
+    (plain, plain_logits), (tvhd, tvhd_logits) = runs[False], runs[True]
+    assert plain.arrays["method/prunehal/trigger_steps"].tolist()[:1] == [2]
+    assert (tvhd_logits - plain_logits).abs().max().item() <= 1e-9
+    assert tvhd.arrays["method/vhr/step_vhd"].shape == (6, loaded.adapter.num_layers, loaded.adapter.num_heads)
+    assert np.isfinite(tvhd.arrays["method/vhr/tvhd"]).all()
 
 
 def test_registered():
-    assert METHODS["vhr"] is VHR and VHR.order == 30
+    assert METHODS["vhr"] is VHR and list(METHODS) == ["vanilla", "prunehal", "vasparse", "vhr", "kvsmooth"]

@@ -1,7 +1,8 @@
 """halviz's attention function, registered with transformers' AttentionInterface.
 
-With no active run it is plain SDPA. Inside a run it computes attention explicitly wherever a
-method or the recorder needs the weights, and calls the methods' hooks in stacking order.
+With no active forward it is plain SDPA. Inside one it computes attention explicitly wherever a
+method or a recorder needs the weights, and calls each column's hooks, in stacking order, on that
+column's rows only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from halviz.engine.run import active_run
+from halviz.engine.run import active_forward
 
 ATTENTION_NAME = "halviz"
 
@@ -25,13 +26,13 @@ def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 def halviz_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    run = active_run()
-    if run is None:
+    plan = active_forward()
+    if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    return attend(run, module.layer_idx, query, key, value, attention_mask, scaling)
+    return attend(plan, module.layer_idx, query, key, value, attention_mask, scaling)
 
 
-def attend(run, layer: int, query, key, value, mask, scaling) -> tuple[torch.Tensor, None]:
+def attend(plan, layer: int, query, key, value, mask, scaling) -> tuple[torch.Tensor, None]:
     """query (B, H, q, D); key/value (B, KVH, kv, D) = the layer's cache after this step's update."""
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     n_rep = query.shape[1] // key.shape[1]
@@ -41,37 +42,61 @@ def attend(run, layer: int, query, key, value, mask, scaling) -> tuple[torch.Ten
         mask = mask[..., -q_len:, :kv_len]
     elif q_len > 1:  # no mask function ran: build the causal mask ourselves
         mask = torch.full((q_len, kv_len), float("-inf"), device=query.device).triu(kv_len - q_len + 1)
-    methods = run.methods
-    main = run.variant is None
-    edits = [m for m in methods if m.uses_scores(run, layer)]
-    wanted = main and any(m.needs_weights(run, layer) for m in methods)
+    edits = [(rows, m) for rows, m in plan.running("scores")
+             if rows.edit is not None and plan.call(rows, m.wants_scores, rows.edit_pass, layer)]
+    wanted = any(plan.call(rows, m.needs_weights, rows.observe_pass, layer) for rows, m in plan.running("attention"))
+    record = plan.recording and q_len == 1
     weights = None
     acc = torch.promote_types(query.dtype, torch.float32)  # softmax in float32 at least (bf16 on GPU)
-    if edits or wanted or (main and run.recording and q_len == 1):
+    if edits or wanted or record:
         scores = torch.matmul(query.to(acc), k.to(acc).transpose(2, 3)) * scaling
         if mask is not None:
             scores = scores + mask.to(acc)
-        for method in edits:
-            scores = method.edit_scores(run, layer, scores)
+        for rows, method in edits:
+            if rows.column.running:
+                edited = plan.call(rows, method.edit_scores, rows.edit_pass, layer, scores[rows.edit], key[rows.edit])
+                if edited is not None:
+                    scores[rows.edit] = edited
         weights = torch.softmax(scores, dim=-1)
         out = torch.matmul(weights.to(v.dtype), v)
     else:
         out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scaling)
-    for method in methods:
-        out = method.edit_heads(run, layer, out)
-    if main:
-        if run.recording:
-            if weights is not None:
-                last = weights[:, :, -1, :]
-            else:  # prefill through SDPA: only the last query's row is recorded
-                s = torch.matmul(query[:, :, -1:].to(acc), k.to(acc).transpose(2, 3)) * scaling
-                if mask is not None:
-                    s = s + mask[..., -1:, :].to(acc)
-                last = torch.softmax(s, dim=-1)[:, :, 0, :]
-            run.recorder.record(layer, last[0])
-        for method in methods:
-            method.after_attention(run, layer, query, key, value, weights)
+    for rows, method in plan.running("heads"):
+        if rows.edit is not None:
+            edited = plan.call(rows, method.edit_heads, rows.edit_pass, layer, out[rows.edit])
+            if edited is not None:
+                out[rows.edit] = edited
+    if plan.recording:
+        _record(plan, layer, query, k, mask, weights, scaling, acc)
+    for rows, method in plan.running("attention"):
+        w = None if weights is None else weights[rows.observe]
+        plan.call(rows, method.after_attention, rows.observe_pass, layer, query[rows.observe],
+                  key[rows.observe], value[rows.observe], w)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _record(plan, layer, query, k, mask, weights, scaling, acc) -> None:
+    """Each recording column's main-row attention of the last query (prefill: from SDPA's inputs)."""
+    columns = [c for c in plan.columns if c.column.recorder is not None and c.column.running]
+    if not columns:
+        return
+    if weights is not None:
+        last = weights[:, :, -1, :]
+    else:  # prefill through SDPA: only the last query's row is recorded
+        mains = torch.tensor([c.main for c in columns], device=query.device)
+        s = torch.matmul(query[mains, :, -1:].to(acc), k[mains].to(acc).transpose(2, 3)) * scaling
+        if mask is not None:
+            last_mask = mask[..., -1:, :]
+            if last_mask.dim() == 4 and last_mask.shape[0] > 1:
+                last_mask = last_mask[mains]
+            s = s + last_mask.to(acc)
+        rows = torch.softmax(s, dim=-1)[:, :, 0, :]
+        for i, c in enumerate(columns):
+            c.column.recorder.record(layer, rows[i])
+        return
+    for c in columns:
+        c.column.recorder.record(layer, last[c.main])
+
 
 
 def register_attention() -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from halviz.engine.run import SEGMENTS
+from halviz.engine.rows import SEGMENTS
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """Decoding methods: one module each, discovered through ``METHODS``.
 
-Stacking order at each hook point follows ``Method.order`` (lower first); see each class.
+``METHODS``' order is the stacking order: in a stack each method acts at a hook point after the
+ones before it in this registry (PruneHal's masks, then VASparse's logit edits, VHR's heads,
+KVSmooth's K/V). It is written here once; :func:`build_stack` applies it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from halviz.methods.base import HOOK_POINTS, Knob, Method
+from halviz.methods.base import HOOK_POINTS, Knob, Method, Stream
 from halviz.methods.kvsmooth import KVSmooth
 from halviz.methods.prunehal import PruneHal
 from halviz.methods.vanilla import Vanilla
@@ -27,7 +29,9 @@ def method_class(name: str) -> type[Method]:
 def build_stack(names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[Method]:
     """Instantiate the methods of one decode (``vanilla`` contributes nothing) and check they can stack."""
     params = params or {}
-    stack = [method_class(n)(**dict(params.get(n, {}))) for n in names if n != "vanilla"]
+    rank = {name: i for i, name in enumerate(METHODS)}
+    ordered = sorted((n for n in names if n != "vanilla"), key=lambda n: rank.get(n, len(rank)))
+    stack = [method_class(n)(**dict(params.get(n, {}))) for n in ordered]
     check_compatible(stack)
     return stack
 
@@ -44,4 +48,4 @@ def check_compatible(stack: Sequence[Method]) -> None:
                                  f"{method.incompatible_with[other.name]}")
 
 
-__all__ = ["HOOK_POINTS", "Knob", "METHODS", "Method", "build_stack", "check_compatible", "method_class"]
+__all__ = ["HOOK_POINTS", "Knob", "METHODS", "Method", "Stream", "build_stack", "check_compatible", "method_class"]

@@ -1,15 +1,21 @@
 """The protocol every decoding method implements.
 
-A method is instantiated once per run (so the instance *is* the per-run state) and acts at up to
-four hook points, which the engine calls in a fixed order:
+A method is instantiated once per column (so the instance *is* the column's state). A comparison
+decodes every column as rows of one batch; a method sees only its own column's rows. It acts at
+the hook points it declares in ``hook_points`` (the engine dispatches nothing else to it):
 
-``scores``  attention logits before softmax, mask included          (:meth:`Method.edit_scores`)
-``heads``   per-head attention outputs before ``o_proj``           (:meth:`Method.edit_heads`)
-``kv``      the newest cached key/value row, after it was used      (:meth:`Method.after_attention`)
-``logits``  the final next-token logits                             (:meth:`Method.edit_logits`)
+``scores``     attention logits before softmax, mask included  (:meth:`wants_scores`, :meth:`edit_scores`)
+``heads``      per-head attention outputs before ``o_proj``   (:meth:`edit_heads`)
+``attention``  the attention weights and the layer's K/V cache after the attention
+               (:meth:`needs_weights`, :meth:`after_attention`); may rewrite the newest cache row
+``logits``     the final next-token logits of the column's rows (:meth:`edit_logits`)
 
-Extra forward passes (a contrast branch, a text-only stream) run through ``run.forward`` with a
-``variant`` name; during them the engine records nothing and calls no ``after_attention``.
+Every hook gets a :class:`~halviz.engine.rows.Pass`: prefill or decode, the step, the column, and
+which stream each row of the tensor is (``"main"`` or one of the method's :class:`Stream` names).
+Within a column the methods act in the stack's order (``build_stack`` gives the registry order).
+
+A column's prefill is shared with other columns unless one of its methods sets ``edits_prefill``:
+on a shared row the edit hooks (scores, heads) are never called, only the observing ones.
 """
 
 from __future__ import annotations
@@ -21,9 +27,30 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from halviz.engine.run import Run
+    from halviz.engine.rows import Column, Pass
 
-HOOK_POINTS = ("scores", "heads", "kv", "logits")
+HOOK_POINTS = ("scores", "heads", "attention", "logits")
+# The methods behind each hook point: a class that overrides one must declare the point (tested).
+HOOK_METHODS = {"scores": ("wants_scores", "edit_scores"), "heads": ("edit_heads",),
+                "attention": ("needs_weights", "after_attention"), "logits": ("edit_logits",)}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An extra row a method adds to its column (a text-only stream, a contrast branch).
+
+    ``text_only``: its prompt is the main prompt without the image tokens (laid out by the model
+    family), else the main prompt itself. ``prefill`` / ``decode``: the phases it runs in; in decode
+    it is fed the column's chosen tokens. ``mirrors_main``: its cache is the main row's (what it
+    appends is replaced by the main row's entries after every forward), so it is a branch that
+    differs from the main row only in its current query.
+    """
+
+    name: str
+    text_only: bool = False
+    prefill: bool = True
+    decode: bool = True
+    mirrors_main: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,8 +102,8 @@ class Method:
     reference: ClassVar[str] = ""
     knobs: ClassVar[tuple[Knob, ...]] = ()
     hook_points: ClassVar[frozenset[str]] = frozenset()
-    # Stacking order when several methods run together: lower acts first at each hook point.
-    order: ClassVar[int] = 0
+    # True when the method changes the prompt's forward pass: its column then gets its own prefill.
+    edits_prefill: ClassVar[bool] = False
     # Methods this one cannot run with, each with the reason shown to the user.
     incompatible_with: ClassVar[dict[str, str]] = {}
 
@@ -88,42 +115,42 @@ class Method:
         self.params: dict[str, Any] = {k.name: k.coerce(values.get(k.name, k.default)) for k in self.knobs}
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def setup(self, run: Run) -> None:
+    def streams(self) -> tuple[Stream, ...]:
+        """Extra rows this method needs in its column (asked once, before ``setup``)."""
+        return ()
+
+    def setup(self, column: Column) -> None:
         """Called once the prompt is laid out, before any forward pass."""
 
-    def before_prefill(self, run: Run, inputs: dict[str, torch.Tensor]) -> None:
-        """May run extra passes over the prompt (e.g. VHR's head selection)."""
-
-    def before_forward(self, run: Run, input_ids: torch.Tensor) -> None:
-        """Called before each decode step's main forward (not before the prefill)."""
-
-    def after_step(self, run: Run, token_id: int) -> None:
-        """Called once the step's token is chosen."""
+    def after_step(self, column: Column, token_id: int) -> None:
+        """Called once the step's token is chosen (``column.step`` is the step just decoded)."""
 
     # ---- hook points -----------------------------------------------------------------------
-    def needs_weights(self, run: Run, layer: int) -> bool:
-        """Whether ``after_attention`` needs the full attention weights for this layer."""
-        return False
-
-    def uses_scores(self, run: Run, layer: int) -> bool:
+    def wants_scores(self, p: Pass, layer: int) -> bool:
         """Whether :meth:`edit_scores` changes anything for this layer in this pass."""
         return False
 
-    def edit_scores(self, run: Run, layer: int, scores: torch.Tensor) -> torch.Tensor:
-        """scores: (batch, heads, q_len, kv_len) float32 logits with the mask already added."""
+    def edit_scores(self, p: Pass, layer: int, scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """scores: (rows, heads, q_len, kv_len) logits with the mask added (float32 or wider);
+        keys: the same rows' cached keys (rows, kv heads, kv_len, head_dim), post-RoPE, read only."""
         return scores
 
-    def edit_heads(self, run: Run, layer: int, out: torch.Tensor) -> torch.Tensor:
-        """out: (batch, heads, q_len, head_dim) per-head attention outputs before o_proj."""
+    def edit_heads(self, p: Pass, layer: int, out: torch.Tensor) -> torch.Tensor:
+        """out: (rows, heads, q_len, head_dim) per-head attention outputs before o_proj."""
         return out
 
-    def after_attention(self, run: Run, layer: int, query: torch.Tensor, key: torch.Tensor,
-                        value: torch.Tensor, weights: torch.Tensor | None) -> None:
-        """Main pass only. key/value are the layer's cache (kv heads, not repeated); weights are
-        (batch, heads, q_len, kv_len) when :meth:`needs_weights` said so, else None."""
+    def needs_weights(self, p: Pass, layer: int) -> bool:
+        """Whether ``after_attention`` needs the full attention weights for this layer."""
+        return False
 
-    def edit_logits(self, run: Run, logits: torch.Tensor) -> torch.Tensor:
-        """logits: (batch, vocab) float32 for the next token."""
+    def after_attention(self, p: Pass, layer: int, query: torch.Tensor, key: torch.Tensor,
+                        value: torch.Tensor, weights: torch.Tensor | None) -> None:
+        """key/value are the rows' cache (kv heads, not repeated; in decode views, so an in-place
+        write changes the cache); weights are (rows, heads, q_len, kv_len) when :meth:`needs_weights`
+        said so, else None."""
+
+    def edit_logits(self, p: Pass, logits: torch.Tensor) -> torch.Tensor:
+        """logits: (rows, vocab) float32 or wider; the main row's are the column's next-token logits."""
         return logits
 
     # ---- trace -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from halviz.methods.base import Knob, Method
 
 if TYPE_CHECKING:
-    from halviz.engine.run import Run
+    from halviz.engine.rows import Column, Pass
 
 
 def smoothed_layers(num_layers: int) -> range:
@@ -67,7 +67,7 @@ def clipped_lambda(lam_hat: torch.Tensor, lambda_ref: float, radius: float) -> t
 class KVSmooth(Method):
     """KVSmooth (Jiang et al., arXiv 2602.04268): entropy-ranked EMA of each new token's K and V.
 
-    Per decode step t (``run.step`` ≥ 1) and smoothed layer (:func:`smoothed_layers`):
+    Per decode step t (``column.step`` ≥ 1) and smoothed layer (:func:`smoothed_layers`):
 
         z_t = mean over heads of −Σ a log a,   a = this step's attention row of the new token
         push z_t into the layer's FIFO of the last M;   λ̂ = #(queue < z_t) / M
@@ -91,11 +91,11 @@ class KVSmooth(Method):
       λ = λ_ref at every step (radius and the queue are then unused; z is still traced).
     - Switching it off needs λ_ref = 0 *and* radius = 0: with λ_ref = 0 alone the clip still lets
       λ reach ``radius`` (0.2 by default).
-    - State is per run (one queue per smoothed layer); the engine decodes one sample, and the
-      trace holds sample 0.
+    - Only the column's main row is smoothed and measured (one queue per smoothed layer); a text-only
+      stream stacked beside it keeps its raw K/V, and a mirrored branch gets the smoothed row.
 
-    Stacking (``order`` 40): acts at the ``kv`` hook, after PruneHal (10, scores), VASparse (20,
-    scores/logits) and VHR (30, heads) have shaped this step's attention.
+    Stacking: last in the registry; acts at the ``attention`` hook, after PruneHal (scores),
+    VASparse (scores, logits) and VHR (heads) have shaped this step's attention.
 
     Trace (per step axis of the trace; step 0 is the prefill): ``lambda`` and ``entropy`` (S, L),
     NaN for unsmoothed layers and for step 0.
@@ -112,13 +112,12 @@ class KVSmooth(Method):
         Knob("mode", "Smooth", "kv", choices=("kv", "k", "v"), help="keys and values, keys only, or values only"),
         Knob("fixed_lambda", "Fixed λ = λ_ref", False, help="ablation: skip the entropy rank"),
     )
-    hook_points = frozenset({"kv"})
-    order = 40
+    hook_points = frozenset({"attention"})
 
-    def setup(self, run: Run) -> None:
-        self.num_layers = run.num_layers
-        self.layers = frozenset(smoothed_layers(run.num_layers))
-        self.device = run.device
+    def setup(self, column: Column) -> None:
+        self.num_layers = column.num_layers
+        self.layers = frozenset(smoothed_layers(column.num_layers))
+        self.device = column.device
         self._queues: dict[int, EntropyQueue] = {}
         self._step_entropy = self._nan_row()
         self._step_lambda = self._nan_row()
@@ -128,14 +127,15 @@ class KVSmooth(Method):
     def _nan_row(self) -> torch.Tensor:
         return torch.full((self.num_layers,), float("nan"), device=self.device, dtype=torch.float32)
 
-    def needs_weights(self, run: Run, layer: int) -> bool:
-        return run.phase == "decode" and run.step >= 1 and layer in self.layers
+    def needs_weights(self, p: Pass, layer: int) -> bool:
+        return p.decode and p.step >= 1 and layer in self.layers
 
-    def after_attention(self, run: Run, layer: int, query: torch.Tensor, key: torch.Tensor,
+    def after_attention(self, p: Pass, layer: int, query: torch.Tensor, key: torch.Tensor,
                         value: torch.Tensor, weights: torch.Tensor | None) -> None:
-        if weights is None or not self.needs_weights(run, layer):
+        if weights is None or not self.needs_weights(p, layer):
             return
-        z = row_entropy(weights)  # (B,)
+        main = slice(p.main, p.main + 1)  # views into the cache: the blend below writes through
+        z = row_entropy(weights[main])  # (1,)
         queue = self._queues.get(layer)
         if queue is None:
             queue = self._queues[layer] = EntropyQueue(self.params["queue"], z.shape[0], z.device, z.dtype)
@@ -144,16 +144,15 @@ class KVSmooth(Method):
             lam = torch.full_like(z, min(max(self.params["lambda_ref"], 0.0), 1.0))
         else:
             lam = clipped_lambda(queue.fraction_below(z), self.params["lambda_ref"], self.params["radius"])
-        cache = run.cache.layers[layer]
         mode = self.params["mode"]
         if "k" in mode:
-            _blend_last_row(cache.keys, lam)
+            _blend_last_row(key[main], lam)
         if "v" in mode:
-            _blend_last_row(cache.values, lam)
+            _blend_last_row(value[main], lam)
         self._step_entropy[layer] = z[0]
         self._step_lambda[layer] = lam[0]
 
-    def after_step(self, run: Run, token_id: int) -> None:
+    def after_step(self, column: Column, token_id: int) -> None:
         self._entropy.append(self._step_entropy)
         self._lambda.append(self._step_lambda)
         self._step_entropy, self._step_lambda = self._nan_row(), self._nan_row()

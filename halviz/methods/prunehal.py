@@ -17,7 +17,7 @@ import torch
 from halviz.methods.base import Knob, Method
 
 if TYPE_CHECKING:
-    from halviz.engine.run import Run
+    from halviz.engine.rows import Column, Pass
 
 
 def kept_count(r: float, n: int) -> int:
@@ -84,7 +84,7 @@ class PruneHal(Method):
     """PruneHal (Sun et al., arXiv 2510.19183): drop the least-attended visual KV entries when the
     attention to the image collapses.
 
-    Signal: at decode step i (``run.step`` ≥ 1), per layer l, A_l(i) = Σ over the *retained* visual
+    Signal: at decode step i (``column.step`` ≥ 1), per layer l, A_l(i) = Σ over the *retained* visual
     keys of the current query's attention, averaged over heads. The vote/trigger rule is
     :class:`PruneSchedule`. On a trigger each layer keeps its top ``kept_count(r, N_current)``
     retained visual tokens ranked by this step's head-averaged attention in that layer
@@ -92,21 +92,20 @@ class PruneHal(Method):
 
     Decisions:
     - Removal is masking: the pruned visual columns get −inf in the attention logits, in every
-      pass of the run (main and extra passes such as a contrast branch). That equals removing the
-      cache rows for batch 1 and stays right in batches; RoPE positions are never touched. Extra
-      passes must therefore share the main sequence layout (positions of the image tokens).
+      row of the column laid out like the main prompt (the main row and a contrast branch; a
+      text-only stream has no image and is left alone). That equals removing the cache rows and
+      stays right in batches; RoPE positions are never touched.
     - The decision at step i needs every layer's vote, so it is taken after the step's forward
       and the prune acts from step i + 1 on. Steps 0 (the prefill) and 1 are never changed, so the
       first generated token is always vanilla's. r = 1 keeps every token: vanilla output.
     - Ā excludes step i (see :class:`PruneSchedule`); after a prune the reference restarts with
       the first step that sees the new visual set.
     - The forced early prune (``forced_step``, default 2; 0 turns it off) counts towards t.
-    - Votes and state change in the main pass only. The attention read is the one actually used
+    - Votes and state come from the main row only. The attention read is the one actually used
       (after every method's logit edits).
-    - State is per run; the engine decodes one sample, so batches larger than one are refused.
 
-    Stacking (``order`` 10): first at the ``scores`` hook, before VASparse (20); VHR (30) acts on
-    heads and KVSmooth (40) on the new K/V, neither of which touches the visual columns.
+    Stacking: first in the registry, so first at the ``scores`` hook, before VASparse; VHR acts on
+    heads and KVSmooth on the new K/V, neither of which touches the visual columns.
 
     Trace (per step axis of the trace; step 0 is the prefill, NaN/False there):
     ``mass`` and ``reference`` (S, L) = A and Ā; ``votes`` (S, L); ``retained_count`` (S, L) visual
@@ -125,18 +124,17 @@ class PruneHal(Method):
         Knob("forced_step", "Forced prune at step", 2, 0, 32, 1,
              help="decode step with an unconditional prune (0 = none)"),
     )
-    hook_points = frozenset({"scores"})
-    order = 10
+    hook_points = frozenset({"scores", "attention"})
 
-    def setup(self, run: Run) -> None:
-        self.num_layers = run.num_layers
-        self.image_index = run.image_index
-        n_img = int(run.image_index.numel())
-        self.schedule = PruneSchedule(run.num_layers, self.params["r"], self.params["t"], self.params["forced_step"])
-        self.retained = torch.ones(run.num_layers, n_img, dtype=torch.bool, device=run.device)
+    def setup(self, column: Column) -> None:
+        self.num_layers = column.num_layers
+        self.image_index = column.image_index
+        n_img = int(column.image_index.numel())
+        self.schedule = PruneSchedule(column.num_layers, self.params["r"], self.params["t"], self.params["forced_step"])
+        self.retained = torch.ones(column.num_layers, n_img, dtype=torch.bool, device=column.device)
         self.n_retained = n_img  # the same in every layer: each prune keeps round(r·N) per layer
-        self._pruned_positions: list[torch.Tensor | None] = [None] * run.num_layers
-        self._rows: list[torch.Tensor | None] = [None] * run.num_layers  # this step's head-mean image rows
+        self._pruned_positions: list[torch.Tensor | None] = [None] * column.num_layers
+        self._rows: list[torch.Tensor | None] = [None] * column.num_layers  # this step's head-mean image rows
         self._mass: list[np.ndarray] = []
         self._reference: list[np.ndarray] = []
         self._votes: list[np.ndarray] = []
@@ -145,27 +143,30 @@ class PruneHal(Method):
         self._retained_after: list[np.ndarray] = []
 
     # ---- attention ---------------------------------------------------------------------------
-    def uses_scores(self, run: Run, layer: int) -> bool:
+    def wants_scores(self, p: Pass, layer: int) -> bool:
         return self._pruned_positions[layer] is not None
 
-    def edit_scores(self, run: Run, layer: int, scores: torch.Tensor) -> torch.Tensor:
-        return scores.index_fill(-1, self._pruned_positions[layer], float("-inf"))
+    def edit_scores(self, p: Pass, layer: int, scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        rows = p.main_layout
+        if len(rows) == len(p.streams):
+            return scores.index_fill(-1, self._pruned_positions[layer], float("-inf"))
+        scores = scores.clone()
+        scores[rows] = scores[rows].index_fill(-1, self._pruned_positions[layer], float("-inf"))
+        return scores
 
-    def needs_weights(self, run: Run, layer: int) -> bool:
-        return run.phase == "decode" and run.step >= 1
+    def needs_weights(self, p: Pass, layer: int) -> bool:
+        return p.decode and p.step >= 1
 
-    def after_attention(self, run: Run, layer: int, query: torch.Tensor, key: torch.Tensor,
+    def after_attention(self, p: Pass, layer: int, query: torch.Tensor, key: torch.Tensor,
                         value: torch.Tensor, weights: torch.Tensor | None) -> None:
-        if weights is None or not self.needs_weights(run, layer):
+        if weights is None or not self.needs_weights(p, layer):
             return
-        if weights.shape[0] != 1:
-            raise ValueError("PruneHal keeps its state per run and supports batch size 1 only")
-        self._rows[layer] = weights[0, :, -1, self.image_index].mean(0)
+        self._rows[layer] = weights[p.main, :, -1, self.image_index].mean(0)
 
     # ---- the decision, once all layers have been seen ------------------------------------------
-    def after_step(self, run: Run, token_id: int) -> None:
+    def after_step(self, column: Column, token_id: int) -> None:
         self._retained_count.append(np.full(self.num_layers, self.n_retained, dtype=np.int32))
-        if run.step == 0 or any(row is None for row in self._rows):
+        if column.step == 0 or any(row is None for row in self._rows):
             nan = np.full(self.num_layers, np.nan)
             self._mass.append(nan)
             self._reference.append(nan)
@@ -174,13 +175,13 @@ class PruneHal(Method):
         rows = torch.stack(self._rows)  # (L, N_img), float32 or wider
         self._rows = [None] * self.num_layers
         mass = (rows * self.retained).sum(-1).cpu().numpy().astype(np.float64)  # one sync per step
-        verdict = self.schedule.observe(run.step, mass)
+        verdict = self.schedule.observe(column.step, mass)
         self._mass.append(mass)
         self._reference.append(verdict.reference)
         self._votes.append(verdict.votes)
         if verdict.trigger:
             self._prune(rows)
-            self._trigger_steps.append(run.step)
+            self._trigger_steps.append(column.step)
 
     def _prune(self, rows: torch.Tensor) -> None:
         """Keep each layer's top round(r·N_current) retained visual tokens by this step's attention."""

@@ -22,9 +22,11 @@ each behind a switch, all in layers ``vasparse_layers`` (the paper's 2..31 of 32
    p_θ ≥ β_cut · max p_θ, then (1+α)·ℓ_θ − α·ℓ_φ. ℓ_φ bypasses the decoder (``phi``):
    ``embedding`` (default) ℓ_φ = lm_head(norm(embed(current input token))), the model's final norm
    included; ``embedding-raw`` the same without the norm (the released code's reading);
-   ``masked-pass`` a second decode-step forward in which a seeded random share (``mask_rate``) of
-   the image columns is masked (the first edition's reading; at step 0 the last prompt token is
-   re-run on the cache without its own row, then the cache is put back exactly).
+   ``masked-pass`` a ``phi`` stream: a row of the same batched forward that mirrors the main
+   row's cache and in which a seeded random share (``mask_rate``) of the image columns is masked
+   for the current query (the first edition's reading; at step 0 that is the last prompt query of
+   the prefill, whose earlier queries equal the main row's). Its sink penalty uses, like the main
+   row's, the column mass of the queries before the current one.
 4. Sink penalty (Eq. 5) on **all** columns: W_j = softmax over all columns j of the accumulated
    head-mean attention Σ_{i≥j} a_{i,j} of that layer (every row processed so far, prefill
    included; the current token's own column has no mass yet), S → (1+β)·S − β·(W⊙S), written as
@@ -46,9 +48,9 @@ Decisions (beyond the spec's):
   3 → 1..2, 2 → 1); the ``first_layer`` knob overrides it.
 - Switch values are honoured literally (S = 1, α = 0, β = 0 run their machinery, which is then
   exactly the identity); the switches turn a part off entirely.
-- Other passes (e.g. VHR's streams) are left alone. With PruneHal (masking) both stack. A method
+- Other rows (e.g. VHR's text stream) are left alone. With PruneHal (masking) both stack. A method
   that drops cache rows physically breaks the position bookkeeping; this is refused at run time.
-  Stacking ``order`` 20: after PruneHal (10) at the scores hook, before VHR (30, heads).
+  Stacking: after PruneHal at the scores hook (registry order), before VHR (heads).
 
 Divergences from the released code (mengchuang123/VASparse-github, which does not run as
 published), each deliberate:
@@ -70,7 +72,7 @@ published), each deliberate:
 
 Cost: with ``phi = embedding`` one extra lm_head product per step; selection, DPC-KNN (on the few
 discarded generated keys) and the penalty are vectorised; the prefill runs explicit attention in
-the layers whose weights feed W. ``masked-pass`` adds one decode forward per step (~2×).
+the layers whose weights feed W. ``masked-pass`` adds one row to every forward.
 """
 
 from __future__ import annotations
@@ -81,12 +83,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from halviz.methods.base import Knob, Method
+from halviz.methods.base import Knob, Method, Stream
 
 if TYPE_CHECKING:
-    from halviz.engine.run import Run
+    from halviz.engine.rows import Column, Pass
 
-PHI_VARIANT = "vasparse-phi"
+PHI_STREAM = "phi"
 PHI_CHOICES = ("embedding", "embedding-raw", "masked-pass")
 AGGREGATE_CHOICES = ("dpc-knn", "none")
 TOP_K = 5
@@ -237,8 +239,7 @@ class VASparse(Method):
         Knob("contrast", "Sparse visual contrast", True),
         Knob("sink", "Sink penalty", True),
     )
-    hook_points = frozenset({"scores", "logits"})
-    order = 20
+    hook_points = frozenset({"scores", "attention", "logits"})
 
     def __init__(self, **values: Any):
         super().__init__(**values)
@@ -250,7 +251,6 @@ class VASparse(Method):
         self.beta: float = float(p["sink_beta"])
         self.layers: tuple[int, ...] = ()
         self.phi_columns: torch.Tensor | None = None
-        self._phi_logits: torch.Tensor | None = None
         self._kept_now: torch.Tensor | None = None
         self._merged_now = 0
         self._processed = 0
@@ -259,57 +259,92 @@ class VASparse(Method):
         self._merged_rows: list[float] = []
         self._top: dict[str, list[torch.Tensor]] = {"theta": [], "phi": []}
 
+    @property
+    def _masked_pass(self) -> bool:
+        return bool(self.params["contrast"]) and self.params["phi"] == "masked-pass"
+
     # ---- lifecycle -------------------------------------------------------------------------
-    def setup(self, run: Run) -> None:
-        self.layers = vasparse_layers(run.num_layers, int(self.params["first_layer"]))
+    def streams(self) -> tuple[Stream, ...]:
+        return (Stream(PHI_STREAM, mirrors_main=True),) if self._masked_pass else ()
+
+    def setup(self, column: Column) -> None:
+        self.layers = vasparse_layers(column.num_layers, int(self.params["first_layer"]))
         self._layer_set = frozenset(self.layers)
-        self._last_layer = run.num_layers - 1
-        batch, total = run.prompt_ids.shape[0], run.prompt_len + run.max_new_tokens + 1
+        self._last_layer = column.num_layers - 1
+        total = column.prompt_len + column.max_new_tokens + 1
         # Per position: its own last-layer head-mean attention to the image (m_i), and per layer the
-        # head-mean attention it has received so far (Σ_{i≥j} a_{i,j}).
-        dtype = torch.promote_types(run.model.dtype, torch.float32)
-        self._image_mass = torch.zeros(batch, total, device=run.device, dtype=dtype)
-        self._column_mass = torch.zeros(run.num_layers, batch, total, device=run.device, dtype=dtype)
+        # head-mean attention it has received so far (Σ_{i≥j} a_{i,j}); main row only.
+        dtype = torch.promote_types(column.model.dtype, torch.float32)
+        self._image_mass = torch.zeros(1, total, device=column.device, dtype=dtype)
+        self._column_mass = torch.zeros(column.num_layers, 1, total, device=column.device, dtype=dtype)
         self._processed = 0
-        if self.params["contrast"] and self.params["phi"] != "masked-pass":
-            model = run.model
+        if self.params["contrast"] and not self._masked_pass:
+            model = column.model
             norm = getattr(model.get_decoder(), "norm", None)
             if norm is None and self.params["phi"] == "embedding":
                 raise ValueError("VASparse's ℓ_φ = embedding needs the decoder's final norm, which this model lacks; "
                                  "choose phi = embedding-raw or masked-pass")
             self._phi_modules = (model.get_input_embeddings(), norm if self.params["phi"] == "embedding" else None,
                                  model.get_output_embeddings())
-        n_image = len(run.image_index)
+        n_image = len(column.image_index)
         generator = torch.Generator().manual_seed(int(self.params["seed"]))
         n_masked = math.floor(float(self.params["mask_rate"]) * n_image + 0.5)
         drawn = torch.randperm(n_image, generator=generator)[:n_masked]
-        self.phi_columns = run.image_index[drawn.to(run.device)].sort().values
-
-    def before_forward(self, run: Run, input_ids: torch.Tensor) -> None:
-        if self.params["contrast"] and self.params["phi"] == "masked-pass":
-            self._phi_logits = run.forward(variant=PHI_VARIANT, restore_cache=True, input_ids=input_ids)
+        self.phi_columns = column.image_index[drawn.to(column.device)].sort().values
 
     # ---- hook points -----------------------------------------------------------------------
-    def needs_weights(self, run: Run, layer: int) -> bool:
-        return ((self.params["selection"] and layer == self._last_layer and run.phase == "decode")
+    def needs_weights(self, p: Pass, layer: int) -> bool:
+        return ((self.params["selection"] and layer == self._last_layer and p.decode)
                 or (self.params["sink"] and layer in self._layer_set))
 
-    def uses_scores(self, run: Run, layer: int) -> bool:
-        if run.phase != "decode" or layer not in self._layer_set:
+    def wants_scores(self, p: Pass, layer: int) -> bool:
+        if layer not in self._layer_set:
             return False
-        if run.variant is None:
-            return bool(self.params["selection"] or self.params["sink"])
-        return run.variant == PHI_VARIANT
+        if p.prefill:  # only the φ branch's last query (the main row's prompt is never touched)
+            return p.row(PHI_STREAM) is not None
+        return bool(self.params["selection"] or self.params["sink"]) or p.row(PHI_STREAM) is not None
 
-    def edit_scores(self, run: Run, layer: int, scores: torch.Tensor) -> torch.Tensor:
+    def edit_scores(self, p: Pass, layer: int, scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        phi = p.row(PHI_STREAM)
+        if p.prefill:
+            scores[phi, :, -1:] = self._phi_first_query(layer, scores[phi])
+            return scores
+        main = p.main
+        scores[main:main + 1] = self._main_scores(p, layer, scores[main:main + 1], keys[main:main + 1])
+        if phi is not None:
+            kv = scores.shape[-1]
+            row = scores[phi:phi + 1]
+            if self.params["sink"]:
+                row = sink_penalty(row, sink_weights(self._column_mass[layer, :, :kv]), self.beta)
+            scores[phi:phi + 1] = row.index_fill(-1, self.phi_columns, -torch.inf)
+        return scores
+
+    def _phi_first_query(self, layer: int, row: torch.Tensor) -> torch.Tensor:
+        """The φ branch's last prompt query (step 0): sink-penalised, image columns masked.
+
+        row (H, n, n): the branch's prompt scores. Its queries before the last equal the main row's
+        (same tokens, causal attention), so their softmax summed over queries is the main row's
+        column mass before the current query, as at every decode step (the current query's own row
+        never counts towards the W it is penalised with).
+        """
+        last = row[None, :, -1:]
+        if self.params["sink"]:
+            mass = torch.softmax(row[:, :-1], dim=-1).to(self._column_mass.dtype).mean(0).sum(0)  # (n,)
+            last = sink_penalty(last, sink_weights(mass[None]), self.beta)
+        return last.index_fill(-1, self.phi_columns, -torch.inf)[0]
+
+    def _main_scores(self, p: Pass, layer: int, scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Selection, sink penalty and merging for the main row: scores (1, H, 1, kv), keys (1, KVH, kv, D)."""
+        column = p.column
         kv = scores.shape[-1]
-        if kv != run.prompt_len + run.step:
-            raise RuntimeError(f"VASparse expects one cache column per position ({run.prompt_len + run.step}), "
+        if kv != column.prompt_len + p.step:
+            raise RuntimeError(f"VASparse expects one cache column per position ({column.prompt_len + p.step}), "
                                f"got {kv}; a method that drops cache rows cannot run with it")
-        start, n_prev = run.prompt_len, kv - 1 - run.prompt_len  # previous generated tokens: start..kv−2
+        start, n_prev = column.prompt_len, kv - 1 - column.prompt_len  # previous generated tokens: start..kv−2
         dropped = None
         # (host-side: while ceil(S·(n+1)) − 1 ≥ n every generated token is kept, nothing to select)
-        if run.variant is None and self.params["selection"] and keep_count(self.keep_ratio, n_prev + 1) - 1 < n_prev:
+        if self.params["selection"] and keep_count(self.keep_ratio, n_prev + 1) - 1 < n_prev:
             prev = scores[..., start:kv - 1]
             valid = unmasked(prev)
             saliency = torch.softmax(self._image_mass[:, start:kv - 1], dim=-1)
@@ -321,21 +356,19 @@ class VASparse(Method):
         if self.params["sink"]:
             scores = sink_penalty(scores, sink_weights(self._column_mass[layer, :, :kv]), self.beta)
         if dropped is not None:
-            scores = self._discard(run, layer, scores, dropped)
-        if run.variant == PHI_VARIANT:
-            scores = scores.index_fill(-1, self.phi_columns, -torch.inf)
+            scores = self._discard(column, scores, dropped, keys)
         return scores
 
-    def _discard(self, run: Run, layer: int, scores: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    def _discard(self, column: Column, scores: torch.Tensor, dropped: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Mask the dropped generated columns, or give each DPC-KNN cluster of them its merged logit."""
-        start, kv = run.prompt_len, scores.shape[-1]
+        start, kv = column.prompt_len, scores.shape[-1]
         if not bool(dropped.any()):
             return scores
         prev = scores[..., start:kv - 1]
         if self.params["aggregate"] == "none":
             return torch.cat([scores[..., :start], prev.masked_fill(dropped, -torch.inf), scores[..., kv - 1:]], -1)
         b, h, q, n = prev.shape
-        cached = run.cache.layers[layer].keys[:, :, start:kv - 1]  # (B, KVH, n, D), post-RoPE as cached
+        cached = keys[:, :, start:kv - 1]  # (1, KVH, n, D), post-RoPE as cached
         rep = h // cached.shape[1]
         rows, flags = prev.reshape(b * h * q, n).clone(), dropped.reshape(b * h * q, n)
         counts = flags.sum(-1)
@@ -359,54 +392,49 @@ class VASparse(Method):
             rows[which] = rows[which].scatter(1, cols, merged)
         return torch.cat([scores[..., :start], rows.reshape(b, h, q, n), scores[..., kv - 1:]], -1)
 
-    def after_attention(self, run: Run, layer: int, query: torch.Tensor, key: torch.Tensor,
+    def after_attention(self, p: Pass, layer: int, query: torch.Tensor, key: torch.Tensor,
                         value: torch.Tensor, weights: torch.Tensor | None) -> None:
         if layer == self._last_layer:
             self._processed = key.shape[-2]
         if weights is None:
             return
+        main = p.main
         kv, q_len = weights.shape[-1], weights.shape[-2]
-        mean = weights.to(self._column_mass.dtype).mean(1)  # (B, q, kv)
+        mean = weights[main:main + 1].to(self._column_mass.dtype).mean(1)  # (1, q, kv)
         if self.params["sink"] and layer in self._layer_set:
             self._column_mass[layer, :, :kv] += mean.sum(1)
         if self.params["selection"] and layer == self._last_layer:
-            self._image_mass[:, kv - q_len: kv] = mean[..., run.image_index].sum(-1)
+            self._image_mass[:, kv - q_len: kv] = mean[..., p.column.image_index].sum(-1)
 
-    def edit_logits(self, run: Run, logits: torch.Tensor) -> torch.Tensor:
-        self._keep_top("theta", logits)
+    def edit_logits(self, p: Pass, logits: torch.Tensor) -> torch.Tensor:
+        column, main = p.column, p.main
+        theta = logits[main:main + 1]
+        self._keep_top("theta", theta)
         if self.params["selection"]:
-            self._record_kept(run)
+            self._record_kept(column)
         if not self.params["contrast"]:
             return logits
-        phi, self._phi_logits = self._phi_logits, None
-        if self.params["phi"] != "masked-pass":
-            current = run.prompt_ids[:, -1:] if run.step == 0 else torch.tensor([[run.generated[-1]]], device=run.device)
+        if self._masked_pass:
+            phi_row = p.row(PHI_STREAM)
+            phi = logits[phi_row:phi_row + 1]
+        else:
+            current = column.prompt_ids[:, -1:] if p.step == 0 else torch.tensor([[column.generated[-1]]],
+                                                                                 device=column.device)
             phi = embedding_logits(*self._phi_modules, current)
-        elif phi is None:  # step 0: no decode step ran before the prefill's logits
-            phi = self._masked_first_step(run)
         self._keep_top("phi", phi)
-        return contrast_logits(logits, phi, self.alpha, self.cut)
-
-    def _masked_first_step(self, run: Run) -> torch.Tensor:
-        """ℓ_φ of step 0: re-run the last prompt token, φ-masked, on the cache without its row; restore it."""
-        cache = run.cache
-        saved = [(layer.keys[:, :, -1:].clone(), layer.values[:, :, -1:].clone()) for layer in cache.layers]
-        cache.crop(-1)
-        try:
-            return run.forward(variant=PHI_VARIANT, restore_cache=True, input_ids=run.prompt_ids[:, -1:])
-        finally:
-            for index, (k, v) in enumerate(saved):
-                cache.update(k, v, index)
+        logits = logits.clone()
+        logits[main:main + 1] = contrast_logits(theta, phi, self.alpha, self.cut)
+        return logits
 
     def _keep_top(self, which: str, logits: torch.Tensor) -> None:
         self._top[which].append(logits[0].topk(TOP_K))
 
-    def _record_kept(self, run: Run) -> None:
+    def _record_kept(self, column: Column) -> None:
         """Heads × layers keeping each previous generated token during this step (None: all of them)."""
         kept, self._kept_now = self._kept_now, None
-        share = None if kept is None else kept.float() / (run.num_heads * len(self.layers))
-        self._kept_rows.append((run.step, share))
-        self._merged_rows.append(self._merged_now / (run.num_heads * max(len(self.layers), 1)))
+        share = None if kept is None else kept.float() / (column.num_heads * len(self.layers))
+        self._kept_rows.append((column.step, share))
+        self._merged_rows.append(self._merged_now / (column.num_heads * max(len(self.layers), 1)))
         self._merged_now = 0
 
     def _kept_table(self) -> np.ndarray:

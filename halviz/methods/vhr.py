@@ -16,17 +16,17 @@ on vision rather than on language priors.
 Decisions:
 - Layers: {1} ∪ the last 14 of 32 (1, 18..31); for depth L: {1} ∪ the last round_half_up(14·L/32)
   (24 → 1, 13..23; 2 → 1; 3 → 1, 2). The ``last_layers`` knob overrides the count (InstructBLIP: 18).
-- Selection pass (``before_prefill``): the with-image sequence and the text-only sequence run as
-  one batch of two streams in one forward with its own DynamicCache, the shorter right-padded by
-  repeating its last token (with a causal mask the real tokens never see the padding, so they are
-  exact). The image features fill the image stream from ``pixel_values``. When layer l is reached
-  both streams carry the reinforcement already chosen for layers < l; H_l is chosen from the
-  unreinforced outputs of layer l and applied at once. The main prefill then recomputes the prompt
-  with the final head sets, so every cached K/V is consistent.
-- Every pass of the run is reinforced (main, other methods' contrast passes, our text stream).
-- Stacking (``order`` 30, ``heads`` hook): composes with PruneHal, VASparse and KVSmooth, whose
-  hooks act on scores, logits and K/V. Only ``per_step_tvhd`` with PruneHal is refused (at setup):
-  PruneHal masks main-layout image positions in every pass, which the text-only stream lacks.
+- Selection costs no extra prefill: the text-only sequence is a ``text`` stream of VHR's column,
+  a row of the same prefill forward as the with-image main row (right-padded; with a causal mask
+  and the padding masked its real tokens are exact; its positions come from the model family).
+  When layer l is reached both rows carry the reinforcement already chosen for layers < l; H_l
+  is chosen from the unreinforced outputs of layer l and applied at once, to every row of the
+  column, so the main row's cache is the reinforced prompt without recomputing it. The column
+  therefore never shares its prefill with others (``edits_prefill``).
+- Every row of the column is reinforced (main, a stacked method's contrast branch, our text stream).
+- Stacking: ``heads`` hook, after PruneHal and VASparse in the registry; composes with them and
+  with KVSmooth, whose hooks act on scores, logits and K/V. PruneHal masks only the rows laid out
+  like the main prompt, so the text stream is untouched by it.
 - Trace: ``vhd`` and ``text_norm`` (TA) are (L, H) for **every** layer (the selection pass
   measures them all; layers that are not VHR layers are only measured); ``outlier`` and
   ``selected`` are (L, H), False off the VHR layers (``layers`` lists those). With
@@ -44,15 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import DynamicCache
-
-from halviz.methods.base import Knob, Method
+from halviz.methods.base import Knob, Method, Stream
 
 if TYPE_CHECKING:
-    from halviz.engine.run import Run
+    from halviz.engine.rows import Column, Pass
 
-SELECT_VARIANT = "vhr-select"
-TEXT_VARIANT = "vhr-text"
+TEXT_STREAM = "text"
 
 
 def vhr_layers(num_layers: int, last_layers: int = -1) -> tuple[int, ...]:
@@ -114,7 +111,7 @@ class VHR(Method):
         Knob("tvhd_top_k", "T-VHD top-k", 8, 1, 256, 1, help="Heads per layer summed in T-VHD."),
     )
     hook_points = frozenset({"heads"})
-    order = 30
+    edits_prefill = True
 
     def __init__(self, **values: Any):
         super().__init__(**values)
@@ -122,59 +119,43 @@ class VHR(Method):
         self.layers: tuple[int, ...] = ()
         self.vhd = self.text_norm = self.outlier = self.selected = None
         self._heads: list[torch.Tensor | None] = []  # per layer, on the model's device once chosen
-        self._last: tuple[int, int] = (-1, -1)
-        self._text_cache: DynamicCache | None = None
         self._rows: dict[str, torch.Tensor] = {}
         self._step_vhd: list[torch.Tensor] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def setup(self, run: Run) -> None:
-        self.layers = vhr_layers(run.num_layers, int(self.params["last_layers"]))
+    def streams(self) -> tuple[Stream, ...]:
+        return (Stream(TEXT_STREAM, text_only=True, prefill=True, decode=bool(self.params["per_step_tvhd"])),)
+
+    def setup(self, column: Column) -> None:
+        self.layers = vhr_layers(column.num_layers, int(self.params["last_layers"]))
         self._layer_set = frozenset(self.layers)
-        shape = (run.num_layers, run.num_heads)
+        shape = (column.num_layers, column.num_heads)
         self.vhd = torch.zeros(shape, dtype=torch.float64)
         self.text_norm = torch.zeros(shape, dtype=torch.float64)
         self.outlier = torch.zeros(shape, dtype=torch.bool)
         self.selected = torch.zeros(shape, dtype=torch.bool)
-        self._heads = [None] * run.num_layers
-        if self.params["per_step_tvhd"] and any(m.name == "prunehal" for m in run.methods):
-            # PruneHal masks image positions of the main layout in every pass; the text-only stream
-            # has no image, so those columns are other tokens (or out of range) there.
-            raise ValueError("VHR's per-step T-VHD cannot run with PruneHal: PruneHal masks image positions "
-                             "in every pass, and the text-only stream has none; turn per-step T-VHD off")
+        self._heads = [None] * column.num_layers
+        # the last prompt position of each stream: the query that predicts the first token
+        self._last = (column.prompt_len - 1, column.prompt_len - len(column.layout.positions) - 1)
         if self.params["per_step_tvhd"]:
-            rows = (run.num_layers, run.num_heads, run.adapter.head_dim)
-            self._rows = {k: torch.zeros(rows, dtype=torch.float64, device=run.device) for k in ("image", "text")}
+            rows = (column.num_layers, column.num_heads, column.head_dim)
+            self._rows = {k: torch.zeros(rows, dtype=torch.float64, device=column.device) for k in ("image", "text")}
 
-    def before_prefill(self, run: Run, inputs: dict[str, torch.Tensor]) -> None:
-        ids = inputs["input_ids"]
-        if ids.shape[0] != 1:
-            raise ValueError("VHR's head selection runs one prompt at a time")
-        text_ids = self._text_only(run, ids)
-        n, n_text = ids.shape[1], text_ids.shape[1]
-        padded = torch.cat([text_ids, text_ids[:, -1:].expand(1, n - n_text)], dim=1)
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        self._last = (n - 1, n_text - 1)
-        run.forward(variant=SELECT_VARIANT, cache=DynamicCache(), input_ids=torch.cat([ids, padded]), **extra)
-        if self.params["per_step_tvhd"]:
-            self._text_cache = DynamicCache()
-            run.forward(variant=TEXT_VARIANT, cache=self._text_cache, input_ids=text_ids)
-
-    def before_forward(self, run: Run, input_ids: torch.Tensor) -> None:
-        if self._text_cache is not None:
-            run.forward(variant=TEXT_VARIANT, cache=self._text_cache, input_ids=input_ids)
-
-    def after_step(self, run: Run, token_id: int) -> None:
-        if self._text_cache is not None:
+    def after_step(self, column: Column, token_id: int) -> None:
+        if self._rows:
             vhd, _ = head_distances(self._rows["image"], self._rows["text"])
             self._step_vhd.append(vhd.cpu())
 
     # ---- hook point ------------------------------------------------------------------------
-    def edit_heads(self, run: Run, layer: int, out: torch.Tensor) -> torch.Tensor:
-        if run.variant == SELECT_VARIANT:
-            self._choose(layer, out[0, :, self._last[0]], out[1, :, self._last[1]])
-        elif self._rows and run.variant in (None, TEXT_VARIANT):
-            self._rows["image" if run.variant is None else "text"][layer] = out[0, :, -1]
+    def edit_heads(self, p: Pass, layer: int, out: torch.Tensor) -> torch.Tensor:
+        main, text = p.main, p.row(TEXT_STREAM)
+        if p.prefill:
+            with_image, text_only = out[main, :, self._last[0]], out[text, :, self._last[1]]
+            self._choose(layer, with_image, text_only)
+        else:
+            with_image, text_only = out[main, :, -1], None if text is None else out[text, :, -1]
+        if self._rows and text_only is not None:
+            self._rows["image"][layer], self._rows["text"][layer] = with_image, text_only
         heads = self._heads[layer]
         return out if heads is None else reinforce(out, heads, self.alpha)
 
@@ -191,12 +172,6 @@ class VHR(Method):
         chosen = select_heads(vhd, outliers)
         self.outlier[layer], self.selected[layer] = outliers.cpu(), chosen.cpu()
         self._heads[layer] = chosen.to(with_image.device)
-
-    @staticmethod
-    def _text_only(run: Run, ids: torch.Tensor) -> torch.Tensor:
-        keep = torch.ones(ids.shape[1], dtype=torch.bool, device=ids.device)
-        keep[run.image_index] = False
-        return ids[:, keep]
 
     # ---- trace -----------------------------------------------------------------------------
     def trace_arrays(self) -> dict[str, np.ndarray]:

@@ -93,6 +93,30 @@ class LlavaAdapter:
         }
         return model_inputs, layout
 
+    # ---- rows of a batched forward ---------------------------------------------------------------
+    def text_only_ids(self, input_ids: torch.Tensor, layout: ImageLayout) -> torch.Tensor:
+        """The prompt (n,) without its image tokens: what a text-only stream reads."""
+        keep = torch.ones(input_ids.shape[-1], dtype=torch.bool, device=input_ids.device)
+        keep[list(layout.positions)] = False
+        return input_ids[..., keep]
+
+    def position_ids(self, length: int, start: int, device: torch.device) -> torch.Tensor:
+        """Positions of ``length`` tokens after ``start`` earlier ones: (length,) for 1-D RoPE."""
+        return torch.arange(start, start + length, device=device)
+
+    def encode_image(self, model, inputs: dict) -> object:
+        """The vision tower and projector, run once per comparison (their output, as the model returns it)."""
+        with torch.inference_mode():
+            return model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
+
+    def image_inputs(self, encoded, rows_with_image: int) -> dict:
+        """Model inputs that place the encoded image in each of ``rows_with_image`` rows."""
+        if rows_with_image == 0:
+            return {}
+        copy = type(encoded)(**{k: v for k, v in encoded.items()})
+        copy.pooler_output = list(encoded.pooler_output) * rows_with_image
+        return {"mm_encoder_outputs": {"image": copy}}
+
 
 ADAPTERS = (LlavaAdapter,)
 

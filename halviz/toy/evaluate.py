@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from halviz.engine.run import SEGMENTS
+from halviz.engine.rows import SEGMENTS
 from halviz.eval import evaluate, format_table, timed_decode, toy_sample
 from halviz.hallucination import chair_metrics, extract_mentions
 from halviz.models import DEFAULT_PROMPT, load_model
