@@ -1,4 +1,4 @@
-"""Several decodes of one image, interleaved token by token, and what each column shows.
+"""Several decodes of one image, batched as rows of one forward, and what each column shows.
 
 :func:`decode_rounds` is the only place the app drives the model. It yields plain Python/numpy data
 (text pieces, counts, traces), so it may run inside ``@spaces.GPU`` on ZeroGPU (see
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from halviz.engine.decode import Decoder
+from halviz.engine.batch import BatchDecoder
 from halviz.hallucination import (
     CORRECT,
     HALLUCINATED,
@@ -50,54 +50,55 @@ class Progress:
 
 def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: Sequence[Sequence[Method]],
                   max_new_tokens: int, update_every_s: float = UPDATE_EVERY_S) -> Iterator[Progress]:
-    """Decode with every stack at once, one token each in turn, yielding progress now and then.
+    """Decode every stack at once, as rows of one batch (one token per column per round), yielding
+    progress now and then.
 
     A column whose method raises ends with ``finish == "error: ..."`` while the others carry on: one
     faulty method must never take the whole comparison (or the worker) down with it.
     """
     count = len(stacks)
-    decoders: list[Decoder | None] = [None] * count
-    streams: list[Iterator | None] = [None] * count
     texts: list[list[str]] = [[] for _ in range(count)]
     compute = [0.0] * count
     finish: list[str | None] = [None] * count
-    for i, stack in enumerate(stacks):
-        try:
-            decoders[i] = Decoder(loaded, image, prompt, list(stack), max_new_tokens)
-            streams[i] = iter(decoders[i])
-        except Exception as exc:
-            finish[i] = column_error(i, exc)
+    try:
+        decoder = BatchDecoder(loaded, image, prompt, [list(s) for s in stacks], max_new_tokens)
+    except Exception as exc:  # bad input for every column: each reports it
+        finish = [column_error(i, exc) for i in range(count)]
+        yield Progress(texts, compute, finish, [None] * count)
+        return
     last_update = last_checkpoint = time.perf_counter()
     checkpoint_cost = 0.0
-    yielded = False
-    while any(f is None for f in finish):
-        for i, stream in enumerate(streams):
-            if finish[i] is not None:
-                continue
-            try:
-                step = next(stream, None)
-            except Exception as exc:
-                finish[i] = column_error(i, exc)
-                continue
-            if step is None:
-                finish[i] = decoders[i].finish_reason or "stopped"
-                continue
-            texts[i].append(step.text)
-            compute[i] += step.elapsed_ms / 1e3
+    rounds = iter(decoder)
+    while True:
+        try:
+            steps = next(rounds, None)
+        except Exception as exc:  # the batch itself failed (not one method): every running column reports it
+            steps = None
+            for i in range(count):
+                if finish[i] is None:
+                    finish[i] = column_error(i, exc)
+        if steps is not None:
+            for i, step in enumerate(steps):
+                if step is not None:
+                    texts[i].append(step.text)
+                    compute[i] += step.elapsed_ms / 1e3
+        for i, column in enumerate(decoder.columns):
+            if finish[i] is None and column.finish is not None:
+                finish[i] = column_error(i, column.error) if column.error is not None else column.finish
+        if steps is None:  # the decoder is done: every column has ended (or the batch failed)
+            finish = [f or "stopped" for f in finish]
         now = time.perf_counter()
-        done = all(f is not None for f in finish)
+        done = steps is None
         if done or now - last_update >= update_every_s:
             traces = None
             if done or now - last_checkpoint >= max(CHECKPOINT_EVERY_S, 10 * checkpoint_cost):
                 started = time.perf_counter()
-                traces = [safe_trace(d, loaded, finish[i]) for i, d in enumerate(decoders)]
+                traces = [safe_trace(decoder, i, loaded, finish[i]) for i in range(count)]
                 checkpoint_cost, last_checkpoint = time.perf_counter() - started, time.perf_counter()
             yield Progress([list(t) for t in texts], list(compute), list(finish), traces)
-            yielded = True
             last_update = time.perf_counter()
-    if not yielded:  # every column failed before its first token
-        yield Progress([list(t) for t in texts], list(compute), list(finish),
-                       [safe_trace(d, loaded, finish[i]) for i, d in enumerate(decoders)])
+        if done:
+            return
 
 
 def column_error(index: int, exc: BaseException) -> str:
@@ -109,12 +110,12 @@ def column_error(index: int, exc: BaseException) -> str:
     return f"{ERROR_PREFIX}{type(exc).__name__}: {text}"
 
 
-def safe_trace(decoder: Decoder | None, loaded: LoadedModel, finish: str | None) -> Trace | None:
-    """The column's trace, or None when it failed before it had one (or building it fails too)."""
-    if decoder is None:
+def safe_trace(decoder: BatchDecoder, index: int, loaded: LoadedModel, finish: str | None) -> Trace | None:
+    """Column ``index``'s trace, or None when it failed before it had one (or building it fails too)."""
+    if finish and finish.startswith(ERROR_PREFIX) and not decoder.steps[index]:
         return None
     try:
-        trace = finished_trace(decoder, loaded)
+        trace = finished_trace(decoder, index, loaded)
     except Exception:
         log.exception("building a trace failed")
         return None
@@ -123,9 +124,9 @@ def safe_trace(decoder: Decoder | None, loaded: LoadedModel, finish: str | None)
     return trace
 
 
-def finished_trace(decoder: Decoder, loaded: LoadedModel) -> Trace:
-    """The decoder's trace plus the strings of every vocabulary id it mentions (for replay without a model)."""
-    trace = decoder.trace()
+def finished_trace(decoder: BatchDecoder, index: int, loaded: LoadedModel) -> Trace:
+    """Column ``index``'s trace plus the strings of every vocabulary id it mentions (for replay without a model)."""
+    trace = decoder.trace(index)
     ids: set[int] = set()
     for key, array in trace.arrays.items():
         if key == "top_ids" or key.endswith("_ids") and key.startswith("method/"):
