@@ -142,3 +142,59 @@ def test_later_stages_can_start_from_a_stage_checkpoint(tmp_path):
     with pytest.raises(SystemExit):  # a setting of a finished stage may not change
         train(tmp_path / "bad", STEPS.__class__(**{**STEPS.__dict__, "text_lr": 1.0}), TINY, threads=1,
               ckpt=tmp_path / "bad-ckpt", init_from=base)
+
+
+def test_noise_rows_put_random_tokens_between_bos_and_the_caption(tmp_path):
+    from halviz.toy.train import Recipe
+
+    cfg = STEPS.__class__(**{**STEPS.__dict__, "text_noise_rate": 1.0, "text_noise_len": 9, "chat_rate": 0.0})
+    recipe = Recipe(cfg, TINY, tmp_path / "ckpt", torch.device("cpu"))
+    tok = recipe.tokenizer
+    pool = recipe._caption_pool()
+    batch = recipe._text_batch(np.random.default_rng(0), pool, 6)
+    special = set(tok.all_special_ids)
+    captions = {tuple(c) for c in pool}
+    for ids, mask, labels in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()):
+        ids = ids[:sum(mask)]
+        body_start = next(i for i in range(1, len(ids)) if labels[i] != -100)
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+        assert 1 <= body_start - 1 <= 9 and not special & set(ids[1:body_start])  # 1..9 noise tokens, none special
+        assert tuple(ids[body_start:-1]) in captions  # the caption comes after the noise, whole
+        assert labels[body_start:len(ids)] == ids[body_start:]  # caption and EOS are the targets
+    plain = recipe._text_batch(np.random.default_rng(0), pool, 6, noise=False)  # the probe's rows
+    assert (plain["labels"][:, 1] != -100).all()
+
+
+def test_multimodal_stage_can_freeze_late_qk_and_rehearse_text(tmp_path):
+    _train(tmp_path, "base")
+    base = tmp_path / "base-ckpt" / "text.pt"
+    before = torch.load(base, map_location="cpu", weights_only=False)["model"]
+    cfg = STEPS.__class__(**{**STEPS.__dict__, "multi_qk_lr_scale": 0.0, "multi_qk_from": 2, "multi_rehearsal": 2})
+    info = train(tmp_path / "frozen", cfg, TINY, threads=1, log_every=1, ckpt=tmp_path / "frozen-ckpt", init_from=base)
+    from transformers import LlavaForConditionalGeneration
+
+    after = LlavaForConditionalGeneration.from_pretrained(tmp_path / "frozen").state_dict()
+    for layer in range(TINY.text_layers):
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            key = f"model.language_model.layers.{layer}.self_attn.{proj}.weight"
+            same = torch.equal(before[key], after[key])
+            assert same == (layer >= 2 and proj != "v_proj"), key  # only q/k of layers ≥ 2 are frozen
+    rows = [r for r in info["history"] if r.get("stage") == "multi" and "loss" in r]
+    assert rows and all(r["loss"] == pytest.approx(r["image_loss"] + r["text_loss"], abs=2e-4) for r in rows)
+
+
+def test_qk_learning_rate_factor_scales_only_their_group():
+    from halviz.toy.train import _optimizer
+
+    a, b, c = (torch.nn.Parameter(torch.ones(2, 2)) for _ in range(3))
+    bias = torch.nn.Parameter(torch.zeros(2))
+    opt = _optimizer([a, b, c, bias], 1e-2, 0.1, scaled=[c], scale=0.25)
+    for p in (a, b, c, bias):
+        p.grad = torch.ones_like(p)
+    for group in opt.param_groups:
+        group["lr"] = 1e-2 * group["lr_scale"]
+    opt.step()
+    # Adam's first step moves every weight by lr (sign of the gradient); decay shrinks by lr·wd first.
+    torch.testing.assert_close(a.detach(), torch.full((2, 2), 1 - 1e-2 * 0.1 - 1e-2))
+    torch.testing.assert_close(c.detach(), torch.full((2, 2), 1 - 0.25e-2 * 0.1 - 0.25e-2))
+    torch.testing.assert_close(bias.detach(), torch.full((2,), -1e-2))

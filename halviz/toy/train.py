@@ -64,6 +64,11 @@ class TrainConfig:
     text_lr: float = 3e-3
     text_wd: float = 0.3
     chat_rate: float = 0.1  # text rows that open with the chat layout (no image)
+    # Text rows with a run of random tokens between BOS and the caption (labels masked), as long as
+    # the image block they stand in for: a head with nothing to read in that run must put its
+    # attention somewhere, and BOS is the only token with a fixed content (Gu et al. 2025, §4–5).
+    text_noise_rate: float = 0.0
+    text_noise_len: int = 144
     align_steps: int = 200
     align_batch: int = 16
     align_lr: float = 2e-3
@@ -77,6 +82,12 @@ class TrainConfig:
     multi_faint_rate: float = 0.5
     multi_faint_min: float = 0.08
     multi_faint_max: float = 0.45
+    # Keeping what the text stage grew: text-only rows (one caption per row, BOS first) trained
+    # beside every multimodal batch, and a learning-rate factor on q_proj/k_proj of the decoder
+    # layers from `multi_qk_from` on (0 freezes them); projector and MLPs stay at `multi_lr`.
+    multi_rehearsal: int = 0
+    multi_qk_lr_scale: float = 1.0
+    multi_qk_from: int = 2
     warmup: int = 100
     probe_every: int = 250
     ckpt_every: int = 500
@@ -145,12 +156,18 @@ def _draw(rng: np.random.Generator, n: int, world: WorldConfig = WorldConfig()):
     return scenes, captions, prompts
 
 
-def _optimizer(params: list[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.AdamW:
-    """AdamW (0.9, 0.95); no decay on norms and biases."""
-    decay = [p for p in params if p.ndim >= 2]
+def _optimizer(params: list[torch.nn.Parameter], lr: float, wd: float,
+               scaled: list[torch.nn.Parameter] = (), scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW (0.9, 0.95); no decay on norms and biases. Parameters in `scaled` get their own group
+    whose learning rate is `scale` times the schedule's (its ``lr_scale``)."""
+    slow = {id(p) for p in scaled}
+    decay = [p for p in params if p.ndim >= 2 and id(p) not in slow]
     rest = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))
+    groups = [{"params": decay, "weight_decay": wd, "lr_scale": 1.0},
+              {"params": rest, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if slow:
+        groups.append({"params": list(scaled), "weight_decay": wd, "lr_scale": scale})
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
 class Recipe:
@@ -197,10 +214,18 @@ class Recipe:
         prefix = self.batcher.prefix[prompt, False][1:]  # drop BOS: pack_rows puts it first
         return prefix + pool[int(rng.integers(len(pool)))]
 
-    def _text_batch(self, rng: np.random.Generator, pool: list[list[int]], n: int) -> dict[str, torch.Tensor]:
-        """Text rows with labels (pads masked); a `chat_rate` share opens with the chat layout."""
+    def _noise(self, rng: np.random.Generator) -> list[int]:
+        """A run of random non-special tokens, 1..text_noise_len long (the image block's stand-in)."""
+        tok, n = self.tokenizer, int(rng.integers(1, self.cfg.text_noise_len + 1))
+        special = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(IMAGE_TOKEN)}
+        allowed = [i for i in range(len(tok)) if i not in special]
+        return [allowed[int(i)] for i in rng.integers(0, len(allowed), n)]
+
+    def _text_batch(self, rng: np.random.Generator, pool: list[list[int]], n: int,
+                    packed: bool | None = None, noise: bool = True) -> dict[str, torch.Tensor]:
+        """Text rows with labels (pads and noise masked); a `chat_rate` share opens with the chat layout."""
         tok = self.tokenizer
-        if self.cfg.text_packed:
+        if self.cfg.text_packed if packed is None else packed:
             ids = pack_rows(pool, rng, n, self.cfg.text_len, tok.bos_token_id, tok.eos_token_id)
             for b in range(n):
                 if rng.random() < self.cfg.chat_rate:
@@ -208,18 +233,24 @@ class Recipe:
                     row = row[:self.cfg.text_len]
                     ids[b, :len(row)] = torch.tensor(row)
             return {"input_ids": ids, "labels": ids.clone()}
-        rows = []
+        rows, masked = [], []
         for _ in range(n):
             body = self._chat_row(rng, pool) if rng.random() < self.cfg.chat_rate else pool[int(rng.integers(len(pool)))]
-            rows.append([tok.bos_token_id] + body + [tok.eos_token_id])
+            noisy = noise and self.cfg.text_noise_rate and rng.random() < self.cfg.text_noise_rate
+            noise_ids = self._noise(rng) if noisy else []
+            rows.append([tok.bos_token_id] + noise_ids + body + [tok.eos_token_id])
+            masked.append(len(noise_ids))
         width = max(map(len, rows))
         ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        labels = ids.masked_fill(mask == 0, -100)
+        for b, k in enumerate(masked):
+            labels[b, 1:1 + k] = -100  # the noise is not a target (the token after it is)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     # ---- probes ----
     def _probe_batches(self, pool: list[list[int]]):
-        text = self._text_batch(np.random.default_rng([self.cfg.seed, STREAM["probe_text"]]), pool, 16)
+        text = self._text_batch(np.random.default_rng([self.cfg.seed, STREAM["probe_text"]]), pool, 16, noise=False)
         text.pop("labels")
         text_q = text.get("attention_mask", torch.ones_like(text["input_ids"])).bool().clone()
         text_q[:, :12] = False  # skip the first positions, where few keys make any head look like a sink
@@ -256,6 +287,16 @@ class Recipe:
         else:
             params = list(m.model.multi_modal_projector.parameters()) + list(m.model.language_model.parameters())
             lr, wd = cfg.multi_lr, cfg.multi_wd
+            if cfg.multi_qk_lr_scale != 1.0:
+                qk = [p for layer in m.model.language_model.layers[cfg.multi_qk_from:]
+                      for p in (*layer.self_attn.q_proj.parameters(), *layer.self_attn.k_proj.parameters())]
+                if cfg.multi_qk_lr_scale == 0.0:  # frozen: out of the optimiser, no decay either
+                    frozen = {id(p) for p in qk}
+                    params = [p for p in params if id(p) not in frozen]
+                else:
+                    for p in params:
+                        p.requires_grad_(True)
+                    return params, _optimizer(params, lr, wd, qk, cfg.multi_qk_lr_scale), lr
         for p in params:
             p.requires_grad_(True)
         return params, _optimizer(params, lr, wd), lr
@@ -276,7 +317,12 @@ class Recipe:
             n, world = cfg.multi_batch, WorldConfig(faint_rate=cfg.multi_faint_rate,
                                                     faint_strength=(cfg.multi_faint_min, cfg.multi_faint_max))
         batch = self.batcher(*_draw(rng, n, world), with_image=True, device=self.device)
-        return m(**batch).loss, {}
+        loss = m(**batch).loss
+        if stage == "multi" and cfg.multi_rehearsal:
+            text = self._text_batch(rng, pool, cfg.multi_rehearsal, packed=False)
+            text_loss = m(**{k: v.to(self.device) for k, v in text.items()}).loss
+            return loss + text_loss, {"image_loss": round(loss.item(), 4), "text_loss": round(text_loss.item(), 4)}
+        return loss, {}
 
     def _state(self, stage_index: int, step: int, opt, rng) -> dict:
         return {"stage_index": stage_index, "step": step, "model": self.model.state_dict(),
@@ -293,19 +339,20 @@ class Recipe:
         optimiser steps. True when every stage is done. `init_from` (a stage-end checkpoint such as
         CKPT/text.pt) starts after that stage, so later stages can be varied without redoing it."""
         done_here = 0
+        defaults = asdict(TrainConfig())  # a setting a checkpoint does not name is newer: it ran at the default
         state = checkpoint.load(self.ckpt_dir) if resume else None
         if state is None and init_from is not None:
             state = torch.load(init_from, map_location="cpu", weights_only=False)
             done = STAGES[:state["stage_index"]]
             mismatch = [k for k, v in asdict(self.cfg).items()
-                        if state["config"].get(k) != v and (k.split("_")[0] in done or k in SHARED_FIELDS)]
+                        if state["config"].get(k, defaults[k]) != v and (k.split("_")[0] in done or k in SHARED_FIELDS)]
             if mismatch:
                 raise SystemExit(f"{init_from} was trained with other settings for {', '.join(mismatch)}")
             state["config"] = asdict(self.cfg)
             self.history.append({"init_from": str(init_from), "after_stage": done[-1]})
         start_stage, start_step = 0, 0
         if state is not None:
-            if state["config"] != asdict(self.cfg):
+            if {**defaults, **state["config"]} != asdict(self.cfg):
                 raise SystemExit(f"the checkpoint in {self.ckpt_dir} was made with another training config")
             self.model.load_state_dict(state["model"])
             self.vision_head.load_state_dict(state["vision_head"])
@@ -332,7 +379,7 @@ class Recipe:
                 if stage != "vision" and step % self.cfg.probe_every == 0:
                     self._log(self.probe(stage, step, probes))
                 for group in opt.param_groups:
-                    group["lr"] = _lr(step, steps, peak, self.cfg.warmup)
+                    group["lr"] = _lr(step, steps, peak, self.cfg.warmup) * group.get("lr_scale", 1.0)
                 loss, extra = self._loss(stage, rng, pool)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
