@@ -1,6 +1,7 @@
 """Per-token cost of our attention function, of each method and of the peers' approach, as ratios from one run.
 
     python -m halviz.bench [--quick] [--json PATH] [--models tiny,30m,interleave-0.5b] [--methods vasparse,...]
+                           [--tokens N] [--rounds N] [--threads N]
 
 Random checkpoints are built and loaded through the normal loader: ``tiny`` (the test model) and
 ``30m`` (~30 M parameters), both LLaVA-1.5 layout with 576 image tokens, and ``interleave-0.5b``,
@@ -11,10 +12,14 @@ attention, our function with recording off (pass-through) and on (traced), every
 attention, whose returned attention tensors we weigh against our trace.
 
 Every variant runs once per round, in an order rotated each round, and each figure is the minimum
-over rounds: load from other processes only ever adds time, so the minimum is the least disturbed
-reading, and ratios of minimums stay put under load where ratios of single runs do not. Decode
-figures are the median step of a run (step 0, the prefill, excluded); prefill and total figures
-are whole-run times (total = prefill and any extra passes, per generated token).
+over rounds. Ratios are of CPU time (``time.process_time``), which other processes on the cores
+barely move, with wall-time ratios beside them: load only ever adds wall time, so its minimum over
+rounds is the least disturbed reading. Decode is the time after the first token (CPU: per token;
+wall: the engine's fastest step, since every step does the same work, or a method's median step);
+prefill is the first token's; total is the whole run per generated token (prefill and any extra
+passes included). With ``halviz.engine.batch`` present it also times all columns
+of a comparison (vanilla and every method) decoded as rows of one ``BatchDecoder`` against one
+column alone.
 """
 
 from __future__ import annotations
@@ -72,15 +77,26 @@ def best_ratio(readings: dict[str, dict[str, list[float]]], variant: str, base: 
     return min(readings[variant][metric]) / min(readings[base][metric])
 
 
+def _timed_iteration(decoder, tokens: int, steps) -> dict[str, float]:
+    """Wall and CPU time of one decode, split at the first yield (prefill and first token)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    rounds = iter(decoder)
+    next(rounds)
+    c1 = time.process_time()
+    for _ in rounds:
+        pass
+    c2, t2 = time.process_time(), time.perf_counter()
+    decode = [s.elapsed_ms for s in steps[1:]]
+    return {"total": (t2 - t0) * 1e3 / tokens, "prefill": steps[0].elapsed_ms, "decode": statistics.median(decode),
+            "decode_min": min(decode), "cpu_total": (c2 - c0) * 1e3 / tokens, "cpu_prefill": (c1 - c0) * 1e3,
+            "cpu_decode": (c2 - c1) * 1e3 / (tokens - 1)}
+
+
 def time_decoder(loaded, image, tokens: int, methods=(), record: bool = True) -> dict[str, float]:
-    """One halviz decode: decode ms/token (median step after the prefill), prefill ms, total ms/token."""
+    """One halviz decode: wall (median and fastest decode step, prefill, total per token) and CPU times."""
     dec = Decoder(loaded, image, DEFAULT_PROMPT, list(methods), max_new_tokens=tokens,
                   record=RecordOptions(enabled=record), stop_at_eos=False)
-    t0 = time.perf_counter()
-    for _ in dec:
-        pass
-    out = {"total": (time.perf_counter() - t0) * 1e3 / tokens, "prefill": dec.steps[0].elapsed_ms,
-           "decode": statistics.median(s.elapsed_ms for s in dec.steps[1:])}
+    out = _timed_iteration(dec, tokens, dec.steps)
     if record:
         out["trace_bytes"] = dec.trace().nbytes()
     return out
@@ -91,18 +107,35 @@ def time_generate(loaded, image, tokens: int, output_attentions: bool) -> dict[s
     inputs, _ = loaded.adapter.prepare(image, DEFAULT_PROMPT, loaded.device, loaded.dtype)
     loaded.model.set_attn_implementation({"text_config": "eager" if output_attentions else "sdpa"})
     try:
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         with torch.inference_mode():
             out = loaded.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                                         output_attentions=output_attentions, return_dict_in_generate=True)
-        total = (time.perf_counter() - t0) * 1e3 / tokens
+        result = {"total": (time.perf_counter() - t0) * 1e3 / tokens, "cpu_total": (time.process_time() - c0) * 1e3 / tokens}
     finally:
         loaded.model.set_attn_implementation({"text_config": ATTENTION_NAME})
     assert out.sequences.shape[1] - inputs["input_ids"].shape[1] == tokens
-    result = {"total": total}
     if output_attentions:  # one tuple per step, one (batch, heads, queries, keys) tensor per layer
         result["attn_bytes"] = sum(a.numel() * a.element_size() for step in out.attentions for a in step)
     return result
+
+
+def batch_decoder_class():
+    """``halviz.engine.batch.BatchDecoder`` where this engine has it, else None."""
+    try:
+        from halviz.engine.batch import BatchDecoder
+    except ImportError:
+        return None
+    return BatchDecoder
+
+
+def time_columns(loaded, image, tokens: int, method_names) -> dict[str, float]:
+    """One comparison decoded as rows of one batch: vanilla (an empty stack) and one column per method."""
+    stacks = [build_stack([m]) if m != "vanilla" else [] for m in method_names]
+    dec = batch_decoder_class()(loaded, image, DEFAULT_PROMPT, stacks, max_new_tokens=tokens,
+                                record=RecordOptions(), stop_at_eos=False)
+    # Every column runs every round (none ends early), so column 0's step times are the rounds'.
+    return _timed_iteration(dec, tokens, dec.steps[0])
 
 
 def method_label(name: str) -> str:
@@ -127,6 +160,9 @@ def _variants(loaded, image, tokens: int, method_names) -> dict[str, Callable[[]
                 "generate_attentions": partial(time_generate, loaded, image, tokens, True)}
     for m in method_names:  # a fresh stack per run: methods keep per-decode state
         variants[m] = lambda m=m: time_decoder(loaded, image, tokens, build_stack([m]))
+    if batch_decoder_class() is not None:
+        variants["columns_one"] = partial(time_columns, loaded, image, tokens, ["vanilla"])
+        variants["columns_all"] = partial(time_columns, loaded, image, tokens, ["vanilla", *method_names])
     return variants
 
 
@@ -155,29 +191,47 @@ def bench_model(name: str, spec: BenchModel, folder: Path, tokens: int, rounds: 
     n_image = len(Decoder(loaded, image, max_new_tokens=1).layout.positions)
     formula_bytes = trace_bytes_per_step(adapter.num_layers, adapter.num_heads, n_image, RecordOptions()) * tokens
     ratio = partial(best_ratio, r)
+
+    def both(variant: str, base: str, cpu: str, wall: str) -> dict[str, float]:
+        return {"cpu": round(ratio(variant, base, cpu), 3), "wall": round(ratio(variant, base, wall), 3)}
+
+    def solo_sum(key: str) -> float:
+        return best["traced"][key] + sum(best[m][key] for m in methods)
+
     return {
         "params_m": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 2),
         "layers": adapter.num_layers, "heads": adapter.num_heads, "image_tokens": n_image,
         "tokens": tokens, "rounds": rounds, "build_s": round(build_s, 1),
-        "sdpa_ms_per_token": round(best["sdpa"]["decode"], 3),
-        "sdpa_prefill_ms": round(best["sdpa"]["prefill"], 1),
-        "passthrough_ratio": round(ratio("passthrough", "sdpa", "decode"), 3),
-        "traced_ratio": round(ratio("traced", "sdpa", "decode"), 3),
-        "traced_prefill_ratio": round(ratio("traced", "sdpa", "prefill"), 3),
-        "vanilla_total_ms_per_token": round(best["traced"]["total"], 3),
+        "sdpa": {"cpu_decode_ms": round(best["sdpa"]["cpu_decode"], 3), "cpu_prefill_ms": round(best["sdpa"]["cpu_prefill"], 1),
+                 "wall_decode_ms": round(best["sdpa"]["decode_min"], 3), "wall_prefill_ms": round(best["sdpa"]["prefill"], 1)},
+        # Wall: every engine step does the same work, so a run's fastest step is its least disturbed reading.
+        "passthrough": {"decode": both("passthrough", "sdpa", "cpu_decode", "decode_min")},
+        "traced": {"decode": both("traced", "sdpa", "cpu_decode", "decode_min"),
+                   "prefill": both("traced", "sdpa", "cpu_prefill", "prefill")},
         "methods": {method_label(m): {
-            "ratio": round(ratio(m, "traced", "total"), 3),
-            "decode_ratio": round(ratio(m, "traced", "decode"), 3),
-            "prefill_ratio": round(ratio(m, "traced", "prefill"), 3),
-            "ms_per_token": round(best[m]["total"], 3)} for m in methods},
+            "total": both(m, "traced", "cpu_total", "total"),
+            "decode": both(m, "traced", "cpu_decode", "decode"),  # wall: median step (some methods vary by step)
+            "prefill": both(m, "traced", "cpu_prefill", "prefill"),
+            "cpu_ms_per_token": round(best[m]["cpu_total"], 3)} for m in methods},
         "peers": {
-            "generate_sdpa_ms_per_token": round(best["generate_sdpa"]["total"], 3),
-            "generate_attentions_ms_per_token": round(best["generate_attentions"]["total"], 3),
-            "time_ratio_vs_traced": round(best["generate_attentions"]["total"] / best["traced"]["total"], 3),
+            "generate_attentions": both("generate_attentions", "traced", "cpu_total", "total"),
+            "generate_sdpa": both("generate_sdpa", "traced", "cpu_total", "total"),
+            "generate_attentions_cpu_ms_per_token": round(best["generate_attentions"]["cpu_total"], 3),
             "attentions_mb": round(best["generate_attentions"]["attn_bytes"] / 1e6, 3),
             "trace_mb": round(best["traced"]["trace_bytes"] / 1e6, 3),
             "trace_mb_formula": round(formula_bytes / 1e6, 3),
             "bytes_ratio": round(best["generate_attentions"]["attn_bytes"] / best["traced"]["trace_bytes"], 1),
+        },
+        "columns": None if "columns_all" not in r else {
+            "count": 1 + len(methods),
+            "all_vs_one": both("columns_all", "columns_one", "cpu_total", "total"),
+            "decode": both("columns_all", "columns_one", "cpu_decode", "decode"),
+            "prefill": both("columns_all", "columns_one", "cpu_prefill", "prefill"),
+            "one_column_vs_solo_decoder": both("columns_one", "traced", "cpu_total", "total"),
+            "all_cpu_ms_per_token": round(best["columns_all"]["cpu_total"], 3),
+            # what a comparison cost before rows: every column's solo decode, one after another
+            "one_after_another": {"cpu": round(solo_sum("cpu_total") / best["traced"]["cpu_total"], 3),
+                                  "wall": round(solo_sum("total") / best["traced"]["total"], 3)},
         },
         "readings": r,
     }
@@ -193,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated methods to time against vanilla")
     parser.add_argument("--tokens", type=int, help="new tokens per run (default: per model, see BENCH_MODELS)")
     parser.add_argument("--rounds", type=int, help="rounds (default: per model)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own, OMP_NUM_THREADS)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     method_names = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if unknown_methods := [m for m in method_names if m not in METHODS]:
         parser.error(f"unknown method(s): {', '.join(unknown_methods)}")
@@ -217,20 +274,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_model(name: str, r: dict) -> str:
-    p = r["peers"]
+    def pair(x: dict) -> str:
+        return f"{x['cpu']:5.2f} x [{x['wall']:4.2f}]"
+
+    sdpa, p = r["sdpa"], r["peers"]
     lines = [f"\n{name} ({r['params_m']} M params, {r['layers']} layers x {r['heads']} heads, {r['image_tokens']} image"
              f" tokens; {r['tokens']} tokens, best of {r['rounds']} rounds, variants interleaved)",
-             f"  sdpa                     {r['sdpa_ms_per_token']:8.2f} ms/token decode, prefill {r['sdpa_prefill_ms']:.0f} ms",
-             f"  ours, pass-through       {r['passthrough_ratio']:8.2f} x sdpa (decode)",
-             f"  ours, traced             {r['traced_ratio']:8.2f} x sdpa (decode), prefill {r['traced_prefill_ratio']:.2f} x",
-             "  vs vanilla traced:          total   decode  prefill"]
+             "  ratios of CPU time [of wall time]",
+             f"  sdpa                       {sdpa['cpu_decode_ms']:.2f} ms/token decode, prefill {sdpa['cpu_prefill_ms']:.0f} ms"
+             f" (CPU) [wall {sdpa['wall_decode_ms']:.2f}, {sdpa['wall_prefill_ms']:.0f}]",
+             f"  ours, pass-through         {pair(r['passthrough']['decode'])} sdpa, decode",
+             f"  ours, traced               {pair(r['traced']['decode'])} sdpa, decode;"
+             f" prefill {pair(r['traced']['prefill'])}",
+             "  vs vanilla traced:         total            decode           prefill"]
     for m, v in r["methods"].items():
-        lines.append(f"  {m:<26} {v['ratio']:6.2f} x {v['decode_ratio']:6.2f} x {v['prefill_ratio']:6.2f} x")
-    lines += [f"  peers: generate(output_attentions=True), eager: {p['generate_attentions_ms_per_token']:.2f} ms/token"
-              f" = {p['time_ratio_vs_traced']:.2f} x ours traced (both prefill included; generate sdpa"
-              f" {p['generate_sdpa_ms_per_token']:.2f})",
+        lines.append(f"  {m:<26} {pair(v['total'])}   {pair(v['decode'])}   {pair(v['prefill'])}")
+    lines += [f"  peers, generate(output_attentions=True) eager: {pair(p['generate_attentions'])} ours traced per token,"
+              f" prefill included (stock generate, sdpa: {pair(p['generate_sdpa'])})",
               f"         attentions returned {p['attentions_mb']:.2f} MB vs our trace {p['trace_mb']:.3f} MB"
               f" (layout formula {p['trace_mb_formula']:.3f} MB): {p['bytes_ratio']:.0f} x"]
+    if c := r.get("columns"):
+        lines += [f"  all {c['count']} columns as one batch: {pair(c['all_vs_one'])} one column, per token (decode"
+                  f" {pair(c['decode'])}, prefill {pair(c['prefill'])}); solo decodes one after another"
+                  f" {pair(c['one_after_another'])}; one column in the batch engine {pair(c['one_column_vs_solo_decoder'])}"
+                  " the solo Decoder"]
     return "\n".join(lines)
 
 
