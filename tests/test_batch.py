@@ -178,6 +178,62 @@ def test_columns_end_independently_and_a_raising_method_ends_only_its_own(tiny_m
         _assert_close_logits(torch.cat(stacks[i][-1].logits), torch.cat(solo_stack[-1].logits))
 
 
+class RaiseInAttention(Method):
+    """Raises inside the batched forward (at the scores hook) at a chosen step."""
+
+    name = "raise-in-attention"
+    hook_points = frozenset({"scores"})
+
+    def wants_scores(self, p, layer):
+        return p.decode and p.step >= 2
+
+    def edit_scores(self, p, layer, scores, keys):
+        raise RuntimeError(f"deliberate failure inside the forward at step {p.step}")
+
+
+def test_a_hook_raising_inside_the_forward_ends_only_its_column(tiny_models_f64, photo):
+    loaded = tiny_models_f64["llava-1.5"]
+    stacks = [_stack("vanilla"), [RaiseInAttention()], _stack("kvsmooth")]
+    batch = BatchDecoder(loaded, photo, "Describe.", stacks, max_new_tokens=6, stop_at_eos=False)
+    batch.run_to_end()
+    assert batch.columns[1].finish == "error" and "inside the forward at step 2" in str(batch.columns[1].error)
+    assert len(batch.steps[1]) == 2
+    for i, name in ((0, "vanilla"), (2, "kvsmooth")):
+        solo_stack = _stack(name)
+        solo = Decoder(loaded, photo, "Describe.", solo_stack, max_new_tokens=6, stop_at_eos=False)
+        solo.run_to_end()
+        assert [s.token_id for s in batch.steps[i]] == solo.token_ids
+        _assert_close_logits(torch.cat(stacks[i][-1].logits), torch.cat(solo_stack[-1].logits))
+
+
+class PrefillMasker(Method):
+    """Claims to leave the prompt alone (``edits_prefill`` False) but masks the image in every pass."""
+
+    name = "prefill-masker"
+    hook_points = frozenset({"scores"})
+
+    def wants_scores(self, p, layer):
+        return True
+
+    def edit_scores(self, p, layer, scores, keys):
+        return scores.index_fill(-1, p.column.image_index, float("-inf"))
+
+
+def test_a_shared_prefill_row_is_never_shown_to_edit_hooks(tiny_models_f64, photo):
+    """Sharing is safe by construction: a method that does edit the prompt cannot reach the shared row,
+    so the vanilla column beside it stays exactly vanilla."""
+    loaded = tiny_models_f64["llava-1.5"]
+    stacks = [_stack("vanilla"), [PrefillMasker(), LogitSpy()]]
+    batch = BatchDecoder(loaded, photo, "Describe.", stacks, max_new_tokens=4, stop_at_eos=False)
+    batch.run_to_end()
+    solo_stack = _stack("vanilla")
+    solo = Decoder(loaded, photo, "Describe.", solo_stack, max_new_tokens=4, stop_at_eos=False)
+    solo.run_to_end()
+    _assert_close_logits(torch.cat(stacks[0][-1].logits), torch.cat(solo_stack[-1].logits))
+    # its decode steps were masked (the method did act): its logits differ from vanilla's
+    assert (torch.cat(stacks[1][-1].logits)[1:] - torch.cat(solo_stack[-1].logits)[1:]).abs().max().item() > 1e-6
+
+
 class Undeclared(Method):
     """Overrides hooks without declaring them: the engine must never call them."""
 

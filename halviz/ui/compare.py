@@ -32,7 +32,7 @@ from halviz.trace import Trace
 from halviz.ui.escaping import markdown_text
 
 log = logging.getLogger("halviz.ui")
-UPDATE_EVERY_S = 0.06  # at most ~16 UI updates per second
+UPDATE_EVERY_S = 0.1  # at most 10 UI updates per second: each costs Gradio ~15 ms of the decode thread
 CHECKPOINT_EVERY_S = 1.0  # traces are rebuilt this often so that a stopped run keeps its data
 ERROR_PREFIX = "error: "  # a column whose method raised finishes with this reason
 MAX_COLUMN_ERROR_CHARS = 200
