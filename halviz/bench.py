@@ -14,10 +14,10 @@ attention, whose returned attention tensors we weigh against our trace.
 Every variant runs once per round, in an order rotated each round, and each figure is the minimum
 over rounds. Ratios are of CPU time (``time.process_time``), which other processes on the cores
 barely move, with wall-time ratios beside them: load only ever adds wall time, so its minimum over
-rounds is the least disturbed reading. Decode is the time after the first token (CPU: per token;
-wall: the engine's fastest step, since every step does the same work, or a method's median step);
-prefill is the first token's; total is the whole run per generated token (prefill and any extra
-passes included). With ``halviz.engine.batch`` present it also times all columns
+rounds is the least disturbed reading. Decode is a step after the first token: for the engine
+(SDPA, pass-through, traced) its fastest step, since every step does the same work; for a method
+or a batch its median step, since some do more on some steps. Prefill is the first token's time;
+total is the whole run per generated token (prefill and any extra passes included). With ``halviz.engine.batch`` present it also times all columns
 of a comparison (vanilla and every method) decoded as rows of one ``BatchDecoder`` against one
 column alone.
 """
@@ -25,6 +25,7 @@ column alone.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -78,18 +79,17 @@ def best_ratio(readings: dict[str, dict[str, list[float]]], variant: str, base: 
 
 
 def _timed_iteration(decoder, tokens: int, steps) -> dict[str, float]:
-    """Wall and CPU time of one decode, split at the first yield (prefill and first token)."""
+    """Wall and CPU time of one decode: the first yield (prefill and first token), then every step."""
     c0, t0 = time.process_time(), time.perf_counter()
-    rounds = iter(decoder)
-    next(rounds)
-    c1 = time.process_time()
-    for _ in rounds:
-        pass
+    stamps = []
+    for _ in decoder:
+        stamps.append(time.process_time())
     c2, t2 = time.process_time(), time.perf_counter()
+    cpu_steps = np.diff(stamps) * 1e3
     decode = [s.elapsed_ms for s in steps[1:]]
     return {"total": (t2 - t0) * 1e3 / tokens, "prefill": steps[0].elapsed_ms, "decode": statistics.median(decode),
-            "decode_min": min(decode), "cpu_total": (c2 - c0) * 1e3 / tokens, "cpu_prefill": (c1 - c0) * 1e3,
-            "cpu_decode": (c2 - c1) * 1e3 / (tokens - 1)}
+            "decode_min": min(decode), "cpu_total": (c2 - c0) * 1e3 / tokens, "cpu_prefill": (stamps[0] - c0) * 1e3,
+            "cpu_decode": float(np.median(cpu_steps)), "cpu_decode_min": float(cpu_steps.min())}
 
 
 def time_decoder(loaded, image, tokens: int, methods=(), record: bool = True) -> dict[str, float]:
@@ -172,7 +172,13 @@ def run_rounds(variants: dict[str, Callable[[], dict]], rounds: int) -> dict[str
     readings: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            for key, value in variants[name]().items():
+            gc.collect()  # no collector pause inside a timed run
+            gc.disable()
+            try:
+                reading = variants[name]()
+            finally:
+                gc.enable()
+            for key, value in reading.items():
                 readings[name].setdefault(key, []).append(value)
     return readings
 
@@ -202,15 +208,16 @@ def bench_model(name: str, spec: BenchModel, folder: Path, tokens: int, rounds: 
         "params_m": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 2),
         "layers": adapter.num_layers, "heads": adapter.num_heads, "image_tokens": n_image,
         "tokens": tokens, "rounds": rounds, "build_s": round(build_s, 1),
-        "sdpa": {"cpu_decode_ms": round(best["sdpa"]["cpu_decode"], 3), "cpu_prefill_ms": round(best["sdpa"]["cpu_prefill"], 1),
+        "sdpa": {"cpu_decode_ms": round(best["sdpa"]["cpu_decode_min"], 3),
+                 "cpu_prefill_ms": round(best["sdpa"]["cpu_prefill"], 1),
                  "wall_decode_ms": round(best["sdpa"]["decode_min"], 3), "wall_prefill_ms": round(best["sdpa"]["prefill"], 1)},
-        # Wall: every engine step does the same work, so a run's fastest step is its least disturbed reading.
-        "passthrough": {"decode": both("passthrough", "sdpa", "cpu_decode", "decode_min")},
-        "traced": {"decode": both("traced", "sdpa", "cpu_decode", "decode_min"),
+        # Every engine step does the same work, so the fastest step is the least disturbed reading.
+        "passthrough": {"decode": both("passthrough", "sdpa", "cpu_decode_min", "decode_min")},
+        "traced": {"decode": both("traced", "sdpa", "cpu_decode_min", "decode_min"),
                    "prefill": both("traced", "sdpa", "cpu_prefill", "prefill")},
         "methods": {method_label(m): {
             "total": both(m, "traced", "cpu_total", "total"),
-            "decode": both(m, "traced", "cpu_decode", "decode"),  # wall: median step (some methods vary by step)
+            "decode": both(m, "traced", "cpu_decode", "decode"),  # median step: some methods vary by step
             "prefill": both(m, "traced", "cpu_prefill", "prefill"),
             "cpu_ms_per_token": round(best[m]["cpu_total"], 3)} for m in methods},
         "peers": {
