@@ -11,7 +11,7 @@ import torch
 
 from halviz.engine.batch import BatchDecoder
 from halviz.engine.decode import Decoder
-from halviz.methods import HOOK_POINTS, METHODS, build_stack
+from halviz.methods import HOOK_POINTS, METHODS, REGISTRY, build_stack
 from halviz.methods.base import HOOK_METHODS, Method
 from halviz.stress import FaultyMethod
 from spies import LogitSpy
@@ -258,9 +258,9 @@ def test_hooks_are_dispatched_only_where_declared(tiny_models, photo):
     assert method.calls == 0
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if n != "vanilla"])
+@pytest.mark.parametrize("name", [n for n in REGISTRY if n != "vanilla"])
 def test_declared_hook_points_match_the_overridden_hooks(name):
-    cls = METHODS[name]
+    cls = REGISTRY[name]
     overridden = {point for point in HOOK_POINTS
                   if any(getattr(cls, fn) is not getattr(Method, fn) for fn in HOOK_METHODS[point])}
     assert overridden == set(cls.hook_points)

@@ -1,8 +1,11 @@
-"""Decoding methods: one module each, discovered through ``METHODS``.
+"""Decoding methods and interventions: one module each, discovered through ``REGISTRY``.
 
-``METHODS``' order is the stacking order: in a stack each method acts at a hook point after the
-ones before it in this registry (PruneHal's masks, then VASparse's logit edits, VHR's heads,
-KVSmooth's K/V). It is written here once; :func:`build_stack` applies it.
+``METHODS`` are greedy decoding and the papers' mitigation methods (what the benchmarks, CHAIR and
+the toy probe evaluate); ``INTERVENTIONS`` are the debugger's "what if" edits (remove the sink,
+mask patches, scale heads). ``REGISTRY`` = both, and its order is the stacking order: in a stack
+each method acts at a hook point after the ones before it (PruneHal's masks, VASparse's logit
+edits, VHR's heads, KVSmooth's K/V, then the interventions). It is written here once;
+:func:`build_stack` applies it.
 """
 
 from __future__ import annotations
@@ -11,25 +14,30 @@ from typing import Any, Mapping, Sequence
 
 from halviz.methods.base import HOOK_POINTS, Knob, Method, Stream
 from halviz.methods.kvsmooth import KVSmooth
+from halviz.methods.mask_patches import MaskPatches
 from halviz.methods.prunehal import PruneHal
+from halviz.methods.remove_sink import RemoveSink
+from halviz.methods.scale_heads import ScaleHeads
 from halviz.methods.vanilla import Vanilla
 from halviz.methods.vasparse import VASparse
 from halviz.methods.vhr import VHR
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, PruneHal, VASparse, VHR, KVSmooth)}
+INTERVENTIONS: dict[str, type[Method]] = {cls.name: cls for cls in (RemoveSink, MaskPatches, ScaleHeads)}
+REGISTRY: dict[str, type[Method]] = {**METHODS, **INTERVENTIONS}
 
 
 def method_class(name: str) -> type[Method]:
     try:
-        return METHODS[name]
+        return REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
 def build_stack(names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[Method]:
     """Instantiate the methods of one decode (``vanilla`` contributes nothing) and check they can stack."""
     params = params or {}
-    rank = {name: i for i, name in enumerate(METHODS)}
+    rank = {name: i for i, name in enumerate(REGISTRY)}
     ordered = sorted((n for n in names if n != "vanilla"), key=lambda n: rank.get(n, len(rank)))
     stack = [method_class(n)(**dict(params.get(n, {}))) for n in ordered]
     check_compatible(stack)
@@ -48,4 +56,4 @@ def check_compatible(stack: Sequence[Method]) -> None:
                                  f"{method.incompatible_with[other.name]}")
 
 
-__all__ = ["HOOK_POINTS", "Knob", "METHODS", "Method", "Stream", "build_stack", "check_compatible", "method_class"]
+__all__ = ["HOOK_POINTS", "INTERVENTIONS", "Knob", "METHODS", "Method", "REGISTRY", "Stream", "build_stack", "check_compatible", "method_class"]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import gradio as gr
 
-from halviz.methods import METHODS
+from halviz.methods import REGISTRY
 from halviz.methods.base import Method
 from halviz.models import DEFAULT_PROMPT, LoadedModel, load_model
 from halviz.ui import inputs as checks
@@ -44,7 +44,7 @@ DEFAULT_MAX_NEW_TOKENS = 64
 
 def build_app(models: Sequence[str | tuple[str, str]] | None = None, default_model: str = "toy",
               loader: Callable[[str], LoadedModel] = load_model, examples_dir=EXAMPLES_DIR,
-              registry: Mapping[str, type[Method]] = METHODS, update_every_s: float = UPDATE_EVERY_S,
+              registry: Mapping[str, type[Method]] = REGISTRY, update_every_s: float = UPDATE_EVERY_S,
               concurrency: int | None = None, allow_local: bool | None = None,
               preload: Sequence[str] = ()) -> gr.Blocks:
     """Build the app. ``models`` lists the picker's entries (ids, or (id, label) pairs; default

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from halviz.methods import METHODS, check_compatible
+from halviz.methods import REGISTRY, check_compatible
 from halviz.methods.base import Method
 
 MAX_IMAGE_BYTES = 20 * 2**20
@@ -243,7 +243,7 @@ def check_max_new_tokens(value: Any, limit: int = MAX_NEW_TOKENS) -> int:
     return int(number)
 
 
-def check_methods(names: Any, registry: Mapping[str, type[Method]] = METHODS) -> list[str]:
+def check_methods(names: Any, registry: Mapping[str, type[Method]] = REGISTRY) -> list[str]:
     """The picked method names in registry order, each once."""
     if isinstance(names, str):
         names = [n for n in names.replace(";", ",").split(",") if n.strip()]
@@ -300,7 +300,7 @@ def _finite_float(text: str) -> float:
 
 
 def build_stacks(names: Sequence[str], settings: Mapping[str, Mapping[str, Any]],
-                 registry: Mapping[str, type[Method]] = METHODS) -> list[list[Method]]:
+                 registry: Mapping[str, type[Method]] = REGISTRY) -> list[list[Method]]:
     """One method stack per column; knob values are checked here, before any model work."""
     stray = sorted(set(settings) - set(registry))
     if stray:
