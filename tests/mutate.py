@@ -110,7 +110,7 @@ MUTATIONS = (
     Mutation("contrast: first generated token not contrasted", VASPARSE,
              'if not self.params["contrast"]:\n            return logits',
              'if not self.params["contrast"] or p.step == 0:\n            return logits', (T_VAS,), "new code"),
-    Mutation("contrast: ℓ_θ − αℓ_φ (the released code's form)", VASPARSE,
+    Mutation("contrast: ℓ_θ − αℓ_φ (the released code's form)", "halviz/methods/contrast.py",
              "(1 + alpha) * theta - alpha * phi", "theta - alpha * phi", (T_VAS,), "new code"),
     Mutation("masked-pass: the φ row keeps its own cache instead of the main row's", VASPARSE,
              "Stream(PHI_STREAM, mirrors_main=True)", "Stream(PHI_STREAM, mirrors_main=False)", (T_VAS,), "new code"),

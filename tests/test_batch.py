@@ -27,6 +27,7 @@ COLUMNS = {
     "vhr": (["vhr"], {}),
     "vhr-tvhd": (["vhr"], {"vhr": {"per_step_tvhd": True}}),
     "kvsmooth": (["kvsmooth"], {}),
+    "vcd": (["vcd"], {}),
     "all": (["prunehal", "vasparse", "vhr", "kvsmooth"], {"prunehal": {"r": 0.3}, "vhr": {"per_step_tvhd": True}}),
 }
 

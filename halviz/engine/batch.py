@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ class _Row:
     ids: torch.Tensor  # (length,)
     text_only: bool
     serves: list[tuple[Column, str]]
+    pixels: Callable[[torch.Tensor], torch.Tensor] | None = None  # this row's image (None: the main one)
 
 
 class BatchDecoder:
@@ -130,7 +131,8 @@ class BatchDecoder:
                 if stream.prefill:
                     if stream.text_only and text_ids is None:
                         text_ids = self.adapter.text_only_ids(ids, self.layout)
-                    rows.append(_Row(text_ids if stream.text_only else ids, stream.text_only, [(column, name)]))
+                    rows.append(_Row(text_ids if stream.text_only else ids, stream.text_only, [(column, name)],
+                                     stream.pixels))
         n = max(int(r.ids.shape[0]) for r in rows)
         device = ids.device
         batch_ids = torch.stack([torch.cat([r.ids, r.ids[-1:].expand(n - len(r.ids))]) for r in rows])
@@ -155,9 +157,8 @@ class BatchDecoder:
             columns.append(ColumnRows(column, torch.tensor(index, device=device), observe, edit_rows, edit_pass,
                                       index[0]))
         plan = Forward("prefill", columns, any(c.recorder is not None for c in self.columns))
-        encoded = self.adapter.encode_image(self.loaded.model, self.inputs)
         inputs = {"input_ids": batch_ids, "position_ids": positions,
-                  **self.adapter.image_inputs(encoded, sum(not r.text_only for r in rows))}
+                  **self.adapter.image_inputs(self._encoded_images(rows))}
         if mask is not None:
             inputs["attention_mask"] = mask
         logits = self.batch.forward(plan, **inputs)
@@ -176,6 +177,21 @@ class BatchDecoder:
         self._mask = mask[index] if mask is not None and bool((lengths[index] < n).any()) else None
         self._decode_index = index  # applied to the cache once the prefill's hooks are done
         return logits, plan
+
+    def _encoded_images(self, rows: list[_Row]) -> list:
+        """The vision tower's output for every row holding the image: once per distinct image."""
+        done: dict[int, object] = {}
+        encoded = []
+        for row in rows:
+            if row.text_only:
+                continue
+            key = id(row.pixels)
+            if key not in done:
+                pixels = self.inputs["pixel_values"]
+                image = self.inputs if row.pixels is None else {**self.inputs, "pixel_values": row.pixels(pixels)}
+                done[key] = self.adapter.encode_image(self.loaded.model, image)
+            encoded.append(done[key])
+        return encoded
 
     def _decode_plan(self) -> Forward:
         columns, start = [], 0

@@ -4,7 +4,7 @@
 the toy probe evaluate); ``INTERVENTIONS`` are the debugger's "what if" edits (remove the sink,
 mask patches, scale heads). ``REGISTRY`` = both, and its order is the stacking order: in a stack
 each method acts at a hook point after the ones before it (PruneHal's masks, VASparse's logit
-edits, VHR's heads, KVSmooth's K/V, then the interventions). It is written here once;
+edits, VHR's heads, KVSmooth's K/V, VCD's contrast, then the interventions). It is written here once;
 :func:`build_stack` applies it.
 """
 
@@ -20,9 +20,10 @@ from halviz.methods.remove_sink import RemoveSink
 from halviz.methods.scale_heads import ScaleHeads
 from halviz.methods.vanilla import Vanilla
 from halviz.methods.vasparse import VASparse
+from halviz.methods.vcd import VCD
 from halviz.methods.vhr import VHR
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, PruneHal, VASparse, VHR, KVSmooth)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, PruneHal, VASparse, VHR, KVSmooth, VCD)}
 INTERVENTIONS: dict[str, type[Method]] = {cls.name: cls for cls in (RemoveSink, MaskPatches, ScaleHeads)}
 REGISTRY: dict[str, type[Method]] = {**METHODS, **INTERVENTIONS}
 

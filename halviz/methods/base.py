@@ -21,7 +21,7 @@ on a shared row the edit hooks (scores, heads) are never called, only the observ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ class Stream:
     family), else the main prompt itself. ``prefill`` / ``decode``: the phases it runs in; in decode
     it is fed the column's chosen tokens. ``mirrors_main``: its cache is the main row's (what it
     appends is replaced by the main row's entries after every forward), so it is a branch that
-    differs from the main row only in its current query.
+    differs from the main row only in its current query. ``pixels``: a function of the processed
+    pixel values giving this row's image instead (e.g. VCD's noised copy); None = the main image.
     """
 
     name: str
@@ -51,6 +52,7 @@ class Stream:
     prefill: bool = True
     decode: bool = True
     mirrors_main: bool = False
+    pixels: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ import numpy as np
 import torch
 
 from halviz.methods.base import Knob, Method, Stream
+from halviz.methods.contrast import contrast_logits
 
 if TYPE_CHECKING:
     from halviz.engine.rows import Column, Pass
@@ -190,13 +191,6 @@ def sink_penalty(scores: torch.Tensor, weights: torch.Tensor, beta: float) -> to
     """(1+β)·S − β·(W⊙S) = S·(1 + β − β·W) on every column; scores (B, H, q, kv), weights (B, kv)."""
     factor = 1.0 + beta - beta * weights
     return scores * factor[:, None, None, :].to(scores.dtype)
-
-
-def contrast_logits(theta: torch.Tensor, phi: torch.Tensor, alpha: float, cut: float) -> torch.Tensor:
-    """Plausibility cut (keep p_θ ≥ cut · max p_θ), then (1+α)·ℓ_θ − α·ℓ_φ; cut tokens −inf."""
-    p = torch.softmax(theta, dim=-1)
-    plausible = p >= cut * p.amax(-1, keepdim=True)
-    return torch.where(plausible, (1 + alpha) * theta - alpha * phi, -torch.inf)
 
 
 def embedding_logits(embed, norm, head, input_ids: torch.Tensor) -> torch.Tensor:

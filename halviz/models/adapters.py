@@ -109,12 +109,12 @@ class LlavaAdapter:
         with torch.inference_mode():
             return model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
 
-    def image_inputs(self, encoded, rows_with_image: int) -> dict:
-        """Model inputs that place the encoded image in each of ``rows_with_image`` rows."""
-        if rows_with_image == 0:
+    def image_inputs(self, encoded: list) -> dict:
+        """Model inputs that place ``encoded[i]`` (an :meth:`encode_image` output) in the i-th row holding the image."""
+        if not encoded:
             return {}
-        copy = type(encoded)(**{k: v for k, v in encoded.items()})
-        copy.pooler_output = list(encoded.pooler_output) * rows_with_image
+        copy = type(encoded[0])(**{k: v for k, v in encoded[0].items()})
+        copy.pooler_output = [feature for e in encoded for feature in e.pooler_output]
         return {"mm_encoder_outputs": {"image": copy}}
 
 
