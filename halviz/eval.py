@@ -34,7 +34,7 @@ from halviz.engine.decode import Decoder
 from halviz.engine.recorder import RecordOptions
 from halviz.eval_presets import PRESETS, preset_table
 from halviz.hallucination import chair_metrics, extract_mentions, load_coco_annotations
-from halviz.methods import METHODS, build_stack
+from halviz.methods import REGISTRY, build_stack
 from halviz.models import DEFAULT_PROMPT, ModelLoadError, load_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -172,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in names if m not in METHODS]
+        unknown = [m for m in names if m not in REGISTRY]
         if unknown or not names:
-            raise InputError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}")
+            raise InputError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(REGISTRY)}")
         if args.n < 1 or not 1 <= args.max_new_tokens <= 1024:
             raise InputError("--n must be ≥ 1 and --max-new-tokens in 1..1024")
         params = parse_params(args.param)

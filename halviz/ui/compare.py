@@ -46,6 +46,7 @@ class Progress:
     compute_s: list[float]  # per column, time spent in its own forward passes
     finish: list[str | None]  # per column: "eos", "length", "error: ..." or None while running
     traces: list[Trace | None] | None = None  # at checkpoints and at the end; None for a column that failed early
+    tokens: list[list[int]] | None = None  # per column, the token id of every step so far
 
 
 def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: Sequence[Sequence[Method]],
@@ -58,6 +59,7 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
     """
     count = len(stacks)
     texts: list[list[str]] = [[] for _ in range(count)]
+    tokens: list[list[int]] = [[] for _ in range(count)]
     compute = [0.0] * count
     finish: list[str | None] = [None] * count
     try:
@@ -81,6 +83,7 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
             for i, step in enumerate(steps):
                 if step is not None:
                     texts[i].append(step.text)
+                    tokens[i].append(step.token_id)
                     compute[i] += step.elapsed_ms / 1e3
         for i, column in enumerate(decoder.columns):
             if finish[i] is None and column.finish is not None:
@@ -95,7 +98,7 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
                 started = time.perf_counter()
                 traces = [safe_trace(decoder, i, loaded, finish[i]) for i in range(count)]
                 checkpoint_cost, last_checkpoint = time.perf_counter() - started, time.perf_counter()
-            yield Progress([list(t) for t in texts], list(compute), list(finish), traces)
+            yield Progress([list(t) for t in texts], list(compute), list(finish), traces, [list(t) for t in tokens])
             last_update = time.perf_counter()
         if done:
             return
@@ -149,6 +152,8 @@ class ColumnResult:
     tokens: int
     tokens_per_s: float
     finish: str | None
+    baseline: str | None = None  # the first column's title, which this one is diffed against
+    diverges_at: int | None = None  # first step whose token differs from the baseline's (None: none yet)
 
     @property
     def error(self) -> str | None:
@@ -161,6 +166,8 @@ class ColumnResult:
                    "finish_reason": self.finish or "running"}
         if self.error:
             summary["error"] = self.error
+        if self.baseline is not None:
+            summary["first_divergence_step"] = self.diverges_at
         return summary
 
     def summary_markdown(self) -> str:
@@ -177,6 +184,9 @@ class ColumnResult:
         if self.error:
             parts.append(f"<span class='hv-bad'>✗ this method failed and stopped: {markdown_text(self.error)}</span>")
             return " · ".join(parts)
+        if self.baseline is not None:
+            parts.append(f"same tokens as {markdown_text(self.baseline)} so far" if self.diverges_at is None
+                         else f"differs from {markdown_text(self.baseline)} from step {self.diverges_at}")
         state = {"eos": "finished", "length": "hit max tokens", "stopped": "stopped", None: "running…"}
         parts.append(state.get(self.finish, markdown_text(self.finish)))
         return " · ".join(parts)
@@ -198,6 +208,21 @@ def column_result(method: str, title: str, texts: Sequence[str], compute_s: floa
     speed = len(texts) / compute_s if compute_s > 0 else 0.0
     return ColumnResult(method, title, caption, highlight_spans(caption, labelled), objects, counts,
                         len(texts), speed, finish)
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first step at which two columns chose different tokens; None while one is a prefix of the other."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
+def with_divergence(results: list[ColumnResult], tokens: Sequence[Sequence[int]] | None) -> list[ColumnResult]:
+    """Every column after the first, diffed token by token against the first (the original)."""
+    if tokens is None or len(results) < 2:
+        return results
+    for result, own in zip(results[1:], tokens[1:]):
+        result.baseline = results[0].title
+        result.diverges_at = first_divergence(tokens[0], own)
+    return results
 
 
 def mention_ranges(caption: str, truth: GroundTruth | None) -> list[tuple[int, int, str]]:

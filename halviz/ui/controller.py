@@ -16,7 +16,7 @@ from halviz.methods.base import Method
 from halviz.models import LoadedModel, ModelLoadError
 from halviz.trace import Trace, TraceFormatError
 from halviz.ui import inputs as checks
-from halviz.ui.compare import UPDATE_EVERY_S, ColumnResult, Progress, column_result
+from halviz.ui.compare import UPDATE_EVERY_S, ColumnResult, Progress, column_result, with_divergence
 from halviz.ui.gpu import gpu_decoder
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.escaping import html_text, markdown_text
@@ -307,9 +307,10 @@ class Controller:
                   owner: str = "") -> dict:
         ui = self.ui
         truth = request.truth.truth
-        results = [column_result(name, self.app.registry[name].title or name, texts, compute, finish, truth)
-                   for name, texts, compute, finish in zip(request.methods, progress.texts, progress.compute_s,
-                                                           progress.finish)]
+        results = with_divergence(
+            [column_result(name, self.app.registry[name].title or name, texts, compute, finish, truth)
+             for name, texts, compute, finish in zip(request.methods, progress.texts, progress.compute_s,
+                                                     progress.finish)], progress.tokens)
         done = all(f is not None for f in progress.finish)
         image_note = f" · image {markdown_text(request.image.note)}" if request.image.note else ""
         failed = [r.title for r in results if r.error]
