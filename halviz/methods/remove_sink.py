@@ -43,6 +43,3 @@ class RemoveSink(Method):
         columns = torch.arange(kv, device=scores.device)
         hidden = (queries[:, None] >= self.tokens) & (columns[None, :] < self.tokens)  # (q, kv)
         return scores.masked_fill(hidden, float("-inf"))
-
-    def describe(self):
-        return {**super().describe(), "layers": sorted(self.layers)}
