@@ -29,6 +29,7 @@ PRUNEHAL, KVSMOOTH = "halviz/methods/prunehal.py", "halviz/methods/kvsmooth.py"
 T_VAS, T_VHR = "tests/test_vasparse.py", "tests/test_vhr.py"
 T_PRUNE, T_KV = "tests/test_prunehal.py", "tests/test_kvsmooth.py"
 BATCH, RUN, T_BATCH = "halviz/engine/batch.py", "halviz/engine/run.py", "tests/test_batch.py"
+T_VCD = "tests/test_vcd.py"
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,14 @@ MUTATIONS = (
     Mutation("vhr: T-VHD over the reinforced layers only", VHR,
              'out["tvhd"] = t_vhd(steps, int(self.params["tvhd_top_k"]))',
              'out["tvhd"] = t_vhd(steps[:, list(self.layers)], int(self.params["tvhd_top_k"]))', (T_VHR,), "new code"),
+    Mutation("vcd: signal and noise weights swapped", "halviz/methods/vcd.py",
+             "out = alpha_bar.sqrt() * pixels.double() + (1 - alpha_bar).sqrt() * noise.double()",
+             "out = (1 - alpha_bar).sqrt() * pixels.double() + alpha_bar.sqrt() * noise.double()", (T_VCD,), "new code"),
+    Mutation("vcd: schedule over 100 steps instead of 1000", "halviz/methods/vcd.py",
+             "DIFFUSION_STEPS = 1000", "DIFFUSION_STEPS = 100", (T_VCD,), "new code"),
+    Mutation("vcd: contrast against the clean image's own logits", "halviz/methods/vcd.py",
+             "theta, prior = logits[main:main + 1], logits[noised:noised + 1]",
+             "theta, prior = logits[main:main + 1], logits[main:main + 1]", (T_VCD,), "new code"),
     Mutation("vhr: T-VHD top-k ignores k", VHR,
              "return vhd.topk(min(k, vhd.shape[-1]), dim=-1).values.sum((-2, -1))",
              "return vhd.sum((-2, -1))", (T_VHR,), "new code"),
