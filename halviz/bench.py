@@ -12,14 +12,15 @@ attention, our function with recording off (pass-through) and on (traced), every
 attention, whose returned attention tensors we weigh against our trace.
 
 Every variant runs once per round, in an order rotated each round, and each figure is the minimum
-over rounds. Ratios are of CPU time (``time.process_time``), which other processes on the cores
-barely move, with wall-time ratios beside them: load only ever adds wall time, so its minimum over
-rounds is the least disturbed reading. Decode is a step after the first token: for the engine
+over rounds. Ratios are of CPU time (``time.process_time``), which load from other processes moves
+far less than wall time (about ±10 % between runs at load 5 on 2 cores, against up to 2x), with
+wall-time ratios beside them: load only ever adds time, so the minimum over rounds is the least
+disturbed reading. Decode is a step after the first token: for the engine
 (SDPA, pass-through, traced) its fastest step, since every step does the same work; for a method
 or a batch its median step, since some do more on some steps. Prefill is the first token's time;
-total is the whole run per generated token (prefill and any extra passes included). With ``halviz.engine.batch`` present it also times all columns
-of a comparison (vanilla and every method) decoded as rows of one ``BatchDecoder`` against one
-column alone.
+total is the whole run per generated token (prefill and any extra passes included). It also times
+all columns of a comparison (vanilla and every method) decoded as rows of one ``BatchDecoder``
+against one column alone.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 from PIL import Image
 
 from halviz.engine.attention import ATTENTION_NAME
+from halviz.engine.batch import BatchDecoder
 from halviz.engine.decode import Decoder
 from halviz.engine.recorder import RecordOptions, trace_bytes_per_step
 from halviz.methods import METHODS, build_stack
@@ -120,20 +122,11 @@ def time_generate(loaded, image, tokens: int, output_attentions: bool) -> dict[s
     return result
 
 
-def batch_decoder_class():
-    """``halviz.engine.batch.BatchDecoder`` where this engine has it, else None."""
-    try:
-        from halviz.engine.batch import BatchDecoder
-    except ImportError:
-        return None
-    return BatchDecoder
-
-
 def time_columns(loaded, image, tokens: int, method_names) -> dict[str, float]:
     """One comparison decoded as rows of one batch: vanilla (an empty stack) and one column per method."""
     stacks = [build_stack([m]) if m != "vanilla" else [] for m in method_names]
-    dec = batch_decoder_class()(loaded, image, DEFAULT_PROMPT, stacks, max_new_tokens=tokens,
-                                record=RecordOptions(), stop_at_eos=False)
+    dec = BatchDecoder(loaded, image, DEFAULT_PROMPT, stacks, max_new_tokens=tokens, record=RecordOptions(),
+                       stop_at_eos=False)
     # Every column runs every round (none ends early), so column 0's step times are the rounds'.
     return _timed_iteration(dec, tokens, dec.steps[0])
 
@@ -160,9 +153,8 @@ def _variants(loaded, image, tokens: int, method_names) -> dict[str, Callable[[]
                 "generate_attentions": partial(time_generate, loaded, image, tokens, True)}
     for m in method_names:  # a fresh stack per run: methods keep per-decode state
         variants[m] = lambda m=m: time_decoder(loaded, image, tokens, build_stack([m]))
-    if batch_decoder_class() is not None:
-        variants["columns_one"] = partial(time_columns, loaded, image, tokens, ["vanilla"])
-        variants["columns_all"] = partial(time_columns, loaded, image, tokens, ["vanilla", *method_names])
+    variants["columns_one"] = partial(time_columns, loaded, image, tokens, ["vanilla"])
+    variants["columns_all"] = partial(time_columns, loaded, image, tokens, ["vanilla", *method_names])
     return variants
 
 
@@ -229,7 +221,7 @@ def bench_model(name: str, spec: BenchModel, folder: Path, tokens: int, rounds: 
             "trace_mb_formula": round(formula_bytes / 1e6, 3),
             "bytes_ratio": round(best["generate_attentions"]["attn_bytes"] / best["traced"]["trace_bytes"], 1),
         },
-        "columns": None if "columns_all" not in r else {
+        "columns": {
             "count": 1 + len(methods),
             "all_vs_one": both("columns_all", "columns_one", "cpu_total", "total"),
             "decode": both("columns_all", "columns_one", "cpu_decode", "decode"),
@@ -268,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"models": {}, "trace_mb_llava7b_512": round(llava7b_trace_mb(), 2),
                "config": {"quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "device": "cpu"}}
+    print(f"trace size, LLaVA-1.5-7B geometry, 512 steps, default recording: {results['trace_mb_llava7b_512']:.1f} MB")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             spec = BENCH_MODELS[name]
@@ -300,11 +293,11 @@ def format_model(name: str, r: dict) -> str:
               f" prefill included (stock generate, sdpa: {pair(p['generate_sdpa'])})",
               f"         attentions returned {p['attentions_mb']:.2f} MB vs our trace {p['trace_mb']:.3f} MB"
               f" (layout formula {p['trace_mb_formula']:.3f} MB): {p['bytes_ratio']:.0f} x"]
-    if c := r.get("columns"):
-        lines += [f"  all {c['count']} columns as one batch: {pair(c['all_vs_one'])} one column, per token (decode"
-                  f" {pair(c['decode'])}, prefill {pair(c['prefill'])}); solo decodes one after another"
-                  f" {pair(c['one_after_another'])}; one column in the batch engine {pair(c['one_column_vs_solo_decoder'])}"
-                  " the solo Decoder"]
+    c = r["columns"]
+    lines.append(f"  all {c['count']} columns as one batch: {pair(c['all_vs_one'])} one column, per token (decode"
+                 f" {pair(c['decode'])}, prefill {pair(c['prefill'])}); solo decodes one after another"
+                 f" {pair(c['one_after_another'])}; one column in the batch engine {pair(c['one_column_vs_solo_decoder'])}"
+                 " the solo Decoder")
     return "\n".join(lines)
 
 
