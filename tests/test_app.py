@@ -3,7 +3,6 @@ engine, and answers every kind of bad input with an error while it keeps serving
 
 import io
 import json
-import socket
 import struct
 import zlib
 from pathlib import Path
@@ -19,18 +18,11 @@ from halviz.hostile import looks_like_python
 from halviz.methods import build_stack
 from halviz.models import load_model
 from halviz.trace import Trace
-from halviz.ui import build_app, launch_options, shutdown
 from halviz.ui.inputs import InputError, load_image
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 PHOTO = EXAMPLES / "chelsea.jpg"
 PROMPT = "Describe the picture."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +31,12 @@ def model_dir(tiny_model_dirs):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
+def server(model_dir, serve):
     # update_every_s=0: one streamed update per round of tokens, so the stream is observable.
     # The operator's switch for local folders is on here: these tests load a tiny checkpoint from disk.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HALVIZ_ALLOW_LOCAL_MODELS", "1")
-        demo = build_app(models=[model_dir, "llava-hf/llava-1.5-7b-hf"], default_model=model_dir, update_every_s=0)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            quiet=True, **launch_options())
-    try:
-        yield demo, url
-    finally:
-        shutdown(demo)
+    with serve(models=[model_dir, "llava-hf/llava-1.5-7b-hf"], default_model=model_dir, update_every_s=0,
+               allow_local=True) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Per-model method defaults and the toy model's photo notice, through the app's API (gradio_client
-against an app launched on 127.0.0.1, as in test_app.py) and its knob callbacks."""
+against an app launched on 127.0.0.1, as in test_app.py) and its knob callbacks. The tuned/plain
+folders and their app come from conftest (defaults_folders, defaults_app), shared with the browser test."""
 
 import json
 import shutil
@@ -14,7 +15,6 @@ from halviz.engine.decode import Decoder
 from halviz.methods import METHODS, build_stack
 from halviz.models import TOY_MODEL_DIR, load_model
 from halviz.trace import Trace
-from halviz.ui import build_app, launch_options, shutdown
 from halviz.ui.escaping import markdown_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -25,48 +25,17 @@ STORED = {"prunehal": {"r": 0.8, "t": 2}, "vasparse": {"alpha": 1.0}}
 PAPER = {"prunehal": {"r": 0.4, "t": 3}, "vasparse": {"alpha": 0.1}}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def folders(defaults_folders):
+    """(tuned, plain): conftest's one tiny checkpoint, with and without a method_defaults.json."""
+    assert defaults_folders.stored == STORED  # what this module's expectations are written against
+    return defaults_folders.tuned, defaults_folders.plain
 
 
 @pytest.fixture(scope="module")
-def folders(tiny_model_dirs, tmp_path_factory):
-    """The same tiny checkpoint twice: one folder stores method defaults, the other does not."""
-    root = tmp_path_factory.mktemp("defaults")
-    tuned = shutil.copytree(tiny_model_dirs["llava-1.5"], root / "tuned")
-    (tuned / "method_defaults.json").write_text(json.dumps({"methods": STORED, "chosen_by": {
-        "how": {"prunehal": "a hand-written test value"}, "command": "written by the test"}}))
-    plain = shutil.copytree(tiny_model_dirs["llava-1.5"], root / "plain")
-    assert not (plain / "method_defaults.json").exists()
-    return str(tuned.resolve()), str(plain.resolve())
-
-
-def launch(**kwargs):
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HALVIZ_ALLOW_LOCAL_MODELS", "1")
-        demo = build_app(update_every_s=0, **kwargs)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            quiet=True, **launch_options())
-    return demo, url
-
-
-@pytest.fixture(scope="module")
-def server(folders):
-    tuned, plain = folders
-    demo, url = launch(models=[tuned, plain], default_model=tuned)
-    try:
-        yield demo, url
-    finally:
-        shutdown(demo)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server[1], verbose=False)
+def client(defaults_app):
+    """The app offering both folders, the tuned one first; shared with test_browser_defaults."""
+    return Client(defaults_app[1], verbose=False)
 
 
 def compare(client, model, methods, settings="", image=PHOTO, tokens=3):
@@ -166,14 +135,12 @@ def test_switching_models_moves_untouched_knobs_and_keeps_the_users(folders, cli
 # ---- the toy model and photos ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def toy_client():
+def toy_client(serve):
     if not (TOY_MODEL_DIR / "config.json").is_file():
         pytest.skip("the bundled toy model is missing")
-    demo, url = launch(models=["toy", "llava-hf/llava-interleave-qwen-0.5b-hf"], default_model="toy")
-    try:
+    with serve(models=["toy", "llava-hf/llava-interleave-qwen-0.5b-hf"], default_model="toy", update_every_s=0,
+               allow_local=True) as (_, url):
         yield Client(url, verbose=False)
-    finally:
-        shutdown(demo)
 
 
 def test_a_photo_given_to_the_toy_model_gets_a_notice_and_still_runs(toy_client):

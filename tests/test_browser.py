@@ -5,28 +5,16 @@ Set HALVIZ_README_SCREENSHOT=1 to also write assets/screenshot.png for the READM
 """
 
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "screenshots"  # git-ignored
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--dns-prefetch-disable"]
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The browser (one chromium shared with test_browser_defaults) and its page come from conftest's
+# open_page, which skips these tests without Playwright or Debian's chromium.
 
 
 def toy_model_ready() -> bool:
@@ -36,50 +24,17 @@ def toy_model_ready() -> bool:
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_model_dirs):
-    from halviz.ui import build_app, launch_options
-
+def app_url(tiny_model_dirs, serve):
     # The bundled toy model when it is there (its captions mean something), else a tiny random one.
     model = "toy" if toy_model_ready() else str(tiny_model_dirs["llava-1.5"])
-    demo = build_app(models=[model], default_model=model)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            quiet=True, **launch_options())
-    try:
+    with serve(models=[model], default_model=model) as (_, url):
         yield url
-    finally:
-        demo.close()
-
-
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-
-def keep_on_this_machine(page) -> list[str]:
-    """Abort (and list) every request the page makes to a host other than loopback: nothing the page
-    shows may fetch from outside, and the test itself never sends traffic off the machine."""
-    outside: list[str] = []
-
-    def route(route):
-        url = urlparse(route.request.url)
-        if url.scheme in ("data", "blob") or url.hostname in LOOPBACK:
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", route)
-    return outside
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.outside_requests = keep_on_this_machine(page)
-        page.goto(app_url)
-        page.wait_for_selector("#hv-run", timeout=60_000)
+def page(app_url, open_page):
+    with open_page(app_url) as page:
         yield page
-        browser.close()
 
 
 def overlay_title_starts(text: str) -> str:

@@ -1,44 +1,14 @@
 """Per-model defaults in a real browser: the knobs show the chosen model's defaults, a value the user
 sets survives a switch of model, and the run uses the user's value over the new model's defaults."""
 
-import json
-import shutil
-
 import pytest
 
-from tests.test_browser import ARGS, CHROMIUM, free_port, keep_on_this_machine, playwright_api  # noqa: F401
-
-STORED = {"prunehal": {"r": 0.8, "t": 2}}
-
 
 @pytest.fixture(scope="module")
-def folders(tiny_model_dirs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser-defaults")
-    tuned = shutil.copytree(tiny_model_dirs["llava-1.5"], root / "tuned")
-    (tuned / "method_defaults.json").write_text(json.dumps({"methods": STORED}))
-    plain = shutil.copytree(tiny_model_dirs["llava-1.5"], root / "plain")
-    return str(tuned.resolve()), str(plain.resolve())
-
-
-@pytest.fixture(scope="module")
-def page(folders):
-    from halviz.ui import build_app, launch_options
-
-    tuned, plain = folders
-    demo = build_app(models=[(tuned, "tuned tiny"), (plain, "plain tiny")], default_model=tuned, allow_local=False)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            quiet=True, **launch_options())
-    try:
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.outside_requests = keep_on_this_machine(page)
-            page.goto(url)
-            page.wait_for_selector("#hv-run", timeout=60_000)
-            yield page
-            browser.close()
-    finally:
-        demo.close()
+def page(open_page, defaults_app):
+    """The app of conftest's defaults_folders (the tuned folder stores prunehal r=0.8, t=2), in the browser."""
+    with open_page(defaults_app[1]) as page:
+        yield page
 
 
 def number_box(page, label: str):

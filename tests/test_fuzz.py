@@ -20,7 +20,7 @@ from PIL import Image
 from halviz.engine.decode import Decoder
 from halviz.methods import METHODS
 from halviz.models import load_model
-from halviz.stress import EXAMPLES, PROMPT, LocalApp
+from halviz.stress import EXAMPLES, PROMPT
 from halviz.ui import inputs
 from halviz.ui.app import _layout
 from halviz.ui.controller import Controller, HalvizApp
@@ -30,11 +30,6 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 TOY_SCENE = EXAMPLES / "toy-scene.png"
 KNOBS = sorted({k.name for cls in METHODS.values() for k in cls.knobs} | {"zzz"})
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_model("toy")
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +144,10 @@ def test_an_oversized_file_is_refused_by_size(controller, tmp_path, monkeypatch)
             pass
 
 
-@pytest.fixture(scope="module")
-def served(toy):
-    app = LocalApp(loader=lambda name: toy)
-    try:
-        yield app
-    finally:
-        app.close()
-
-
-def test_hostile_requests_through_the_server_leave_it_serving(served, tmp_path):
+def test_hostile_requests_through_the_server_leave_it_serving(toy_app, tmp_path):
     from gradio_client import handle_file
 
-    client = served.client()
+    client = toy_app.client()
     cases = [b"", b"\0" * 100, JPEG[:2000], claiming(VALID, 60000, 60000), VALID[:-10]]
     for i, data in enumerate(cases):
         path = tmp_path / f"case{i}.png"

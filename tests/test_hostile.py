@@ -27,16 +27,10 @@ from halviz.hostile import (
     stops_versus_downloads,
     trace_choices,
 )
-from halviz.models import load_model
 from halviz.stress import EXAMPLES, PROMPT, LocalApp
 from halviz.ui.state import MAX_SESSION_UPLOADS
 
 SLOW_MODEL = "llava-hf/llava-1.5-7b-hf"  # offered by the app; here its "load" waits for the test
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_model("toy")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Reliability of the served app: a failing method stays in its column, concurrent clients get exactly
 their alone-results, Stop and disconnects free the worker and leave no files, and 100 runs neither
-grow memory nor leave files behind. One app on 127.0.0.1 with the bundled toy model."""
+grow memory nor leave files behind. One app on 127.0.0.1 with the bundled toy model (conftest's toy_app)."""
 
 import gc
 import logging
@@ -12,14 +12,12 @@ from PIL import Image
 
 from halviz.engine.decode import Decoder
 from halviz.methods import build_stack
-from halviz.models import load_model
 from halviz.stress import (
     CONCURRENT,
     EXAMPLES,
     LONG,
     PROMPT,
     FaultyMethod,
-    LocalApp,
     Request,
     _trace_files,
     cancel_mid_stream,
@@ -35,21 +33,13 @@ from halviz.ui.compare import decode_rounds
 from halviz.ui.state import RunEntry, TraceFiles
 
 SOAK_RUNS = 100
-SOAK_TOKENS = 8
+SOAK_TOKENS = 4  # enough for PruneHal's forced prune (step 2) in every run; the soak counts runs, not tokens
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return load_model("toy")
-
-
-@pytest.fixture(scope="module")
-def app(toy):
-    served = LocalApp(loader=lambda name: toy)
-    try:
-        yield served
-    finally:
-        served.close()
+def app(toy_app):
+    """conftest's LocalApp serving the toy model (the toy itself is conftest's ``toy``), shared with test_fuzz."""
+    return toy_app
 
 
 @pytest.fixture(scope="module")
