@@ -45,7 +45,7 @@ from halviz.methods import METHODS
 from halviz.methods.defaults import DEFAULTS_FILE, weights_sha256
 from halviz.models import ModelLoadError, load_model
 from halviz.toy import scenes as toy_scenes
-from halviz.toy.probe import PROBE_METHODS, ProbeConfig, caption_scenes, names_partner
+from halviz.toy.probe import ProbeConfig, caption_scenes, names_partner
 
 TUNING_SEED = 3_000_017
 MAX_LOSS_POINTS = 3.0
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m halviz.toy.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy", help="'toy' or a local toy-model folder")
     parser.add_argument("--n-pair", type=int, default=40, help="tuning scenes per planted pair")
-    parser.add_argument("--methods", default=",".join(PROBE_METHODS))
+    parser.add_argument("--methods", default=",".join(GRID))
     parser.add_argument("--max-new-tokens", type=int, default=ProbeConfig.max_new_tokens)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--out", type=Path, help=f"where to write (default: <model folder>/{DEFAULTS_FILE})")
