@@ -3,8 +3,7 @@ registered by the test that masks the same columns, and o_proj weight columns sc
 
 import pytest
 import torch
-from transformers import AttentionInterface, LlavaForConditionalGeneration
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers import LlavaForConditionalGeneration
 
 from halviz.engine.batch import BatchDecoder
 from halviz.engine.decode import Decoder
@@ -13,34 +12,10 @@ from halviz.methods.mask_patches import MaskPatches, box_positions
 from halviz.methods.remove_sink import RemoveSink
 from halviz.methods.scale_heads import ScaleHeads
 from spies import LogitSpy
+from stock import stock_with_attention as _stock
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
 TOKENS = 6
-
-
-def _edited_attention(hide):
-    """Eager attention where ``hide(layer, q_positions, kv_len)`` → bool (q, kv) says which logits are −inf."""
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        rep = query.shape[1] // key.shape[1]
-        k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
-        scores = torch.matmul(query, k.transpose(2, 3)) * (scaling or query.shape[-1] ** -0.5)
-        if attention_mask is not None:
-            scores = scores + attention_mask[..., : k.shape[2]]
-        q, kv = scores.shape[-2:]
-        mask = hide(module.layer_idx, torch.arange(kv - q, kv), kv)
-        if mask is not None:
-            scores = scores.masked_fill(mask, float("-inf"))
-        weights = torch.softmax(scores, -1)
-        return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights
-    return attention
-
-
-def _stock(folder, name, hide):
-    AttentionInterface.register(name, _edited_attention(hide))
-    AttentionMaskInterface.register(name, eager_mask)
-    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float64).eval()
-    model.set_attn_implementation({"text_config": name})
-    return model
 
 
 def _ours(loaded, photo, method):

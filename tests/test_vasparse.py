@@ -18,6 +18,7 @@ from halviz.methods.base import Method, Stream
 from halviz.methods.vasparse import (PHI_STREAM, VASparse, contrast_logits, dpc_knn, keep_top, merge_logits,
                                      selection_scores, sink_penalty, sink_weights, unmasked, vasparse_layers)
 from halviz.trace import Trace
+from stock import stock_with_attention
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
 
@@ -527,28 +528,10 @@ def test_registered_and_stacks(tiny_models, photo):
         VASparse(phi="second-pass")
 
 
-def _masked_last_query_attention(layers, columns):
-    """A stock eager attention whose last query cannot see ``columns`` in ``layers`` (test-only)."""
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        rep = query.shape[1] // key.shape[1]
-        k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
-        scores = torch.matmul(query, k.transpose(2, 3)) * (scaling or query.shape[-1] ** -0.5)
-        if attention_mask is not None:
-            scores = scores + attention_mask[..., : k.shape[2]]
-        if module.layer_idx in layers:
-            scores[:, :, -1, columns] = float("-inf")
-        weights = torch.softmax(scores, -1)
-        return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights
-    return attention
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_masked_branch_equals_a_masked_forward_of_the_whole_sequence(tiny_models_f64, tiny_model_dirs, photo, family):
     """ℓ_φ of step s = a fresh forward of prompt + tokens < s (no cache) whose last query alone is masked:
     checks the φ row's mirrored cache and its masked queries without the engine's rows."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
     seed, rate = 5, 0.5
     loaded = tiny_models_f64[family]
     method = VASparse(phi="masked-pass", seed=seed, mask_rate=rate, sink=False, selection=False, alpha=1.0)
@@ -557,11 +540,16 @@ def test_masked_branch_equals_a_masked_forward_of_the_whole_sequence(tiny_models
     n_img = len(dec.layout.positions)
     drawn = torch.randperm(n_img, generator=torch.Generator().manual_seed(seed))[: round(rate * n_img)]
     columns = torch.tensor(dec.layout.positions)[drawn]
-    name = f"masklast-{family}"
-    AttentionInterface.register(name, _masked_last_query_attention(set(vasparse_layers(dec.run.num_layers)), columns))
-    AttentionMaskInterface.register(name, eager_mask)
-    stock = LlavaForConditionalGeneration.from_pretrained(tiny_model_dirs[family], dtype=torch.float64)
-    stock.set_attn_implementation({"text_config": name})
+    layers = set(vasparse_layers(dec.run.num_layers))
+
+    def hide(layer, queries, kv):  # the seeded image columns, for the last query alone
+        if layer not in layers:
+            return None
+        mask = torch.zeros(len(queries), kv, dtype=torch.bool)
+        mask[-1, columns] = True
+        return mask
+
+    stock = stock_with_attention(tiny_model_dirs[family], f"masklast-{family}", hide)
     ids, tokens = dec.inputs["input_ids"], dec.token_ids
     for step in range(len(tokens)):
         seq = torch.cat([ids, torch.tensor([tokens[:step]], dtype=ids.dtype)], dim=1)

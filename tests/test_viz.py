@@ -261,6 +261,13 @@ def test_candidates_name_tokens_from_the_trace():
     np.testing.assert_allclose(fig.data[0].x, [0.5, 0.2, 0.1, 0.1, 0.05])
 
 
+def test_candidates_of_a_trace_without_probabilities_say_so():
+    trace = make_trace()
+    del trace.arrays["top_probs"]
+    fig = viz.candidates_figure(trace, 0)  # was a NameError (message_figure not imported)
+    assert "No next-token probabilities" in fig.layout.annotations[0].text
+
+
 def test_single_step_trace_and_missing_attention():
     one = make_trace(steps=1)
     for fig in (viz.attention_overlay(one, 0), viz.entropy_figure(one, "mean", 0), viz.segment_share_figure(one, 0),

@@ -10,7 +10,7 @@ from halviz.trace import Trace
 from plotly.subplots import make_subplots
 
 from halviz.viz.common import (SEGMENT_COLOURS, SEGMENT_NAMES, base_layout, clamp_step, index_ranges, key_label,
-                               position_segments, readable, step_token, subtitle)
+                               message_figure, position_segments, readable, step_token, subtitle)
 from halviz.viz.method_data import (method_params, prunehal_votes, token_string, vasparse_logits, vasparse_selection,
                                     vasparse_sink)
 
