@@ -83,6 +83,7 @@ class BatchDecoder:
         self._rows: list[tuple[Column, str]] = []  # decode rows, in batch order
         self._positions: torch.Tensor | None = None  # (rows,) position of each decode row's next token
         self._mask: torch.Tensor | None = None  # (rows, kv) 2-D attention mask while any row has padding
+        self._decode_index: torch.Tensor | None = None  # prefill row of each decode row
 
     # ---- decoding ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[list[Step | None]]:

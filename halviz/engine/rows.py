@@ -56,6 +56,8 @@ class Column:
             for stream in method.streams():
                 if stream.name == MAIN or stream.name in self.streams:
                     raise ValueError(f"two rows of one column are both called {stream.name!r}")
+                if stream.decode and not stream.prefill and not stream.mirrors_main:
+                    raise ValueError(f"stream {stream.name!r} decodes without a prefill of its own or the main row's")
                 self.streams[stream.name] = stream
         for method in self.methods:
             method.setup(self)
