@@ -15,7 +15,7 @@ from halviz.ui.inputs import MAX_MODEL_NAME_CHARS, InputError
 
 DEFAULT_MODELS: tuple[tuple[str, str], ...] = (
     ("toy", "toy: the bundled 3 M-parameter LLaVA of the toy world (offline)"),
-    ("llava-hf/llava-interleave-qwen-0.5b-hf", "llava-hf/llava-interleave-qwen-0.5b-hf (hub, ~1 GB)"),
+    ("llava-hf/llava-interleave-qwen-0.5b-hf", "llava-hf/llava-interleave-qwen-0.5b-hf (hub, ~1.7 GB)"),
     ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-7b-hf (hub, ~14 GB, GPU advised)"),
 )
 MODELS_ENV = "HALVIZ_MODELS"  # comma-separated ids (or folders) the picker offers; the only ones accepted
