@@ -171,3 +171,24 @@ def test_html_from_users_and_files_is_shown_as_text_and_fetches_nothing(page, tm
     })""")
     assert crafted == {"images": [], "forms": 0, "passwords": 0}, crafted
     assert page.outside_requests == [], page.outside_requests
+
+
+def test_an_intervention_beside_the_original_shows_where_it_diverges(page):
+    """Issue 14: Greedy and "Mask patches" (default: the whole grid hidden from the text) as two columns;
+    the intervention's caption changes and its summary names the first step that differs."""
+    page.reload()  # a fresh session with the default methods
+    page.wait_for_selector("#hv-run", timeout=60_000)
+    index = 2 if toy_model_ready() else 5
+    page.locator("#hv-examples .gallery-item").nth(index).click()
+    page.wait_for_selector("text=trust:")
+    page.locator("#hv-methods label").filter(has_text="PruneHal").click()  # off: Greedy stays, alone
+    page.locator("#hv-methods label").filter(has_text="Mask patches").click()
+    page.wait_for_timeout(300)
+    assert page.locator("#hv-methods input[type=checkbox]:checked").count() == 2
+    page.click("#hv-run")
+    page.wait_for_selector("#hv-status:has-text('Done')", timeout=180_000)
+    original, masked = (page.locator(f"#hv-caption-{i}").inner_text().strip() for i in (0, 1))
+    assert original and masked and original != masked
+    summary = page.locator("#hv-summary-1").inner_text()
+    assert "differs from Greedy from step" in summary, summary
+    assert "differs from" not in page.locator("#hv-summary-0").inner_text()
