@@ -84,7 +84,7 @@ import numpy as np
 import torch
 
 from halviz.methods.base import Knob, Method, Stream
-from halviz.methods.contrast import contrast_logits
+from halviz.methods.contrast import TopLogits, contrast_logits
 
 if TYPE_CHECKING:
     from halviz.engine.rows import Column, Pass
@@ -92,7 +92,6 @@ if TYPE_CHECKING:
 PHI_STREAM = "phi"
 PHI_CHOICES = ("embedding", "embedding-raw", "masked-pass")
 AGGREGATE_CHOICES = ("dpc-knn", "none")
-TOP_K = 5
 # A column whose score is below this was masked (by −inf or by the float16/bfloat16/float32
 # minimum the mask functions use); real attention logits never come near it.
 MASKED_BELOW = -3.0e4
@@ -251,7 +250,7 @@ class VASparse(Method):
         # Per step, kept on the device and converted only for the trace (no host sync per step).
         self._kept_rows: list[tuple[int, torch.Tensor | None]] = []
         self._merged_rows: list[float] = []
-        self._top: dict[str, list[torch.Tensor]] = {"theta": [], "phi": []}
+        self._top = TopLogits("theta", "phi")
 
     @property
     def _masked_pass(self) -> bool:
@@ -403,7 +402,7 @@ class VASparse(Method):
     def edit_logits(self, p: Pass, logits: torch.Tensor) -> torch.Tensor:
         column, main = p.column, p.main
         theta = logits[main:main + 1]
-        self._keep_top("theta", theta)
+        self._top.keep("theta", theta)
         if self.params["selection"]:
             self._record_kept(column)
         if not self.params["contrast"]:
@@ -415,13 +414,10 @@ class VASparse(Method):
             current = column.prompt_ids[:, -1:] if p.step == 0 else torch.tensor([[column.generated[-1]]],
                                                                                  device=column.device)
             phi = embedding_logits(*self._phi_modules, current)
-        self._keep_top("phi", phi)
+        self._top.keep("phi", phi)
         logits = logits.clone()
         logits[main:main + 1] = contrast_logits(theta, phi, self.alpha, self.cut)
         return logits
-
-    def _keep_top(self, which: str, logits: torch.Tensor) -> None:
-        self._top[which].append(logits[0].topk(TOP_K))
 
     def _record_kept(self, column: Column) -> None:
         """Heads × layers keeping each previous generated token during this step (None: all of them)."""
@@ -447,12 +443,7 @@ class VASparse(Method):
         (NaN where j ≥ t); merged_columns (T,) float32 = merged columns per head and layer; image_mass
         (P,) = m_i of the processed positions (0 where not recorded); sink_w (n, P) float32 = W over
         all processed positions ``sink_positions`` (0..P−1), per layer of ``layers``."""
-        out: dict[str, np.ndarray] = {"layers": np.array(self.layers, np.int32)}
-        for which, rows in self._top.items():
-            out[f"{which}_top_ids"] = (torch.stack([r.indices for r in rows]).int().cpu().numpy() if rows
-                                       else np.zeros((0, TOP_K), np.int32))
-            out[f"{which}_top_logits"] = (torch.stack([r.values for r in rows]).float().cpu().numpy() if rows
-                                          else np.zeros((0, TOP_K), np.float32))
+        out: dict[str, np.ndarray] = {"layers": np.array(self.layers, np.int32), **self._top.arrays()}
         if self.params["selection"] and self._kept_rows:
             out["kept_generated"] = self._kept_table().astype(np.float16)  # step t reads tokens < t: T columns
             out["merged_columns"] = np.array(self._merged_rows, np.float32)

@@ -24,14 +24,13 @@ import numpy as np
 import torch
 
 from halviz.methods.base import Knob, Method, Stream
-from halviz.methods.contrast import contrast_logits
+from halviz.methods.contrast import TopLogits, contrast_logits
 
 if TYPE_CHECKING:
     from halviz.engine.rows import Column, Pass
 
 NOISED = "noised"
 DIFFUSION_STEPS = 1000
-TOP_K = 5
 
 
 def noise_schedule(steps: int = DIFFUSION_STEPS) -> torch.Tensor:
@@ -62,7 +61,7 @@ class VCD(Method):
 
     def __init__(self, **values):
         super().__init__(**values)
-        self._top: dict[str, list[torch.Tensor]] = {"theta": [], "noised": []}
+        self._top = TopLogits("theta", "noised")
 
     def streams(self) -> tuple[Stream, ...]:
         return (Stream(NOISED, pixels=self.noised),)
@@ -79,18 +78,12 @@ class VCD(Method):
     def edit_logits(self, p: Pass, logits: torch.Tensor) -> torch.Tensor:
         main, noised = p.main, p.row(NOISED)
         theta, prior = logits[main:main + 1], logits[noised:noised + 1]
-        self._top["theta"].append(theta[0].topk(TOP_K))
-        self._top["noised"].append(prior[0].topk(TOP_K))
+        self._top.keep("theta", theta)
+        self._top.keep("noised", prior)
         logits = logits.clone()
         logits[main:main + 1] = contrast_logits(theta, prior, self.alpha, self.beta)
         return logits
 
     def trace_arrays(self) -> dict[str, np.ndarray]:
         """theta/noised_top_ids (T, 5) int32 and _logits (T, 5) float32: the two streams' top tokens per step."""
-        out: dict[str, np.ndarray] = {}
-        for which, rows in self._top.items():
-            out[f"{which}_top_ids"] = (torch.stack([r.indices for r in rows]).int().cpu().numpy() if rows
-                                       else np.zeros((0, TOP_K), np.int32))
-            out[f"{which}_top_logits"] = (torch.stack([r.values for r in rows]).float().cpu().numpy() if rows
-                                          else np.zeros((0, TOP_K), np.float32))
-        return out
+        return self._top.arrays()
