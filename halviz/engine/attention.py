@@ -98,7 +98,6 @@ def _record(plan, layer, query, k, mask, weights, scaling, acc) -> None:
         c.column.recorder.record(layer, last[c.main])
 
 
-
 def register_attention() -> None:
     """Make ``attn_implementation="halviz"`` available (idempotent)."""
     AttentionInterface.register(ATTENTION_NAME, halviz_attention)

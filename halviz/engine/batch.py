@@ -63,7 +63,6 @@ class BatchDecoder:
             raise ValueError(f"a comparison has 1..{MAX_COLUMNS} columns")
         self.loaded = loaded
         self.prompt = prompt
-        self.system = system
         self.max_new_tokens = int(max_new_tokens)
         self.stop_at_eos = stop_at_eos  # benchmarks turn it off to time a fixed number of tokens
         adapter = self.adapter = loaded.adapter
@@ -237,9 +236,8 @@ class BatchDecoder:
             try:
                 with torch.inference_mode():
                     own = logits[rows.observe]
-                    for method in column.methods:
-                        if "logits" in method.hook_points:
-                            own = method.edit_logits(rows.observe_pass, own)
+                    for method in column.hooks["logits"]:
+                        own = method.edit_logits(rows.observe_pass, own)
                     probs = torch.softmax(own[rows.observe_pass.main], dim=-1)
                     top_probs, top_ids = probs.topk(TOP_K)
                 token = int(top_ids[0])  # greedy
@@ -288,10 +286,6 @@ class BatchDecoder:
         return piece
 
     # ---- results -------------------------------------------------------------------------------
-    def finish_reason(self, index: int) -> str | None:
-        """"eos", "length", "error" (see ``columns[index].error``), or None while running / stopped."""
-        return self.columns[index].finish
-
     def trace(self, index: int) -> Trace:
         """Column ``index``'s trace of whatever it has generated so far."""
         column, loaded, layout = self.columns[index], self.loaded, self.layout

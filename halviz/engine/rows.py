@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from halviz.methods.base import HOOK_POINTS
+
 if TYPE_CHECKING:
     from halviz.engine.recorder import Recorder
     from halviz.methods.base import Method, Stream
@@ -39,8 +41,13 @@ class Column:
         self.num_kv_heads = adapter.num_kv_heads
         self.head_dim = adapter.head_dim
         self.methods = list(methods)  # in stacking order
+        # Dispatch tables, once per run: at each hook point only the methods that declare it.
+        self.hooks: dict[str, list[Method]] = {point: [m for m in self.methods if point in m.hook_points]
+                                               for point in HOOK_POINTS}
         self.max_new_tokens = max_new_tokens
         self.image_index = torch.tensor(layout.positions, dtype=torch.long, device=self.device)
+        # length of the prompt a text-only stream reads (the family drops the image tokens)
+        self.text_len = int(adapter.text_only_ids(prompt_ids[0], layout).shape[-1])
         self.segment_ids = segment_ids(prompt_ids[0], layout.positions, adapter.bos_token_id, max_new_tokens)
         self.recorder: Recorder | None = None
         self.streams: dict[str, Stream] = {}

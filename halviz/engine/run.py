@@ -48,10 +48,9 @@ class Forward:
         self.phase = phase
         self.columns = columns
         self.recording = recording
-        # Dispatch tables, in stacking order within each column: only methods that declare a point.
+        # Each column's dispatch tables (built once, in Column), paired with its rows in this forward.
         self.hooks: dict[str, list[tuple[ColumnRows, Method]]] = {
-            point: [(c, m) for c in columns for m in c.column.methods if point in m.hook_points]
-            for point in HOOK_POINTS
+            point: [(c, m) for c in columns for m in c.column.hooks[point]] for point in HOOK_POINTS
         }
 
     def call(self, rows: ColumnRows, fn: Callable, *args):

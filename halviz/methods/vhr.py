@@ -136,7 +136,7 @@ class VHR(Method):
         self.selected = torch.zeros(shape, dtype=torch.bool)
         self._heads = [None] * column.num_layers
         # the last prompt position of each stream: the query that predicts the first token
-        self._last = (column.prompt_len - 1, column.prompt_len - len(column.layout.positions) - 1)
+        self._last = (column.prompt_len - 1, column.text_len - 1)
         if self.params["per_step_tvhd"]:
             rows = (column.num_layers, column.num_heads, column.head_dim)
             self._rows = {k: torch.zeros(rows, dtype=torch.float64, device=column.device) for k in ("image", "text")}
