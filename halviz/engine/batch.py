@@ -28,7 +28,7 @@ from halviz.engine.recorder import Recorder, RecordOptions
 from halviz.engine.rows import MAIN, SEGMENTS, Column, Pass
 from halviz.engine.run import BatchRun, ColumnRows, Forward
 from halviz.methods.base import Method
-from halviz.models.adapters import DEFAULT_PROMPT
+from halviz.models.families import DEFAULT_PROMPT
 from halviz.models.loading import LoadedModel
 from halviz.trace import Step, Trace
 
@@ -80,7 +80,7 @@ class BatchDecoder:
         self._texts = [""] * len(self.columns)
         self._started = False
         self._rows: list[tuple[Column, str]] = []  # decode rows, in batch order
-        self._positions: torch.Tensor | None = None  # (rows,) position of each decode row's next token
+        self._positions: torch.Tensor | None = None  # (rows,) position of each decode row's next token (all axes)
         self._mask: torch.Tensor | None = None  # (rows, kv) 2-D attention mask while any row has padding
         self._decode_index: torch.Tensor | None = None  # prefill row of each decode row
 
@@ -136,7 +136,9 @@ class BatchDecoder:
         n = max(int(r.ids.shape[0]) for r in rows)
         device = ids.device
         batch_ids = torch.stack([torch.cat([r.ids, r.ids[-1:].expand(n - len(r.ids))]) for r in rows])
-        positions = torch.stack([self.adapter.position_ids(n, 0, device) for _ in rows])
+        row_positions = [self.adapter.prompt_positions(r.ids, None if r.text_only else self.inputs) for r in rows]
+        positions = _stack_positions(row_positions, n)
+        next_positions = torch.stack([p.max() + 1 for p in row_positions])  # where each row's decode goes on
         lengths = torch.tensor([len(r.ids) for r in rows], device=device)
         padded = bool((lengths < n).any())
         mask = (torch.arange(n, device=device)[None] < lengths[:, None]).long() if padded else None
@@ -158,7 +160,7 @@ class BatchDecoder:
                                       index[0]))
         plan = Forward("prefill", columns, any(c.recorder is not None for c in self.columns))
         inputs = {"input_ids": batch_ids, "position_ids": positions,
-                  **self.adapter.image_inputs(self._encoded_images(rows))}
+                  **self.adapter.image_inputs(self._encoded_images(rows), self.inputs)}
         if mask is not None:
             inputs["attention_mask"] = mask
         logits = self.batch.forward(plan, **inputs)
@@ -170,7 +172,7 @@ class BatchDecoder:
                 source = where[(column.index, MAIN if spec is None or spec.mirrors_main else name)]
                 order.append((column, name))
                 sources.append(source)
-                starts.append(int(lengths[source]))
+                starts.append(int(next_positions[source]))
         self._rows = order
         index = torch.tensor(sources, device=device)
         self._positions = torch.tensor(starts, device=device)
@@ -208,7 +210,9 @@ class BatchDecoder:
         device = self._positions.device
         plan = self._decode_plan()
         tokens = torch.tensor([[c.generated[-1]] for c, _ in self._rows], device=device)
-        positions = torch.stack([self.adapter.position_ids(1, int(p), device) for p in self._positions])
+        positions = self._positions[:, None]  # (rows, 1); M-RoPE: the same on every axis
+        if self.adapter.position_axes > 1:
+            positions = positions.expand(self.adapter.position_axes, -1, -1)
         inputs = {"input_ids": tokens, "position_ids": positions}
         if self._mask is not None:
             self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
@@ -319,6 +323,20 @@ class BatchDecoder:
             "step_semantics": "step i records the attention of the query that predicts generated token i",
         }
         return Trace.from_steps(meta, self.steps[index], extras)
+
+
+def _stack_positions(row_positions: list[torch.Tensor], n: int) -> torch.Tensor:
+    """Rows' prompt positions, each (axes, length), right-padded to ``n`` (the padding is masked; it
+    continues from the row's largest position) and stacked as (rows, n), or (axes, rows, n) for M-RoPE."""
+    padded = []
+    for p in row_positions:
+        extra = n - p.shape[-1]
+        if extra:
+            tail = p.max() + 1 + torch.arange(extra, device=p.device)
+            p = torch.cat([p, tail.expand(p.shape[0], extra)], dim=-1)
+        padded.append(p)
+    stacked = torch.stack(padded, dim=1)  # (axes, rows, n)
+    return stacked[0] if stacked.shape[0] == 1 else stacked
 
 
 def _common_prefix(a: str, b: str) -> str:

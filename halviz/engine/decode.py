@@ -14,7 +14,7 @@ from PIL import Image
 from halviz.engine.batch import MAX_NEW_TOKENS_LIMIT, TOP_K, BatchDecoder
 from halviz.engine.recorder import RecordOptions
 from halviz.methods.base import Method
-from halviz.models.adapters import DEFAULT_PROMPT
+from halviz.models.families import DEFAULT_PROMPT
 from halviz.models.loading import LoadedModel
 from halviz.trace import Step, Trace
 

@@ -18,7 +18,7 @@ from halviz.methods.base import HOOK_POINTS
 if TYPE_CHECKING:
     from halviz.engine.recorder import Recorder
     from halviz.methods.base import Method, Stream
-    from halviz.models.adapters import ImageLayout
+    from halviz.models.families import ImageLayout
 
 SEGMENTS = ("bos", "system", "image", "prompt", "generated")
 MAIN = "main"

@@ -45,7 +45,9 @@ class MaskPatches(Method):
     def setup(self, column: Column) -> None:
         p, layout = self.params, column.layout
         self.layers = chosen_layers(column.num_layers, int(p["first_layer"]), int(p["last_layer"]))
-        self.positions = box_positions(column.image_index, layout.rows, layout.cols, int(p["first_row"]),
+        grid = layout.primary  # the box is drawn on the primary grid (multi-grid layouts: the first view)
+        grid_positions = column.image_index[torch.tensor(grid.index, device=column.device)]
+        self.positions = box_positions(grid_positions, grid.rows, grid.cols, int(p["first_row"]),
                                        int(p["last_row"]), int(p["first_col"]), int(p["last_col"]))
         self.after_image = int(column.image_index.max()) + 1
 

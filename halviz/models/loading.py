@@ -13,16 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from halviz.engine.attention import ATTENTION_NAME, register_attention
-from halviz.models.adapters import LlavaAdapter, adapter_for
+from halviz.models.families import Family, family_for_config, raw_text_config, supported
 
 TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy-llava"
 TOY_ALIASES = ("toy", "toy-llava", "")
 TOY_KEY = "toy"
 HUB_HOST = "huggingface.co"
-SUPPORTED = "LLaVA-1.5 (CLIP + Llama) and LLaVA-interleave (SigLIP + Qwen2)"
 
 
 class ModelLoadError(RuntimeError):
@@ -33,9 +31,9 @@ class ModelLoadError(RuntimeError):
 class LoadedModel:
     name: str  # what the user asked for
     source: str  # the folder or hub id it came from
-    model: LlavaForConditionalGeneration
+    model: object  # the family's transformers model class
     processor: object
-    adapter: LlavaAdapter
+    adapter: Family  # the model's family, bound to this model and processor
     device: torch.device
     dtype: torch.dtype
 
@@ -54,13 +52,13 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _check_architecture(config: dict, where: str) -> None:
-    model_type = config.get("model_type")
-    text_type = (config.get("text_config") or {}).get("model_type", "llama")
-    if model_type not in LlavaAdapter.model_types or text_type not in LlavaAdapter.text_model_types:
-        raise ModelLoadError(
-            f"{where} is a {model_type!r} model (text: {text_type!r}); halviz supports {SUPPORTED}."
-        )
+def _family(config: dict, where: str) -> type[Family]:
+    family = family_for_config(config)
+    if family is None:
+        model_type = config.get("model_type")
+        text_type = raw_text_config(config).get("model_type", "?")
+        raise ModelLoadError(f"{where} is a {model_type!r} model (text: {text_type!r}); halviz supports {supported()}.")
+    return family
 
 
 def looks_like_path(name: str) -> bool:
@@ -136,14 +134,13 @@ def load_model(name: str, device: torch.device | str | None = None, dtype: torch
     register_attention()
     source, local = _resolve(name)
     config = _read_config(source, local)
-    _check_architecture(config, source)
+    family = _family(config, source)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     try:
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local)
-        model = LlavaForConditionalGeneration.from_pretrained(
-            source, dtype=dtype, local_files_only=local,
-            attn_implementation={"text_config": ATTENTION_NAME, "vision_config": "sdpa"},
+        processor = family.load_processor(source, local)
+        model = family.model_class().from_pretrained(
+            source, dtype=dtype, local_files_only=local, attn_implementation=family.attn_implementation(ATTENTION_NAME),
         )
     except ModelLoadError:
         raise
@@ -152,4 +149,4 @@ def load_model(name: str, device: torch.device | str | None = None, dtype: torch
     if not hasattr(processor, "image_processor"):
         raise ModelLoadError(f"{source!r} has no image processor: AutoProcessor returned {type(processor).__name__}")
     model.to(device).eval()
-    return LoadedModel(name, source, model, processor, adapter_for(model, processor), device, dtype)
+    return LoadedModel(name, source, model, processor, family(model, processor), device, dtype)

@@ -1,0 +1,254 @@
+"""The protocol of a model family: everything halviz knows about one kind of checkpoint.
+
+A family file (``halviz/models/families/NAME.py``) defines one :class:`Family` subclass (or a few
+that share code) and adds one line to ``REGISTRY`` in ``families/__init__.py``. Nothing outside
+``models/families`` is family-specific: ``loading.py`` asks the registry which family accepts a
+``config.json``, the engine asks the bound family for inputs, positions and the image layout, and
+trace/viz read only the :class:`ImageLayout` the family produced.
+
+Two faces:
+
+* the **class** holds static facts: which configs it accepts (:meth:`Family.accepts`), the
+  transformers model class, how to load the processor, and how to build a random test checkpoint
+  from the real config stored in ``halviz/models/configs/<hub-id>/`` (:meth:`Family.build_fixture`);
+* an **instance** is bound to one loaded model and processor (``LoadedModel.adapter``). It is
+  shared by every request on that model, so it holds no per-request state: whatever a prompt needs
+  later travels in the ``inputs`` dict that :meth:`Family.prepare` returns.
+
+Positions. The engine passes ``position_ids`` on every forward, taken from the family:
+:meth:`Family.prompt_positions` gives a prompt row's positions as (axes, n) (``position_axes`` = 1
+for 1-D RoPE, 3 for M-RoPE's temporal/height/width); the engine pads rows, stacks them as
+(rows, n) when axes == 1 or (axes, rows, n) otherwise, and continues every row in decode from its
+largest prompt position + 1 on all axes (true of 1-D RoPE and of Qwen2-VL/2.5-VL's M-RoPE, whose
+text after the image advances all three axes together).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+DEFAULT_PROMPT = "Please describe this image in detail."
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # halviz/models/configs/<org>/<name>/
+
+
+# ---- the image layout --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Grid:
+    """One grid of image tokens: a view of the upload (the whole picture, one tile, a thumbnail).
+
+    ``index`` says which entries of :attr:`ImageLayout.positions` are this grid's tokens, in
+    row-major order (``rows * cols`` of them); ``boxes`` are their patches in the uploaded image's
+    pixels, x0, y0, x1, y1, clipped to it (a patch wholly in padding has an empty box).
+    """
+
+    name: str  # "image", "global", "tile r0 c1", ...
+    index: tuple[int, ...]
+    rows: int
+    cols: int
+    boxes: np.ndarray  # (rows, cols, 4) float32
+
+    def __post_init__(self):
+        if len(self.index) != self.rows * self.cols:
+            raise ValueError(f"grid {self.name!r}: {len(self.index)} tokens for {self.rows}×{self.cols}")
+        if tuple(self.boxes.shape) != (self.rows, self.cols, 4):
+            raise ValueError(f"grid {self.name!r}: boxes of shape {tuple(self.boxes.shape)}")
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where the image sits in one prompt and how its tokens tile the picture.
+
+    ``positions`` are the sequence indices of every token the vision encoder fills, ascending
+    (every grid's tokens, and tokens that belong to no grid such as LLaVA-NeXT's row newlines).
+    ``grids[0]`` is the primary grid, the one drawn by default (single-grid families: all tokens).
+    """
+
+    positions: tuple[int, ...]
+    grids: tuple[Grid, ...]
+    image_size: tuple[int, int]  # (width, height) of the uploaded image
+
+    @classmethod
+    def single(cls, positions, rows: int, cols: int, boxes: np.ndarray, image_size, name: str = "image"):
+        """One grid holding every image token, row-major (LLaVA-1.5, LLaVA-interleave)."""
+        positions = tuple(int(p) for p in positions)
+        return cls(positions, (Grid(name, tuple(range(len(positions))), rows, cols, boxes),), tuple(image_size))
+
+    @property
+    def primary(self) -> Grid:
+        return self.grids[0]
+
+    # The primary grid's shape and boxes (what single-grid code reads).
+    @property
+    def rows(self) -> int:
+        return self.primary.rows
+
+    @property
+    def cols(self) -> int:
+        return self.primary.cols
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return self.primary.boxes
+
+    def grid_positions(self, grid: Grid | None = None) -> np.ndarray:
+        """Sequence positions of ``grid``'s tokens (default: the primary), row-major, as (rows, cols)."""
+        grid = grid or self.primary
+        return np.asarray(self.positions)[list(grid.index)].reshape(grid.rows, grid.cols)
+
+
+# ---- the real checkpoint's files, stored as fixtures ---------------------------------------------------
+@dataclass(frozen=True)
+class Fixture:
+    """A hub checkpoint's small files, as stored in ``halviz/models/configs/<org>/<name>/``.
+
+    ``config.json`` (the checkpoint's own, untouched), ``preprocessor_config.json``,
+    ``processor_config.json`` (optional), ``chat_template.jinja`` (optional), ``special_tokens.json``
+    (``{"ids": {token: id, ...}, "bos_token": ..., "eos_token": ..., "pad_token": ..., "unk_token": ...,
+    "image_token": ...}``, roles optional) and ``SOURCES.md`` (where each value comes from).
+    """
+
+    hub_id: str
+    folder: Path
+    config: dict
+    preprocessor: dict
+    processor: dict
+    chat_template: str | None
+    special_tokens: dict
+
+    @classmethod
+    def load(cls, hub_id: str) -> "Fixture":
+        folder = CONFIGS / hub_id
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"no stored config for {hub_id!r} in {folder}")
+
+        def read(name: str, default=None):
+            path = folder / name
+            return json.loads(path.read_text()) if path.is_file() else default
+
+        template = folder / "chat_template.jinja"
+        return cls(hub_id, folder, read("config.json"), read("preprocessor_config.json", {}),
+                   read("processor_config.json", {}), template.read_text() if template.is_file() else None,
+                   read("special_tokens.json", {"ids": {}}))
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.special_tokens.get("ids", {}).items()}
+
+    def role(self, name: str) -> str | None:
+        """The token playing ``name`` ("bos_token", "eos_token", ...), or None."""
+        return self.special_tokens.get(name)
+
+
+def stored_hub_ids() -> list[str]:
+    """Every hub id with a stored fixture folder."""
+    return sorted(str(p.parent.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*/config.json"))
+
+
+# ---- the protocol ------------------------------------------------------------------------------------
+class Family:
+    """Base class of a model family; subclasses override what differs (see the module docstring)."""
+
+    family: ClassVar[str] = ""  # short name recorded in traces: "llava-1.5", "qwen2.5-vl", ...
+    title: ClassVar[str] = ""  # for people: "LLaVA-1.5 (CLIP + Llama)"
+    hub_ids: ClassVar[tuple[str, ...]] = ()  # checkpoints offered in the model picker, each with a stored fixture
+    position_axes: ClassVar[int] = 1  # 1: position_ids (rows, n); 3: M-RoPE (3, rows, n)
+
+    # ---- static facts ---------------------------------------------------------------------------
+    @classmethod
+    def accepts(cls, config: dict) -> bool:
+        """Whether this family handles a checkpoint with this ``config.json`` (a plain dict)."""
+        raise NotImplementedError
+
+    @classmethod
+    def model_class(cls) -> type:
+        """The transformers class that loads the checkpoint (imported here, lazily)."""
+        raise NotImplementedError
+
+    @classmethod
+    def attn_implementation(cls, text_attention: str) -> dict:
+        """Our attention function on the language model only; the vision tower keeps SDPA."""
+        return {"text_config": text_attention, "vision_config": "sdpa"}
+
+    @classmethod
+    def load_processor(cls, source: str, local: bool):
+        """The checkpoint's processor. Families whose transformers processor needs torchvision (a video
+        processor) build their processor class with an image processor only."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source, local_files_only=local)
+
+    @classmethod
+    def build_fixture(cls, fixture: Fixture, folder: str | Path, text_layers: int = 1, seed: int = 0) -> Path:
+        """Save a random checkpoint of ``fixture``'s real architecture in ``folder`` (read by ``load_model``):
+        the text tower cut to ``text_layers`` layers (the vision tower to what its feature layer needs),
+        every other size, the vocabulary size and every special token id kept, with a stand-in tokenizer
+        (:func:`halviz.models.families.standin.standin_tokenizer`) and the real preprocessing."""
+        raise NotImplementedError
+
+    # ---- bound to one loaded model ----------------------------------------------------------------
+    def __init__(self, model, processor):
+        self.model_config = model.config
+        self.processor = processor
+        text = text_config(model.config)
+        self.num_layers = int(text.num_hidden_layers)
+        self.num_heads = int(text.num_attention_heads)
+        self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
+        self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // self.num_heads)
+        self.context = getattr(text, "max_position_embeddings", None)
+        tok = processor.tokenizer
+        self.bos_token_id = tok.bos_token_id
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        gen_eos = gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
+        self.eos_token_ids = frozenset(int(i) for i in (tok.eos_token_id, *gen_eos) if i is not None)
+
+    def chat_text(self, prompt: str, system: str | None = None) -> str:
+        """The full prompt string with one image placeholder, in the checkpoint's own chat format."""
+        raise NotImplementedError
+
+    def prepare(self, image: "Image.Image", prompt: str, device: torch.device, dtype: torch.dtype,
+                system: str | None = None) -> tuple[dict, ImageLayout]:
+        """Model inputs for one prompt (``input_ids`` (1, n), the processed pixels and whatever else the
+        model's forward needs, on ``device``; floating inputs in ``dtype``) and the image layout."""
+        raise NotImplementedError
+
+    def text_only_ids(self, input_ids: torch.Tensor, layout: ImageLayout) -> torch.Tensor:
+        """The prompt (n,) without its image: what a text-only stream (VHR) reads. Default: the image
+        tokens dropped; families with markers around the image (vision start/end) drop those too."""
+        keep = torch.ones(input_ids.shape[-1], dtype=torch.bool, device=input_ids.device)
+        keep[list(layout.positions)] = False
+        return input_ids[..., keep]
+
+    def prompt_positions(self, input_ids: torch.Tensor, inputs: dict | None) -> torch.Tensor:
+        """Positions (position_axes, n) of a prompt row ``input_ids`` (n,). ``inputs`` is what
+        :meth:`prepare` returned for a row holding the image, None for a text-only row."""
+        n = int(input_ids.shape[-1])
+        return torch.arange(n, device=input_ids.device).expand(self.position_axes, n)
+
+    def encode_image(self, model, inputs: dict) -> object:
+        """The vision tower and projector on ``inputs``' pixels, run once per distinct image."""
+        raise NotImplementedError
+
+    def image_inputs(self, encoded: list, inputs: dict) -> dict:
+        """Model inputs that place ``encoded[i]`` (an :meth:`encode_image` output) in the i-th batch row
+        holding an image (``inputs``: the prompt's :meth:`prepare` output)."""
+        raise NotImplementedError
+
+
+def text_config(config):
+    """The language model's config: ``text_config`` where the config nests one, else the config itself
+    (flat hub configs such as Qwen2.5-VL's are nested by transformers, but do not rely on it)."""
+    return getattr(config, "text_config", None) or config
+
+
+def raw_text_config(config: dict) -> dict:
+    """The same for a plain ``config.json`` dict."""
+    return config.get("text_config") or config
