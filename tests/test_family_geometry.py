@@ -1,0 +1,126 @@
+"""Image layouts of the tiled and dynamic-resolution families against their real processors.
+
+No model weights: each family is bound to its stored hub config (a config object, no tensors) and
+the real processor built from the stored preprocessing. The upload is a colour ramp (red = x,
+green = y), so the mean colour of the pixels the processor hands to any one image token says where
+in the upload those pixels came from; every token's box must be centred there. Which pixels feed
+which token is read from the model's own rules (frames in sequence order, pixel shuffle row-major),
+never from the layout under test.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from halviz.models.families.base import Fixture
+
+UPLOADS = [(300, 300), (640, 480), (200, 700), (2000, 100), (37, 23)]
+
+
+def ramp(width: int, height: int) -> Image.Image:
+    """Red encodes x, green y (pixel centres), blue constant: a linear signal a resize keeps."""
+    x = (np.arange(width) + 0.5) / width
+    y = (np.arange(height) + 0.5) / height
+    rgb = np.empty((height, width, 3), dtype=np.float64)
+    rgb[..., 0] = x[None, :]
+    rgb[..., 1] = y[:, None]
+    rgb[..., 2] = 0.5
+    return Image.fromarray(np.round(rgb * 255).astype(np.uint8))
+
+
+def where_from(pixels: np.ndarray, mean, std, width: int, height: int) -> tuple[float, float]:
+    """Upload coordinates (x, y) that a block of normalised (3, h, w) pixels came from, on average."""
+    colour = pixels.reshape(3, -1).mean(axis=1) * np.asarray(std) + np.asarray(mean)
+    return colour[0] * width, colour[1] * height
+
+
+def bind(family, fixture: Fixture, processor):
+    """The family bound to the real config (no weights) and a processor."""
+    from transformers import AutoConfig, GenerationConfig
+
+    raw = {k: v for k, v in fixture.config.items() if not k.startswith("_")}
+    config = AutoConfig.for_model(**raw)
+    return family(SimpleNamespace(config=config, generation_config=GenerationConfig()), processor)
+
+
+def centres(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], axis=-1)
+
+
+def assert_grid_covers(boxes: np.ndarray, width: int, height: int):
+    """Boxes of a grid over the whole upload: edges at 0 and the size, each column/row touching the next."""
+    assert boxes[:, 0, 0].max() == 0 and boxes[0, :, 1].max() == 0
+    assert np.allclose(boxes[:, -1, 2], width) and np.allclose(boxes[-1, :, 3], height)
+    assert np.allclose(boxes[:, 1:, 0], boxes[:, :-1, 2]) and np.allclose(boxes[1:, :, 1], boxes[:-1, :, 3])
+
+
+# ---- SmolVLM (Idefics3) -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smolvlm():
+    from halviz.models.families.smolvlm import SmolVLM
+
+    fixture = Fixture.load("HuggingFaceTB/SmolVLM-256M-Instruct")
+    return bind(SmolVLM, fixture, SmolVLM.fixture_processor(fixture))
+
+
+def test_smolvlm_pixel_shuffle_folds_square_blocks_row_major():
+    """The connector's pixel shuffle: output token (i, j) holds the s×s patches of block (i, j)."""
+    from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
+
+    side, s = 8, 4
+    patches = torch.arange(side * side, dtype=torch.float64).reshape(1, side * side, 1)
+    shuffled = Idefics3Connector.pixel_shuffle(None, patches, scale_factor=s)[0]  # (tokens, s*s)
+    for token in range(shuffled.shape[0]):
+        i, j = divmod(token, side // s)
+        block = {r * side + c for r in range(i * s, i * s + s) for c in range(j * s, j * s + s)}
+        assert set(shuffled[token].long().tolist()) == block
+
+
+@pytest.mark.parametrize("size", UPLOADS)
+def test_smolvlm_layout_matches_the_processor(smolvlm, size):
+    width, height = size
+    processor = smolvlm.processor
+    image_processor = processor.image_processor
+    inputs, layout = smolvlm.prepare(ramp(width, height), "describe", torch.device("cpu"), torch.float32)
+    ids = inputs["input_ids"][0]
+    frames = inputs["pixel_values"][0].numpy()
+    _, rows, cols = image_processor.get_number_of_image_patches(height, width)  # transformers' own count
+    side = smolvlm.side
+    assert frames.shape[0] == rows * cols + 1
+    image_at = torch.nonzero(ids == smolvlm.image_token_id).flatten().tolist()
+    assert list(layout.positions) == image_at and len(image_at) == (rows * cols + 1) * side * side
+    # Every tile's tokens follow its <row_r_col_c> marker; the global view's follow <global-img>.
+    tok = processor.tokenizer
+    for frame in range(frames.shape[0]):
+        before = int(ids[image_at[frame * side * side] - 1])
+        marker = "<global-img>" if frame == rows * cols else f"<row_{frame // cols + 1}_col_{frame % cols + 1}>"
+        assert before == tok.convert_tokens_to_ids(marker)
+    names = [g.name for g in layout.grids]
+    assert names == ([f"tiles {rows}×{cols}", "global"] if rows else ["image"])
+    if rows:
+        assert (layout.grids[0].rows, layout.grids[0].cols) == (rows * side, cols * side)
+    step = frames.shape[-1] // side
+    mean, std = image_processor.image_mean, image_processor.image_std
+    tolerance = 1.0 + max(width, height) / 255  # 8-bit colour steps, plus resampling at the borders
+    for grid in layout.grids:
+        assert sorted(grid.index) == sorted(set(grid.index))
+        assert_grid_covers(grid.boxes, width, height)
+        want = centres(grid.boxes).reshape(-1, 2)
+        for cell, k in enumerate(grid.index):  # k: the k-th image token of the sequence
+            frame, local = divmod(k, side * side)
+            i, j = divmod(local, side)
+            block = frames[frame, :, i * step:(i + 1) * step, j * step:(j + 1) * step]
+            got = where_from(block, mean, std, width, height)
+            assert abs(got[0] - want[cell, 0]) <= tolerance and abs(got[1] - want[cell, 1]) <= tolerance, (
+                grid.name, cell, got, want[cell])
+
+
+def test_smolvlm_text_only_prompt_drops_the_whole_image_block(smolvlm):
+    inputs, layout = smolvlm.prepare(ramp(640, 480), "describe", torch.device("cpu"), torch.float32)
+    text_only = smolvlm.text_only_ids(inputs["input_ids"][0], layout)
+    plain = smolvlm.processor.tokenizer(smolvlm.chat_text("describe").replace("<image>", ""),
+                                        add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    assert text_only.tolist() == plain.tolist()
