@@ -11,11 +11,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from halviz.engine.recorder import StepRecord
+if TYPE_CHECKING:  # an annotation only: trace files and the figures drawn from them need no torch
+    from halviz.engine.recorder import StepRecord
 
 FORMAT = "halviz-trace/1"
 _META_KEY = "__meta__"

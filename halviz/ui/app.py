@@ -22,6 +22,7 @@ from halviz.ui.knobs import MethodSettings
 from halviz.ui.models import configured_models, local_models_allowed, model_choices
 from halviz.ui.state import TraceFiles
 from halviz.ui.style import CSS, theme
+from halviz.ui.whatif import MAX_WHATIF, WhatIfSlot
 from halviz.ui.texts import API_NOTE, CAPTION_COLOURS, HEADER
 
 QUEUE_SIZE = 16
@@ -167,6 +168,7 @@ def _layout(app: HalvizApp) -> Layout:
                 summary = gr.Markdown(elem_classes=["hv-summary"], elem_id=f"hv-summary-{i}", label=f"column {i + 1} summary",
                                       latex_delimiters=[])
             slots.append(Slot(column, header, caption, summary))
+        whatif_slots = [WhatIfSlot.build(i) for i in range(MAX_WHATIF)]  # "re-run with this intervention"
     with gr.Accordion("Run summary as JSON (what /compare returns last)", open=False):
         summary_json = gr.JSON(label="summary", elem_id="hv-json", show_label=False)
     panel = DebuggerPanel.build()
@@ -182,6 +184,7 @@ def _layout(app: HalvizApp) -> Layout:
         runs=gr.State({}, time_to_live=STATE_SECONDS), slot_methods=gr.State([], time_to_live=STATE_SECONDS),
         live=gr.State([], time_to_live=STATE_SECONDS),
         knob_defaults=gr.State(defaults.shown(app.registry), time_to_live=STATE_SECONDS),
+        whatif_slots=whatif_slots, whatif=gr.State([], time_to_live=STATE_SECONDS),
     )
 
 

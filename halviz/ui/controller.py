@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gradio as gr
 import numpy as np
@@ -16,8 +17,9 @@ from halviz.methods.base import Method
 from halviz.models import LoadedModel, ModelLoadError
 from halviz.trace import Trace, TraceFormatError
 from halviz.ui import inputs as checks
-from halviz.ui.compare import UPDATE_EVERY_S, ColumnResult, Progress, column_result, with_divergence
-from halviz.ui.gpu import gpu_decoder
+from halviz.ui.compare import (UPDATE_EVERY_S, ColumnResult, Progress, column_result, first_divergence,
+                               with_divergence)
+from halviz.ui.gpu import build_spec_stacks, gpu_decoder, gpu_stack_decoder
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.escaping import html_text, markdown_text
 from halviz.ui.examples import Example, TruthInfo, resolve_truth, truth_markdown
@@ -29,11 +31,16 @@ from halviz.ui.models import DEFAULT_MODELS, ModelCache, ModelPolicy
 from halviz.ui.state import (MAX_SESSION_UPLOAD_BYTES, RunEntry, Runs, TraceFiles, display_copy, keep_uploads,
                              truth_from_meta, truth_to_meta)
 from halviz.ui.memory import release_memory
+from halviz.ui.selection import (Selection, as_selection, intervention_specs, short_title, stack_specs,
+                                 with_intervention)
+from halviz.ui.whatif import (GROW_BOX, MAX_WHATIF, WhatIfSlot, clicked_head, clicked_patch, with_head)
+from halviz.methods import check_compatible
 from halviz.viz import span_offset, step_at_offset
 
 log = logging.getLogger("halviz.ui")
 MAX_ERROR_CHARS = 400
 UPLOAD_PREFIX = "upload:"
+WHATIF_PREFIX = "whatif:"
 
 
 def ui_error(message: str, title: str = "Error") -> gr.Error:
@@ -82,6 +89,8 @@ class Layout:
     slot_methods: gr.State  # method name shown in each slot
     live: gr.State  # latest ColumnResults, so Stop can finish the summaries
     knob_defaults: gr.State  # {method: {knob: value}}: the defaults the knobs show for the chosen model
+    whatif_slots: list[WhatIfSlot]  # the re-run columns beside the method columns
+    whatif: gr.State  # list of {key, summary, step}: what each re-run column shows, oldest first
 
 
 @dataclass
@@ -114,7 +123,8 @@ class HalvizApp:
         self.cache = ModelCache(loader)
         self.examples = examples
         self.registry = dict(registry)
-        self.decode = gpu_decoder(self.cache, self.registry)  # the only call that holds a GPU
+        self.decode = gpu_decoder(self.cache, self.registry)  # the calls that hold a GPU
+        self.decode_stacks = gpu_stack_decoder(self.cache, self.registry)
         self.files = TraceFiles()
 
     def check(self, image, prompt, methods, max_new_tokens, truth_text, model, settings) -> Request:
@@ -345,7 +355,7 @@ class Controller:
             trace.meta["ground_truth"] = truth_to_meta(request.truth.truth)
             trace.meta["image_digest"] = request.image.digest
             entries[name] = RunEntry(name, self.app.registry[name].title or name, trace, picture,
-                                     request.truth.truth)
+                                     request.truth.truth, request.image.image, request.model)
         return entries
 
     def stop(self, runs: Runs | None, slot_methods: list[str] | None, live: list[ColumnResult] | None,
@@ -386,9 +396,9 @@ class Controller:
             return self.ui.panel.show(runs, entry.key, step)
         return user_errors(jump)
 
-    def jump_from_tokens(self, runs, key, layer, head, evt: gr.SelectData) -> dict:
+    def jump_from_tokens(self, runs, key, layer, head, selection, evt: gr.SelectData) -> dict:
         step = int(evt.index or 0)
-        return {self.ui.panel.step: step, **self.ui.panel.at_step(runs, key, step, layer, head)}
+        return {self.ui.panel.step: step, **self.ui.panel.at_step(runs, key, step, layer, head, selection)}
 
     def replay(self, file, image, runs: Runs | None) -> dict:
         path = checks.image_path(file)
@@ -421,6 +431,201 @@ class Controller:
                            title="Not a halviz trace") from None
         # Clearing the uploader makes room for the next trace.
         return {self.ui.runs: runs, self.ui.upload: None, **shown}
+
+    # ---- what if: choosing an intervention and re-running a column ------------------------------------
+    def _entry(self, runs: Runs | None, key: str | None) -> RunEntry:
+        if not runs or key not in runs:
+            raise ui_error("Run a comparison (or open a trace) first; then choose patches or heads on its maps.")
+        return runs[key]
+
+    def _view(self, runs, key, step, layer, head, selection: Selection) -> dict:
+        """The selection stored, and every picture that shows it redrawn."""
+        panel = self.ui.panel
+        return {panel.whatif.selection: selection, **panel.whatif_view(runs, key, step, layer, head, selection)}
+
+    def pick_patch(self, runs, key, step, layer, head, selection, mode, evt: gr.SelectData) -> dict:
+        """A click on the patch map: grow the box to mask (or only inspect the patch)."""
+        entry = self._entry(runs, key)
+        patch = clicked_patch(entry.trace, evt.index)
+        if patch is None:
+            raise ui_error("That click was not on an image patch; click inside the grid.")
+        selection = as_selection(selection)
+        selection = selection.with_patch(*patch) if mode == GROW_BOX else replace(selection, inspected=patch)
+        return self._view(runs, key, step, layer, head, selection)
+
+    def pick_head(self, runs, key, step, layer, head, selection, evt: gr.SelectData) -> dict:
+        """A click on the head map: that (layer, head) is the head to scale."""
+        entry = self._entry(runs, key)
+        chosen = clicked_head(entry.trace, evt.index)
+        if chosen is None:
+            raise ui_error("That click was not on a head; click a cell of the map.")
+        return self._view(runs, key, step, layer, head, with_head(selection, *chosen))
+
+    def take_head(self, runs, key, step, layer, head, selection) -> dict:
+        """The head the Layer and Head pickers show becomes the head to scale."""
+        self._entry(runs, key)
+        try:
+            chosen_layer, chosen_head = int(layer), int(head)
+        except (TypeError, ValueError):
+            raise ui_error("Pick one layer and one head in the Layer and Head boxes above first "
+                           "(or click a cell of the head map).") from None
+        return self._view(runs, key, step, layer, head, with_head(selection, chosen_layer, chosen_head))
+
+    def clear_box(self, runs, key, step, layer, head, selection) -> dict:
+        self._entry(runs, key)
+        return self._view(runs, key, step, layer, head, replace(as_selection(selection), box=None, inspected=None))
+
+    def set_options(self, runs, key, step, layer, head, selection, sink, scale) -> dict:
+        """The sink tick box and the head scale slider, kept in the selection."""
+        try:
+            factor = float(scale)
+        except (TypeError, ValueError):
+            factor = 0.0
+        selection = replace(as_selection(selection), sink=bool(sink), head_scale=min(max(factor, 0.0), 10.0))
+        if not runs or key not in runs:
+            return {self.ui.panel.whatif.selection: selection}
+        return self._view(runs, key, step, layer, head, selection)
+
+    def clear_whatif(self) -> dict:
+        """A new comparison: the re-run columns of the last one go."""
+        return {**{slot.column: gr.Column(visible=False) for slot in self.ui.whatif_slots}, self.ui.whatif: []}
+
+    @property
+    def rerun_outputs(self) -> list:
+        ui = self.ui
+        return [ui.panel.whatif.status, ui.runs, ui.whatif, *(c for s in ui.whatif_slots for c in s.parts)]
+
+    def _show_whatif(self, runs: Runs, shown: list[dict]) -> dict:
+        """Every re-run column drawn from the session's list (oldest first)."""
+        updates: dict = {}
+        for slot, item in zip(self.ui.whatif_slots, [*shown, *[None] * MAX_WHATIF]):
+            if item is None:
+                updates[slot.column] = gr.Column(visible=False)
+                continue
+            entry = runs.get(item["key"])
+            texts = entry.trace.texts if entry is not None else item.get("texts", [])
+            spans = column_result(item["key"], item["title"], texts, 1.0, None, item.get("truth")).spans
+            step = item.get("step")
+            updates.update({
+                slot.column: gr.Column(visible=True),
+                slot.header: f"### ↻ {markdown_text(item['title'])}\nre-run of {markdown_text(item['original'])} "
+                             "with an intervention",
+                slot.caption: spans,
+                slot.summary: item["summary"],
+                slot.open: gr.Button(value="Open in the debugger" + (f" at step {step}" if step is not None else ""),
+                                     interactive=entry is not None),
+            })
+        return updates
+
+    def _rerun_request(self, runs, key, selection):
+        """Checked inputs of a re-run: the entry, its stack, the new stack, the title (cheap checks only)."""
+        entry = self._entry(runs, key)
+        selection = as_selection(selection)
+        if selection.empty:
+            raise ui_error("Choose what to change first: click patches on the map, a cell of the head map, "
+                           "or tick “remove the sink”.")
+        if entry.source is None or not entry.model:
+            raise ui_error("Only a column run in this session can be re-run (an uploaded trace has no image "
+                           "and model behind it): put its image in the Image box and press Compare.")
+        trace = entry.trace
+        layers, heads = int(trace.meta.get("num_layers", 0)), int(trace.meta.get("num_heads", 0))
+        if selection.head is not None and not (0 <= selection.head[0] < layers and 0 <= selection.head[1] < heads):
+            raise ui_error(f"This model has layers 0–{layers - 1} and heads 0–{heads - 1}.")
+        try:
+            original = stack_specs(trace.meta.get("methods"))
+            changed = with_intervention(original, intervention_specs(selection), list(self.app.registry))
+            for stack in build_spec_stacks([original, changed], self.app.registry):
+                check_compatible(stack)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ui_error(f"This intervention cannot run on {entry.title}: {exc}") from None
+        return entry, original, changed, f"{entry.title} + {short_title(selection)}"
+
+    def rerun(self, runs, key, selection, shown, caller: gr.Request = None) -> Iterator[dict]:
+        """Decode the column ``key`` again, as it was and with the intervention, as two rows of one batch;
+        the new column appears beside the others, diffed token by token against the original."""
+        ui, status = self.ui, self.ui.panel.whatif.status
+        runs, shown = dict(runs or {}), list(shown or [])
+        entry, original, changed, title = self._rerun_request(runs, key, selection)
+        new_key = f"{WHATIF_PREFIX}{uuid.uuid4().hex[:8]}"
+        shown = [*shown, {"key": new_key, "title": title, "original": entry.title,
+                          "summary": "waiting for the model…", "step": None}][-MAX_WHATIF:]
+        kept = {item["key"] for item in shown}
+        runs = {k: v for k, v in runs.items() if not k.startswith(WHATIF_PREFIX) or k in kept}
+        tokens = int(entry.trace.meta.get("max_new_tokens") or max(entry.trace.num_steps, 1))
+        yield {status: f"Re-running **{markdown_text(title)}**…", ui.runs: runs, ui.whatif: shown,
+               **self._show_whatif(runs, shown)}
+        item = shown[-1]
+        try:
+            loaded = self.app.load(entry.model)
+            prompt = str(entry.trace.meta.get("prompt", ""))
+            for progress in self.app.decode_stacks(entry.model, np.asarray(entry.source), prompt, [original, changed],
+                                                   tokens, self.app.update_every_s):
+                results = with_divergence(
+                    [column_result(k, t, texts, compute, finish, entry.truth) for k, t, texts, compute, finish in
+                     zip((entry.key, new_key), (entry.title, title), progress.texts, progress.compute_s,
+                         progress.finish)], progress.tokens)
+                done = all(f is not None for f in progress.finish)
+                item.update(summary=results[1].summary_markdown(), step=results[1].diverges_at, texts=progress.texts[1],
+                            truth=entry.truth)
+                if done and progress.traces is not None and progress.traces[1] is not None:
+                    trace = progress.traces[1]
+                    trace.meta["ground_truth"] = entry.trace.meta.get("ground_truth")
+                    trace.meta["image_digest"] = entry.trace.meta.get("image_digest")
+                    runs[new_key] = RunEntry(new_key, f"↻ {title}", trace, entry.image, entry.truth, entry.source,
+                                             entry.model)
+                    item["summary"] += self._baseline_note(entry, progress.tokens[0] if progress.tokens else None)
+                updates = {ui.runs: runs, ui.whatif: shown, **self._show_whatif(runs, shown)}
+                if done:
+                    where = ("the same tokens as the original" if results[1].diverges_at is None else
+                             f"differs from the original from step {results[1].diverges_at}")
+                    updates[status] = (f"✓ Re-ran **{markdown_text(title)}** with {model_line(loaded)}: {where}. "
+                                       "Press its **Open in the debugger** button to look at that step.")
+                yield updates
+        except gr.Error as error:
+            plain = getattr(error, "plain", None)
+            yield {status: f"✗ {markdown_text(plain) if plain is not None else error.message}"}
+            raise
+        except Exception:
+            log.exception("re-running failed")
+            message = "Re-running failed on the server; the details are in its log."
+            yield {status: f"✗ {message}"}
+            raise ui_error(message, title="Re-run failed") from None
+        finally:
+            release_memory()
+
+    @staticmethod
+    def _baseline_note(entry: RunEntry, redecoded: Sequence[int] | None) -> str:
+        """Says so when the original, decoded again beside the intervention, is not the caption shown."""
+        if redecoded is None:
+            return ""
+        shown = [int(t) for t in entry.trace.arrays.get("token_ids", [])]
+        step = first_divergence(shown, redecoded)
+        if step is None and len(shown) == len(redecoded):
+            return ""
+        where = f"from step {step}" if step is not None else "in length"
+        return (f" · ⚠ the original decoded again in this batch differs from the column shown {where} "
+                "(numerics of a different batch); the diff is against the one decoded beside it")
+
+    def open_whatif(self, index: int) -> Callable:
+        """The button under re-run column ``index``: its trace in the debugger at the first differing step."""
+        def open_it(runs: Runs | None, shown: list[dict] | None) -> dict:
+            shown = shown or []
+            if index >= len(shown) or shown[index]["key"] not in (runs or {}):
+                raise ui_error("That re-run has not finished yet.")
+            return self.ui.panel.show(runs, shown[index]["key"], int(shown[index].get("step") or 0))
+        return user_errors(open_it)
+
+    def jump_from_whatif(self, index: int) -> Callable:
+        """Clicking a word in re-run column ``index`` opens its trace at that word's step."""
+        def jump(runs: Runs | None, shown: list[dict] | None, evt: gr.SelectData) -> dict:
+            shown = shown or []
+            if index >= len(shown) or shown[index]["key"] not in (runs or {}):
+                raise ui_error("That re-run has not finished yet.")
+            entry = runs[shown[index]["key"]]
+            spans = column_result(entry.key, entry.title, entry.trace.texts, 1.0, None, entry.truth).spans
+            return self.ui.panel.show(runs, entry.key, step_at_offset(entry.trace.texts,
+                                                                      span_offset(spans, int(evt.index or 0))))
+        return user_errors(jump)
 
     # ---- wiring -------------------------------------------------------------------------------------
     def wire(self) -> None:
@@ -458,13 +663,32 @@ class Controller:
 
         panel.choice.input(user_errors(panel.show), inputs=[ui.runs, panel.choice], outputs=panel.trace_outputs,
                            **private)
-        step_inputs = [ui.runs, panel.choice, panel.step, panel.layer, panel.head]
+        whatif = panel.whatif
+        step_inputs = [ui.runs, panel.choice, panel.step, panel.layer, panel.head, whatif.selection]
         for trigger in (panel.step.input, panel.layer.input, panel.head.input):
             trigger(user_errors(panel.at_step), inputs=step_inputs, outputs=panel.step_outputs,
                     trigger_mode="always_last", **private)
         panel.caption.select(user_errors(self.jump_from_tokens),
-                             inputs=[ui.runs, panel.choice, panel.layer, panel.head],
+                             inputs=[ui.runs, panel.choice, panel.layer, panel.head, whatif.selection],
                              outputs=[panel.step, *panel.step_outputs], **private)
+        picked = [whatif.selection, *whatif.view_outputs]
+        whatif.patches.select(user_errors(self.pick_patch), inputs=[*step_inputs, whatif.mode], outputs=picked,
+                              **private)
+        whatif.heads.select(user_errors(self.pick_head), inputs=step_inputs, outputs=picked, **private)
+        whatif.take_head.click(user_errors(self.take_head), inputs=step_inputs, outputs=picked, **private)
+        whatif.clear.click(user_errors(self.clear_box), inputs=step_inputs, outputs=picked, **private)
+        for control in (whatif.sink, whatif.scale):
+            control.input(user_errors(self.set_options), inputs=[*step_inputs, whatif.sink, whatif.scale],
+                          outputs=picked, trigger_mode="always_last", **private)
+        ui.run.click(self.clear_whatif, outputs=[*(s.column for s in ui.whatif_slots), ui.whatif], queue=False,
+                     **private)
+        whatif.rerun.click(self.rerun, inputs=[ui.runs, panel.choice, whatif.selection, ui.whatif],
+                           outputs=self.rerun_outputs, show_progress="minimal", api_visibility="private")
+        for index, slot in enumerate(ui.whatif_slots):
+            slot.open.click(self.open_whatif(index), inputs=[ui.runs, ui.whatif], outputs=panel.trace_outputs,
+                            **private)
+            slot.caption.select(self.jump_from_whatif(index), inputs=[ui.runs, ui.whatif],
+                                outputs=panel.trace_outputs, **private)
         for index, slot in enumerate(ui.slots):
             slot.caption.select(self.jump_from_column(index), inputs=[ui.runs, ui.slot_methods],
                                 outputs=panel.trace_outputs, **private)

@@ -15,6 +15,7 @@ from halviz.ui.escaping import markdown_text as md
 from halviz.ui.state import RunEntry, Runs
 from halviz.ui.style import height_class
 from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
+from halviz.ui.whatif import InterventionPanel
 from halviz.viz.common import index_ranges
 
 
@@ -68,6 +69,7 @@ class DebuggerPanel:
     vhr_box: gr.Column
     vhd: gr.Plot
     tvhd: gr.Plot
+    whatif: InterventionPanel
 
     @classmethod
     def build(cls) -> "DebuggerPanel":
@@ -101,6 +103,7 @@ class DebuggerPanel:
                 help_text("candidates")
                 entropy = gr.Plot(label="Attention entropy", show_label=False, elem_id="hv-entropy")
                 help_text("entropy")
+        whatif = InterventionPanel.build()
         gr.Markdown("### Attention sinks", elem_classes=["hv-subsection"])
         with gr.Row(equal_height=False):
             shares = gr.Plot(label="Segment shares", show_label=False, elem_id="hv-shares")
@@ -125,23 +128,25 @@ class DebuggerPanel:
             help_text("vhr")
         return cls(choice, info, caption, step, layer, head, step_info, overlay, mask_box, mask, candidates,
                    entropy, shares, top_keys, prunehal_box, prunehal, vasparse_box, vasparse_logits,
-                   vasparse_selection, vasparse_sink, vhr_box, vhd, tvhd)
+                   vasparse_selection, vasparse_sink, vhr_box, vhd, tvhd, whatif)
 
     # ---- component lists for event wiring -------------------------------------------------------
     @property
     def step_outputs(self) -> list:
         return [self.caption, self.head, self.step_info, self.overlay, self.mask_box, self.mask,
                 self.candidates, self.entropy, self.shares, self.top_keys, self.prunehal, self.vasparse_logits,
-                self.tvhd]
+                self.tvhd, *self.whatif.view_outputs]
 
     @property
     def trace_outputs(self) -> list:
         return [self.choice, self.info, self.step, self.layer, self.prunehal_box, self.vasparse_box,
-                self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, *self.step_outputs]
+                self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, self.whatif.selection,
+                self.whatif.sink, self.whatif.scale, *self.step_outputs]
 
     # ---- rendering ------------------------------------------------------------------------------
     def show(self, runs: Runs | None, key: str | None, step: int = 0) -> dict:
-        """Everything for the trace ``key`` at ``step``, layer and head reset to the means."""
+        """Everything for the trace ``key`` at ``step``, layer and head reset to the means, nothing chosen
+        for an intervention."""
         runs = runs or {}
         choices = [(entry.title, k) for k, entry in runs.items()]
         if key not in runs:
@@ -175,11 +180,26 @@ class DebuggerPanel:
             self.vasparse_sink: sized_plot(sink),
             self.vhr_box: gr.Column(visible=vhr is not None),
             self.vhd: sized_plot(viz.vhd_figure(trace, vhr) if vhr is not None else None),
+            self.whatif.selection: self.whatif.reset(),
+            self.whatif.sink: False,
+            self.whatif.scale: 0.0,
         }
-        updates.update(self.at_step(runs, key, step, "mean", "mean"))
+        updates.update(self.at_step(runs, key, step, "mean", "mean", self.whatif.reset()))
         return updates
 
-    def at_step(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any) -> dict:
+    def whatif_view(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any,
+                    selection: Any = None) -> dict:
+        """Only the intervention pickers and the patch → token view (what a click on them redraws)."""
+        if not runs or key not in runs:
+            return {}
+        trace = runs[key].trace
+        layer, head = parse_choice(layer), parse_choice(head)
+        if layer == "mean" or layer not in head_layers(trace):
+            head = "mean"
+        return self.whatif.view(runs[key], viz.common.clamp_step(trace, int(step or 0)), layer, head, selection)
+
+    def at_step(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any,
+                selection: Any = None) -> dict:
         """The step-dependent panels (cheap: what the slider and pickers redraw)."""
         if not runs or key not in runs:
             return {}
@@ -212,6 +232,7 @@ class DebuggerPanel:
             self.prunehal: sized_plot(viz.prunehal_figure(trace, step)),
             self.vasparse_logits: sized_plot(viz.vasparse_logits_figure(trace, step)),
             self.tvhd: sized_plot(viz.tvhd_figure(trace, step)),
+            **self.whatif.view(entry, step, layer, head, selection),
         }
 
 

@@ -64,6 +64,35 @@ def _decode_by_key(cache, registry: Mapping[str, type[Method]], model_key: str, 
     yield from decode_rounds(loaded, Image.fromarray(image), prompt, stacks, max_new_tokens, update_every_s)
 
 
+def _stack_duration(model_key, image, prompt, stacks, max_new_tokens, update_every_s) -> int:
+    return gpu_seconds(len(stacks), max_new_tokens)
+
+
+def build_spec_stacks(stacks: Sequence[Sequence[tuple[str, Mapping[str, Any]]]],
+                      registry: Mapping[str, type[Method]]) -> list[list[Method]]:
+    """Method stacks from plain ``[(name, knobs), ...]`` per column (``vanilla`` adds nothing)."""
+    return [[registry[name](**dict(params)) for name, params in stack if name != "vanilla"] for stack in stacks]
+
+
+def _decode_stacks_by_key(cache, registry: Mapping[str, type[Method]], model_key: str, image: np.ndarray,
+                          prompt: str, stacks: Sequence[Sequence[tuple[str, Mapping[str, Any]]]],
+                          max_new_tokens: int, update_every_s: float) -> Iterator[Progress]:
+    loaded = cache.peek(model_key) or cache.get(model_key)
+    yield from decode_rounds(loaded, Image.fromarray(image), prompt, build_spec_stacks(stacks, registry),
+                             max_new_tokens, update_every_s)
+
+
+def gpu_stack_decoder(cache, registry: Mapping[str, type[Method]]):
+    """Like :func:`gpu_decoder`, for columns given as whole stacks of plain ``(name, knobs)`` pairs
+    (the debugger's "re-run with this intervention": a column's own stack plus the intervention)."""
+    task = functools.partial(_decode_stacks_by_key, cache, dict(registry))
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return task
+    return spaces.GPU(duration=_stack_duration)(task)
+
+
 def gpu_decoder(cache, registry: Mapping[str, type[Method]]):
     """``fn(model_key, image_array, prompt, names, settings, max_new_tokens, update_every_s)`` yielding
     Progress, wrapped in ``spaces.GPU`` when the ``spaces`` package is importable."""

@@ -29,6 +29,8 @@ class RunEntry:
     trace: Trace
     image: Image.Image | None
     truth: GroundTruth | None
+    source: Image.Image | None = None  # the picture as decoded (not downscaled): what a re-run decodes again
+    model: str | None = None  # the model's key in this app (a re-run loads it again)
 
 
 Runs = dict[str, RunEntry]

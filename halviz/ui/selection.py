@@ -1,0 +1,121 @@
+"""What the person chose in the debugger (patches, a head, the sink) and the intervention it makes.
+
+Plain data, no Gradio: the callbacks keep a :class:`Selection` in the session and turn it into the
+knobs of the intervention methods (``mask_patches``, ``scale_heads``, ``remove_sink``). Those methods
+take one box of patches and one head (or every head) per stack, so the selection is exactly that: a
+click grows the box to the smallest one holding every patch clicked, and what is outlined is what
+is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+Spec = tuple[str, dict[str, Any]]  # (method name, knob values): a method as plain data
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Everything chosen for one intervention. Grid rows/columns and layers are 0-indexed, inclusive."""
+
+    box: tuple[int, int, int, int] | None = None  # (first row, last row, first col, last col)
+    head: tuple[int, int] | None = None  # (layer, head)
+    head_scale: float = 0.0  # what the head's output is multiplied by (0 silences it)
+    sink: bool = False  # mask the BOS column in every layer
+    inspected: tuple[int, int] | None = None  # the patch shown in the patch → token view
+
+    @property
+    def empty(self) -> bool:
+        return self.box is None and self.head is None and not self.sink
+
+    def with_patch(self, row: int, col: int) -> "Selection":
+        """The box grown to hold patch (row, col) (a 1×1 box when there was none); the patch is inspected."""
+        if self.box is None:
+            box = (row, row, col, col)
+        else:
+            r0, r1, c0, c1 = self.box
+            box = (min(r0, row), max(r1, row), min(c0, col), max(c1, col))
+        return replace(self, box=box, inspected=(row, col))
+
+
+def as_selection(value: Any) -> Selection:
+    """The session's selection (anything else, e.g. a fresh state, is an empty one)."""
+    return value if isinstance(value, Selection) else Selection()
+
+
+def intervention_specs(selection: Selection) -> list[Spec]:
+    """The intervention methods and knobs that the selection asks for (empty when nothing is chosen)."""
+    specs: list[Spec] = []
+    if selection.sink:
+        specs.append(("remove_sink", {"tokens": 1, "first_layer": 0, "last_layer": -1}))
+    if selection.box is not None:
+        r0, r1, c0, c1 = selection.box
+        specs.append(("mask_patches", {"first_row": r0, "last_row": r1, "first_col": c0, "last_col": c1,
+                                       "first_layer": 0, "last_layer": -1}))
+    if selection.head is not None:
+        layer, head = selection.head
+        specs.append(("scale_heads", {"head": head, "scale": float(selection.head_scale),
+                                      "first_layer": layer, "last_layer": layer}))
+    return specs
+
+
+def stack_specs(methods_meta: Sequence[Mapping[str, Any]] | None) -> list[Spec]:
+    """A trace's method stack (``meta["methods"]``, each ``describe()``) back as specs."""
+    specs: list[Spec] = []
+    for method in methods_meta or []:
+        if not isinstance(method, Mapping) or not isinstance(method.get("name"), str):
+            raise ValueError("the trace does not say which methods made it")
+        params = method.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise ValueError("the trace's method settings are damaged")
+        specs.append((method["name"], dict(params)))
+    return specs
+
+
+def with_intervention(original: Sequence[Spec], intervention: Sequence[Spec], order: Sequence[str]) -> list[Spec]:
+    """The original stack plus the intervention, in the registry's stacking ``order``; an intervention
+    already in the original stack takes the new knobs (a method appears once per stack)."""
+    merged = {name: dict(params) for name, params in original}
+    for name, params in intervention:
+        merged[name] = dict(params)
+    rank = {name: i for i, name in enumerate(order)}
+    unknown = [n for n in merged if n not in rank]
+    if unknown:
+        raise ValueError(f"this app has no method {', '.join(map(repr, unknown))}")
+    return sorted(merged.items(), key=lambda item: rank[item[0]])
+
+
+def describe(selection: Selection, grid: tuple[int, int] | None = None) -> str:
+    """The selection in words (Markdown, escaped), as the page shows it."""
+    parts = []
+    if selection.box is not None:
+        r0, r1, c0, c1 = selection.box
+        count = (r1 - r0 + 1) * (c1 - c0 + 1)
+        of = f" of the {grid[0]}×{grid[1]} grid" if grid else ""
+        parts.append(f"mask **{count} patch{'es' if count != 1 else ''}**: rows {r0}–{r1}, columns {c0}–{c1}{of}, "
+                     "hidden from the text in every layer")
+    if selection.head is not None:
+        layer, head = selection.head
+        verb = "silence" if selection.head_scale == 0 else f"scale by {selection.head_scale:g}"
+        parts.append(f"{verb} **head {head} of layer {layer}**")
+    if selection.sink:
+        parts.append("remove the **sink** (no query may attend to BOS) in every layer")
+    if not parts:
+        return "Nothing chosen yet: click patches on the map, a cell of the head map, or tick “remove the sink”."
+    return "; ".join(parts)  # numbers only: nothing here comes from a user or a file
+
+
+def short_title(selection: Selection) -> str:
+    """A column title for the intervention, e.g. "mask r2–4 c1–3 + silence L2·H5"."""
+    parts = []
+    if selection.sink:
+        parts.append("no sink")
+    if selection.box is not None:
+        r0, r1, c0, c1 = selection.box
+        parts.append(f"mask r{r0}–{r1} c{c0}–{c1}")
+    if selection.head is not None:
+        verb = "silence" if selection.head_scale == 0 else f"×{selection.head_scale:g}"
+        parts.append(f"{verb} L{selection.head[0]}·H{selection.head[1]}")
+    return " + ".join(parts)

@@ -1,0 +1,246 @@
+"""Issue 14, the debugger's half: clicks on the patch and head maps become the interventions' knobs
+(checked against the grid geometry worked out by hand and against the methods' own position rules),
+the patch → token figures show the trace's numbers (checked with numpy indexing of their own), and a
+re-run on the toy model adds a column whose diff step is the first differing token of the two traces."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from halviz.methods.mask_patches import MaskPatches, box_positions
+from halviz.methods.scale_heads import ScaleHeads
+from halviz.trace import FORMAT, Trace
+from halviz.ui.selection import Selection, describe, intervention_specs, stack_specs, with_intervention
+from halviz.viz.patch_tokens import patch_token_figure, patch_token_heads_figure
+from halviz.viz.pickers import (BOX_COLOUR, INSPECT_COLOUR, head_picker, head_picker_image, patch_picker,
+                                patch_picker_image)
+
+# A 3×4 grid over an 80×60 picture: every patch is 20×20 pixels (patch (r, c) covers x 20c..20c+20, y 20r..20r+20).
+ROWS, COLS, WIDTH, HEIGHT, PATCH = 3, 4, 80, 60, 20
+LAYERS, HEADS, STEPS = 3, 2, 5
+HEAD_LAYERS = [0, 2]
+
+
+def grid_trace(boxes=None, steps=STEPS) -> Trace:
+    rng = np.random.default_rng(1)
+    n = ROWS * COLS
+    if boxes is None:
+        boxes = [[c * PATCH, r * PATCH, (c + 1) * PATCH, (r + 1) * PATCH] for r in range(ROWS) for c in range(COLS)]
+    meta = {"format": FORMAT, "num_steps": steps, "texts": ["a", " cup", " and", " a", " fork"][:steps],
+            "grid": [ROWS, COLS], "image_size": [WIDTH, HEIGHT], "patch_boxes": boxes, "num_layers": LAYERS,
+            "num_heads": HEADS, "head_layers": HEAD_LAYERS, "finish_reason": "length", "methods": []}
+    arrays = {"token_ids": np.arange(steps), "image_attn": rng.random((steps, LAYERS, n)).astype(np.float16),
+              "head_image_attn": rng.random((steps, len(HEAD_LAYERS), HEADS, n)).astype(np.float16)}
+    return Trace(meta, arrays)
+
+
+def canvas_point(picker, x, y):
+    """Canvas pixel of original picture pixel (x, y)."""
+    return x * picker.scale, y * picker.scale
+
+
+# ---- patches: click → box → the positions MaskPatches hides -----------------------------------------------
+
+def test_clicks_grow_the_box_that_mask_patches_hides():
+    trace = grid_trace()
+    picker = patch_picker(trace)
+    assert picker.scale == pytest.approx(384 / 80)  # the longer side drawn at 384 px
+    # Picture pixel (45, 25) lies in patch row 25 // 20 = 1, column 45 // 20 = 2; (70, 50) in (2, 3).
+    first = picker.patch_at(*canvas_point(picker, 45, 25))
+    second = picker.patch_at(*canvas_point(picker, 70, 50))
+    assert (first, second) == ((1, 2), (2, 3))
+    assert picker.patch_at(-1, 5) is None and picker.patch_at(5, picker.height + 3) is None
+    selection = Selection().with_patch(*first).with_patch(*second)
+    assert selection.box == (1, 2, 2, 3) and selection.inspected == (2, 3)
+    specs = dict(intervention_specs(selection))
+    assert specs == {"mask_patches": {"first_row": 1, "last_row": 2, "first_col": 2, "last_col": 3,
+                                      "first_layer": 0, "last_layer": -1}}
+    # The method's own rule turns those knobs into sequence positions: the 2×2 patches clicked around.
+    image_positions = torch.arange(5, 5 + ROWS * COLS)
+    params = specs["mask_patches"]
+    hidden = box_positions(image_positions, ROWS, COLS, params["first_row"], params["last_row"],
+                           params["first_col"], params["last_col"])
+    by_hand = [5 + r * COLS + c for r in (1, 2) for c in (2, 3)]
+    assert sorted(hidden.tolist()) == by_hand
+    MaskPatches(**params)  # the knobs are in the method's ranges
+
+
+def test_the_outline_drawn_is_the_box_picked():
+    trace = grid_trace()
+    picker = patch_picker(trace)
+    box = (1, 2, 2, 3)
+    image = np.asarray(patch_picker_image(trace, None, None, box, inspected=(0, 0)))
+    s = picker.scale
+    left, top, right, bottom = 2 * PATCH * s, 1 * PATCH * s, 4 * PATCH * s, 3 * PATCH * s  # by hand
+    mid_y, mid_x = int((top + bottom) / 2), int((left + right) / 2)
+    assert tuple(image[mid_y, int(round(left)) + 1]) == BOX_COLOUR
+    assert tuple(image[int(round(top)) + 1, mid_x]) == BOX_COLOUR
+    assert tuple(image[mid_y, int(round(left)) - 6]) != BOX_COLOUR  # outside the box: no outline
+    assert tuple(image[1, int(PATCH * s / 2)]) == INSPECT_COLOUR  # the inspected patch (0, 0), top edge
+    assert image.shape[:2] == (round(HEIGHT * s), round(WIDTH * s))
+
+
+def test_patches_covering_only_padding_cannot_be_clicked():
+    # The first grid column covers no pixel (a letterbox): no click may pick it.
+    boxes = [[max(c * PATCH - PATCH, 0), r * PATCH, max(c * PATCH, 0), (r + 1) * PATCH]
+             for r in range(ROWS) for c in range(COLS)]
+    trace = grid_trace(boxes)
+    picker = patch_picker(trace)
+    columns = {picker.patch_at(x, y)[1] for x in range(0, picker.width, 7) for y in range(0, picker.height, 7)
+               if picker.patch_at(x, y) is not None}
+    assert columns == {1, 2, 3}
+
+
+# ---- heads: click → the head ScaleHeads silences -------------------------------------------------------------
+
+def test_a_click_on_the_head_map_silences_that_head():
+    picker = head_picker(LAYERS, HEADS)
+    cell = picker.cell
+    # Cell (layer 2, head 1) spans x left+cell..left+2·cell, y top+2·cell..top+3·cell.
+    x, y = picker.left + cell + cell // 2, picker.top + 2 * cell + 1
+    assert picker.head_at(x, y) == (2, 1)
+    assert picker.head_at(picker.left - 1, y) is None and picker.head_at(x, picker.top + LAYERS * cell) is None
+    selection = Selection(head=picker.head_at(x, y))
+    (name, params), = intervention_specs(selection)
+    assert name == "scale_heads" and params == {"head": 1, "scale": 0.0, "first_layer": 2, "last_layer": 2}
+    method = ScaleHeads(**params)
+    method.setup(SimpleNamespace(num_layers=LAYERS, num_heads=HEADS, device=torch.device("cpu")))
+    assert method.layers == frozenset({2}) and method.factor.tolist() == [1.0, 0.0]
+    image = np.asarray(head_picker_image(np.ones((LAYERS, HEADS)), (2, 1)))
+    assert image.shape[:2] == (picker.size[1], picker.size[0])
+
+
+def test_the_original_stack_keeps_its_knobs_and_takes_the_intervention_in_registry_order():
+    from halviz.methods import REGISTRY
+
+    original = stack_specs([{"name": "vcd", "params": {"alpha": 2.0}},
+                            {"name": "mask_patches", "params": {"first_row": 0, "last_row": -1}}])
+    selection = Selection(box=(1, 1, 0, 2), sink=True)
+    merged = with_intervention(original, intervention_specs(selection), list(REGISTRY))
+    names = [n for n, _ in merged]
+    assert names == sorted(names, key=list(REGISTRY).index)
+    assert dict(merged)["vcd"] == {"alpha": 2.0}
+    assert dict(merged)["mask_patches"]["first_row"] == 1 and dict(merged)["mask_patches"]["last_col"] == 2
+    assert "remove_sink" in names
+    with pytest.raises(ValueError):
+        with_intervention([("nope", {})], [], list(REGISTRY))
+    with pytest.raises(ValueError):
+        stack_specs([{"params": {}}])
+    assert "3 patches" in describe(selection) and "sink" in describe(selection)
+
+
+# ---- patch → token: the figures' numbers are the trace's --------------------------------------------------------
+
+def test_patch_token_figures_show_the_traces_attention_on_that_patch():
+    trace = grid_trace()
+    row, col = 2, 1
+    grid = trace.arrays["image_attn"].astype(np.float64).reshape(STEPS, LAYERS, ROWS, COLS)
+    expected = grid[:, :, row, col].T  # (layers, steps)
+    figure = patch_token_figure(trace, row, col, step=3)
+    heat = next(t for t in figure.data if t.type == "heatmap")
+    np.testing.assert_array_equal(np.asarray(heat.z), expected)
+    assert figure.layout.xaxis.title.text.startswith("step") and figure.layout.yaxis.title.text == "layer"
+    assert "attention weight" in heat.colorbar.title.text
+    heads = trace.arrays["head_image_attn"].astype(np.float64).reshape(STEPS, len(HEAD_LAYERS), HEADS, ROWS, COLS)
+    figure = patch_token_heads_figure(trace, row, col, layer=2)
+    heat = next(t for t in figure.data if t.type == "heatmap")
+    np.testing.assert_array_equal(np.asarray(heat.z), heads[:, HEAD_LAYERS.index(2), :, row, col].T)
+    assert figure.layout.yaxis.title.text == "head"
+    # A layer without single heads, and a patch off the grid, say so instead of raising.
+    assert "not recorded" in patch_token_heads_figure(trace, row, col, layer=1).layout.annotations[0].text
+    assert "outside" in patch_token_figure(trace, ROWS, 0).layout.annotations[0].text
+
+
+def test_the_new_figures_import_without_torch():
+    code = ("import sys; import halviz.viz, halviz.viz.patch_tokens, halviz.viz.pickers; "
+            "bad = [m for m in ('torch', 'transformers', 'gradio') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- the callbacks on the toy model -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def controller(toy):
+    import gradio as gr
+
+    from halviz.ui import build_app
+    from halviz.ui.controller import Controller
+
+    demo = build_app(models=["toy"], default_model="toy", loader=lambda name: toy, preload=[])
+    found = [getattr(fn.fn, "__self__", None) for fn in demo.fns.values()]
+    controller = next(c for c in found if isinstance(c, Controller))
+    yield controller, gr
+    demo.halviz.files.close()
+
+
+def run_greedy(controller, tokens=16):
+    from halviz.ui.examples import EXAMPLES_DIR, load_examples
+
+    scene = next(e for e in load_examples(EXAMPLES_DIR) if e.path.name == "toy-cup-no-spoon.png")
+    last = None
+    for last in controller.compare(str(scene.path), "Describe the image.", ["vanilla"], tokens, scene.objects,
+                                   "toy", "", {}):
+        pass
+    return last[controller.ui.runs]
+
+
+def test_rerun_adds_a_column_diffed_against_the_original(controller):
+    ctl, gr = controller
+    panel, whatif = ctl.ui.panel, ctl.ui.panel.whatif
+    runs = run_greedy(ctl)
+    shown = panel.show(runs, "vanilla")
+    selection = shown[whatif.selection]
+    picker = patch_picker(runs["vanilla"].trace)
+    for x, y in ((0, 0), (picker.width - 1, picker.height - 1)):  # two corners: the whole grid
+        update = ctl.pick_patch(runs, "vanilla", 0, "mean", "mean", selection, "add the patch to the box to mask",
+                                gr.SelectData(None, {"index": [x, y], "value": None}))
+        selection = update[whatif.selection]
+    rows, cols = runs["vanilla"].trace.meta["grid"]
+    assert selection.box == (0, rows - 1, 0, cols - 1)
+    assert f"{rows * cols} patches" in update[whatif.chosen]
+    for update in ctl.rerun(runs, "vanilla", selection, []):
+        pass
+    shown_list = update[ctl.ui.whatif]
+    (item,) = shown_list
+    new = update[ctl.ui.runs][item["key"]]
+    original = runs["vanilla"].trace.arrays["token_ids"].tolist()
+    changed = new.trace.arrays["token_ids"].tolist()
+    by_hand = next((i for i, (a, b) in enumerate(zip(original, changed)) if a != b), None)
+    assert by_hand is not None, "masking the whole grid changed nothing"
+    assert item["step"] == by_hand and f"differs from Greedy from step {by_hand}" in item["summary"]
+    methods = new.trace.meta["methods"]
+    assert [m["name"] for m in methods] == ["mask_patches"]
+    assert methods[0]["params"]["last_row"] == rows - 1 and methods[0]["params"]["last_col"] == cols - 1
+    assert f"at step {by_hand}" in update[ctl.ui.whatif_slots[0].open].value
+    opened = ctl.open_whatif(0)(update[ctl.ui.runs], shown_list)
+    assert opened[panel.choice].value == item["key"] and opened[panel.step].value == by_hand
+
+
+def test_bad_clicks_and_requests_are_sentences_not_stack_traces(controller):
+    ctl, gr = controller
+    runs = run_greedy(ctl, tokens=2)
+    whatif = ctl.ui.panel.whatif
+    for index in (None, ["x", 1], [float("nan"), 2], [10**6, 10**6], [-5, 3]):
+        with pytest.raises(gr.Error, match="not on an image patch"):
+            ctl.pick_patch(runs, "vanilla", 0, "mean", "mean", None, "add the patch to the box to mask",
+                           gr.SelectData(None, {"index": index, "value": None}))
+        with pytest.raises(gr.Error, match="not on a head"):
+            ctl.pick_head(runs, "vanilla", 0, "mean", "mean", None, gr.SelectData(None, {"index": index, "value": None}))
+    with pytest.raises(gr.Error, match="Choose what to change"):
+        next(ctl.rerun(runs, "vanilla", Selection(), []))
+    with pytest.raises(gr.Error, match="Run a comparison"):
+        next(ctl.rerun({}, None, Selection(sink=True), []))
+    with pytest.raises(gr.Error, match="layers 0"):
+        next(ctl.rerun(runs, "vanilla", Selection(head=(99, 0)), []))
+    with pytest.raises(gr.Error, match="Pick one layer and one head"):
+        ctl.take_head(runs, "vanilla", 0, "mean", "mean", None)
+    uploaded = {"upload:x": runs["vanilla"].__class__("upload:x", "uploaded: x", runs["vanilla"].trace, None, None)}
+    with pytest.raises(gr.Error, match="uploaded trace"):
+        next(ctl.rerun(uploaded, "upload:x", Selection(sink=True), []))
+    assert ctl.set_options(runs, "vanilla", 0, "mean", "mean", None, True, "junk")[whatif.selection] == \
+        Selection(sink=True, head_scale=0.0)
