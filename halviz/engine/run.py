@@ -5,6 +5,10 @@ A :class:`BatchRun` owns the cache of all rows of a comparison. Each forward get
 hooks act on, with the :class:`~halviz.engine.rows.Pass` they are told. The decode loop
 activates a forward only around its own model call (never across a ``yield``), so batches
 interleaved in one thread or spread over many threads never see each other's state.
+
+The ``residual`` hook point (the hidden states entering each decoder layer) is a forward pre-hook
+on the language model's decoder layers, put on a model the first time a plan needs it; it reads
+the active plan like the attention function, so it does nothing outside halviz's own forwards.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
+from threading import Lock
 from typing import Callable, Iterator
 
 import torch
@@ -67,6 +73,30 @@ class Forward:
                 yield rows, method
 
 
+_RESIDUAL_LOCK = Lock()
+
+
+def install_residual_hook(model) -> None:
+    """Hand every decoder layer's input to the active plan's ``residual`` methods (once per model)."""
+    decoder = model.get_decoder()  # transformers' own lookup of the language model
+    with _RESIDUAL_LOCK:
+        if getattr(decoder, "_halviz_residual_hook", False):
+            return
+        for index, layer in enumerate(decoder.layers):
+            layer.register_forward_pre_hook(partial(_see_residual, index), with_kwargs=True)
+        decoder._halviz_residual_hook = True
+
+
+def _see_residual(layer: int, module, args, kwargs) -> None:
+    plan = active_forward()
+    if plan is None or not plan.hooks["residual"]:
+        return None
+    hidden = args[0] if args else kwargs["hidden_states"]
+    for rows, method in plan.running("residual"):
+        plan.call(rows, method.see_residual, rows.observe_pass, layer, hidden[rows.observe])
+    return None
+
+
 class BatchRun:
     """The shared model call of all rows: one cache, and the active :class:`Forward` around it."""
 
@@ -84,6 +114,8 @@ class BatchRun:
 
     def forward(self, plan: Forward, **inputs) -> torch.Tensor:
         """One forward pass of every row; returns the last position's logits (rows, vocab), float32 or wider."""
+        if plan.hooks["residual"]:
+            install_residual_hook(self.model)
         with torch.inference_mode(), self.active(plan):
             out = self.model(**inputs, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]

@@ -4,8 +4,8 @@
 the toy probe evaluate); ``INTERVENTIONS`` are the debugger's "what if" edits (remove the sink,
 mask patches, scale heads). ``REGISTRY`` = both, and its order is the stacking order: in a stack
 each method acts at a hook point after the ones before it (PruneHal's masks, VASparse's logit
-edits, VHR's heads, KVSmooth's K/V, VCD's contrast, then the interventions). It is written here once;
-:func:`build_stack` applies it.
+edits, VHR's heads, KVSmooth's K/V, VCD's contrast, VAR's redistribution, then the interventions).
+It is written here once; :func:`build_stack` applies it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from halviz.methods.prunehal import PruneHal
 from halviz.methods.remove_sink import RemoveSink
 from halviz.methods.scale_heads import ScaleHeads
 from halviz.methods.vanilla import Vanilla
+from halviz.methods.var import VAR
 from halviz.methods.vasparse import VASparse
 from halviz.methods.vcd import VCD
 from halviz.methods.vhr import VHR
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, PruneHal, VASparse, VHR, KVSmooth, VCD)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, PruneHal, VASparse, VHR, KVSmooth, VCD, VAR)}
 INTERVENTIONS: dict[str, type[Method]] = {cls.name: cls for cls in (RemoveSink, MaskPatches, ScaleHeads)}
 REGISTRY: dict[str, type[Method]] = {**METHODS, **INTERVENTIONS}
 

@@ -4,6 +4,8 @@ A method is instantiated once per column (so the instance *is* the column's stat
 decodes every column as rows of one batch; a method sees only its own column's rows. It acts at
 the hook points it declares in ``hook_points`` (the engine dispatches nothing else to it):
 
+``residual``   the hidden states entering each decoder layer, before its input norm (:meth:`see_residual`;
+               observe only)
 ``scores``     attention logits before softmax, mask included  (:meth:`wants_scores`, :meth:`edit_scores`)
 ``heads``      per-head attention outputs before ``o_proj``   (:meth:`edit_heads`)
 ``attention``  the attention weights and the layer's K/V cache after the attention
@@ -29,9 +31,9 @@ import torch
 if TYPE_CHECKING:
     from halviz.engine.rows import Column, Pass
 
-HOOK_POINTS = ("scores", "heads", "attention", "logits")
+HOOK_POINTS = ("residual", "scores", "heads", "attention", "logits")
 # The methods behind each hook point: a class that overrides one must declare the point (tested).
-HOOK_METHODS = {"scores": ("wants_scores", "edit_scores"), "heads": ("edit_heads",),
+HOOK_METHODS = {"residual": ("see_residual",), "scores": ("wants_scores", "edit_scores"), "heads": ("edit_heads",),
                 "attention": ("needs_weights", "after_attention"), "logits": ("edit_logits",)}
 
 
@@ -128,6 +130,10 @@ class Method:
         """Called once the step's token is chosen (``column.step`` is the step just decoded)."""
 
     # ---- hook points -----------------------------------------------------------------------
+    def see_residual(self, p: Pass, layer: int, hidden: torch.Tensor) -> None:
+        """hidden: (rows, seq, hidden_size) the residual stream entering decoder layer ``layer``
+        (what its input norm, then q/k/v, are computed from); read only."""
+
     def wants_scores(self, p: Pass, layer: int) -> bool:
         """Whether :meth:`edit_scores` changes anything for this layer in this pass."""
         return False

@@ -1,4 +1,4 @@
-"""The layer knobs the interventions share: first..last, with −1 meaning the last layer."""
+"""The layer knobs the interventions share: first..last, with −1 meaning the last layer (−k: the k-th from the end)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,6 @@ def layer_knobs(what: str) -> tuple[Knob, Knob]:
 
 
 def chosen_layers(num_layers: int, first: int, last: int) -> frozenset[int]:
-    """Layers first..last (−1 = the model's last layer), clipped to the model's depth."""
-    last = num_layers - 1 if last < 0 else min(last, num_layers - 1)
+    """Layers first..last (−1 = the model's last layer, −2 the one before), clipped to the model's depth."""
+    last = num_layers + last if last < 0 else min(last, num_layers - 1)
     return frozenset(range(min(first, num_layers), last + 1))
