@@ -99,9 +99,9 @@ def test_smolvlm_layout_matches_the_processor(smolvlm, size):
         marker = "<global-img>" if frame == rows * cols else f"<row_{frame // cols + 1}_col_{frame % cols + 1}>"
         assert before == tok.convert_tokens_to_ids(marker)
     names = [g.name for g in layout.grids]
-    assert names == ([f"tiles {rows}×{cols}", "global"] if rows else ["image"])
+    assert names == (["global", f"tiles {rows}×{cols}"] if rows else ["image"])
     if rows:
-        assert (layout.grids[0].rows, layout.grids[0].cols) == (rows * side, cols * side)
+        assert (layout.grids[1].rows, layout.grids[1].cols) == (rows * side, cols * side)
     step = frames.shape[-1] // side
     mean, std = image_processor.image_mean, image_processor.image_std
     tolerance = 1.0 + max(width, height) / 255  # 8-bit colour steps, plus resampling at the borders
@@ -124,3 +124,63 @@ def test_smolvlm_text_only_prompt_drops_the_whole_image_block(smolvlm):
     plain = smolvlm.processor.tokenizer(smolvlm.chat_text("describe").replace("<image>", ""),
                                         add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     assert text_only.tolist() == plain.tolist()
+
+
+# ---- Qwen2.5-VL ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qwen():
+    from halviz.models.families.qwen2_5_vl import Qwen2_5_VL
+
+    fixture = Fixture.load("Qwen/Qwen2.5-VL-3B-Instruct")
+    return bind(Qwen2_5_VL, fixture, Qwen2_5_VL.fixture_processor(fixture))
+
+
+@pytest.mark.parametrize("size", [(448, 448), (500, 333), (200, 700), (37, 23), (3000, 2000)])
+def test_qwen_layout_matches_the_processor(qwen, size):
+    from halviz.models.families.qwen2_5_vl import MAX_PIXELS
+
+    width, height = size
+    image_processor = qwen.processor.image_processor
+    inputs, layout = qwen.prepare(ramp(width, height), "describe", torch.device("cpu"), torch.float32)
+    ids = inputs["input_ids"][0]
+    t, gh, gw = inputs["image_grid_thw"][0].tolist()
+    merge, patch = image_processor.merge_size, image_processor.patch_size
+    assert t == 1 and (layout.rows, layout.cols) == (gh // merge, gw // merge)
+    assert gh * gw * patch * patch <= MAX_PIXELS  # halviz's cap holds, whatever the upload
+    image_at = torch.nonzero(ids == qwen.image_token_id).flatten().tolist()
+    assert list(layout.positions) == image_at and len(image_at) == gh * gw // merge**2
+    assert inputs["mm_token_type_ids"][0].nonzero().flatten().tolist() == image_at
+    assert int(ids[image_at[0] - 1]) == qwen.vision_start_id and int(ids[image_at[-1] + 1]) == qwen.vision_end_id
+    assert_grid_covers(layout.boxes, width, height)
+    # The merger folds each run of merge² consecutive patches into one token, token k row-major.
+    patches = inputs["pixel_values"].numpy().reshape(-1, merge * merge, 3, image_processor.temporal_patch_size,
+                                                     patch, patch)
+    mean, std = image_processor.image_mean, image_processor.image_std
+    tolerance = 1.0 + max(width, height) / 255
+    want = centres(layout.boxes).reshape(-1, 2)
+    for k in range(patches.shape[0]):
+        block = patches[k, :, :, 0].transpose(1, 0, 2, 3)  # (3, merge², patch, patch)
+        got = where_from(block, mean, std, width, height)
+        assert abs(got[0] - want[k, 0]) <= tolerance and abs(got[1] - want[k, 1]) <= tolerance, (k, got, want[k])
+
+
+def test_qwen_positions_equal_the_model_rope_index(qwen):
+    """M-RoPE positions of an image row equal transformers' get_rope_index; a text-only row counts 0..n-1."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    class RopeIndex:  # get_rope_index needs only the config and its helper
+        config = qwen.model_config
+        get_vision_position_ids = Qwen2_5_VLModel.get_vision_position_ids
+        get_rope_index = Qwen2_5_VLModel.get_rope_index
+
+    for size in [(448, 448), (500, 333)]:
+        inputs, layout = qwen.prepare(ramp(*size), "describe", torch.device("cpu"), torch.float32)
+        ids = inputs["input_ids"]
+        want, _ = RopeIndex().get_rope_index(ids, inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
+        assert torch.equal(qwen.prompt_positions(ids[0], inputs), want[:, 0])
+        text_only = qwen.text_only_ids(ids[0], layout)
+        n = int(text_only.shape[0])
+        assert torch.equal(qwen.prompt_positions(text_only, None), torch.arange(n).expand(3, n))
+        plain = qwen.processor.tokenizer(qwen.chat_text("describe").replace("<|vision_start|><|image_pad|><|vision_end|>", ""),
+                                         add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        assert text_only.tolist() == plain.tolist()

@@ -15,6 +15,8 @@ from halviz.models.families.base import (DEFAULT_PROMPT, Family, Fixture, Grid, 
 REGISTRY = (
     "halviz.models.families.llava:Llava15",
     "halviz.models.families.llava:LlavaInterleave",
+    "halviz.models.families.smolvlm:SmolVLM",
+    "halviz.models.families.qwen2_5_vl:Qwen2_5_VL",
 )
 
 __all__ = ["DEFAULT_PROMPT", "Family", "Fixture", "Grid", "ImageLayout", "REGISTRY", "families", "family_for_config",

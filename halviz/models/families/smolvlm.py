@@ -12,22 +12,22 @@ tile, a newline after every row of tiles, then ``\\n<fake_token_around_image><gl
 image tokens + ``<fake_token_around_image>``. Both resizes are plain rescalings, so a token's box in
 the upload is its 64×64 square scaled back by (upload / resized) on each axis.
 
-Layout: ``grids[0]`` is the tiles stitched into one (rows·8)×(cols·8) grid covering the upload (each
-tile sits where it was cut); ``grids[1]`` is the 8×8 global view. An upload that needs no splitting
-(only possible when resizing is off) has the global view alone.
+Layout: ``grids[0]`` (primary) is the 8×8 global view; ``grids[1]`` the tiles stitched into one
+(rows·8)×(cols·8) grid covering the upload, each tile where it was cut (finer: 4× the global view's
+tokens per side for a 4×4 split). An upload that needs no splitting (only possible when resizing is
+off) has the global view alone.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from halviz.models.families.base import Family, Fixture, Grid, ImageLayout
-from halviz.models.families.standin import cut_text_layers, drop_dtypes, save_random, standin_tokenizer
+from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 
 IMAGE_TOKEN = "<image>"
 AROUND_IMAGE = "<fake_token_around_image>"
@@ -148,7 +148,7 @@ def smolvlm_layout(plan: SplitPlan, positions, side: int) -> ImageLayout:
     index = tuple(int(i) for i in frame * per_frame + (r % side) * side + c % side)
     tiles_boxes = _boxes(np.arange(cols + 1) * step * scale_x, np.arange(rows + 1) * step * scale_y, *size)
     tiles = Grid(f"tiles {plan.rows}×{plan.cols}", index, rows, cols, tiles_boxes)
-    return ImageLayout(positions, (tiles, global_grid), size)
+    return ImageLayout(positions, (global_grid, tiles), size)
 
 
 # ---- the family --------------------------------------------------------------------------------------
@@ -246,18 +246,12 @@ class SmolVLM(Family):
                                  chat_template=fixture.chat_template, **options)
 
     @classmethod
-    def build_fixture(cls, fixture: Fixture, folder: str | Path, text_layers: int = 1, seed: int = 0) -> Path:
-        """The real config with the decoder cut to ``text_layers`` and the vision tower to one layer (the
-        connector reads its last hidden state); the real preprocessing and generation config."""
-        import json
-
-        from transformers import GenerationConfig, Idefics3Config
+    def fixture_parts(cls, fixture: Fixture, text_layers: int = 1, vision_layers: int | None = None):
+        """The real config with the decoder cut to ``text_layers`` and the vision tower to ``vision_layers``
+        (default one: the connector reads its last hidden state); the real preprocessing."""
+        from transformers import Idefics3Config
 
         raw = drop_dtypes(cut_text_layers(fixture.config, text_layers))
         raw.pop("architectures", None)
-        raw["vision_config"]["num_hidden_layers"] = 1
-        folder = save_random(cls.model_class(), Idefics3Config(**raw), cls.fixture_processor(fixture), folder, seed)
-        generation = Path(fixture.folder) / "generation_config.json"
-        if generation.is_file():  # the real eos (<end_of_utterance>) lives here, not in text_config
-            GenerationConfig(**json.loads(generation.read_text())).save_pretrained(folder)
-        return folder
+        raw["vision_config"]["num_hidden_layers"] = vision_layers or 1
+        return Idefics3Config(**raw), cls.fixture_processor(fixture)
