@@ -5,6 +5,7 @@ Set HALVIZ_README_SCREENSHOT=1 to also write assets/screenshot.png for the READM
 """
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,71 @@ def test_an_intervention_beside_the_original_shows_where_it_diverges(page):
     summary = page.locator("#hv-summary-1").inner_text()
     assert "differs from Greedy from step" in summary, summary
     assert "differs from" not in page.locator("#hv-summary-0").inner_text()
+
+
+def test_click_patches_rerun_and_open_the_new_column_at_its_step(page):
+    """Issue 14 in the debugger: click two corner patches on the heatmap (the box grows to the whole grid),
+    click a head on the head map, re-run: a new column appears beside Greedy with its diff step, and its
+    button opens the debugger on the new column at that step."""
+    page.reload()
+    page.wait_for_selector("#hv-run", timeout=60_000)
+    index = 2 if toy_model_ready() else 5
+    page.locator("#hv-examples .gallery-item").nth(index).click()
+    page.wait_for_selector("text=trust:")
+    page.locator("#hv-methods label").filter(has_text="PruneHal").click()  # Greedy alone
+    page.wait_for_timeout(300)
+    page.click("#hv-run")
+    page.wait_for_selector("#hv-status:has-text('Done')", timeout=180_000)
+    from halviz.viz.pickers import head_picker
+
+    page.locator("#hv-patch-picker").scroll_into_view_if_needed()  # the picture loads lazily
+    picker = page.locator("#hv-patch-picker img")
+    picker.wait_for(timeout=60_000)
+    width, height = natural_size(picker)
+    selection = page.locator("#hv-selection")
+    click_natural(picker, 3, 3)  # the top-left patch
+    page.wait_for_function("document.querySelector('#hv-selection').innerText.includes('1 patch')", timeout=60_000)
+    click_natural(picker, width - 4, height - 4)  # the bottom-right patch: the box is now the whole grid
+    page.wait_for_function("document.querySelector('#hv-selection').innerText.includes('rows 0–')", timeout=60_000)
+    text = selection.inner_text()
+    assert "columns 0–" in text and "every layer" in text, text
+    note = page.locator("#hv-head-note").inner_text()  # "... 6 layers × 6 heads."
+    layers, heads = (int(v) for v in re.search(r"(\d+) layers × (\d+) heads", note).groups())
+    geometry = head_picker(layers, heads)
+    x0, y0, x1, y1 = geometry.cell_box(1, 2)
+    click_natural(page.locator("#hv-head-picker img"), (x0 + x1) / 2, (y0 + y1) / 2)
+    page.wait_for_function("document.querySelector('#hv-selection').innerText.includes('head 2 of layer 1')",
+                           timeout=60_000)
+    assert page.locator("#hv-patch-tokens .js-plotly-plot").count() == 1  # the patch → token view is drawn
+
+    page.click("#hv-rerun")
+    page.wait_for_selector("#hv-rerun-status:has-text('Re-ran')", timeout=180_000)
+    column = page.locator("#hv-whatif-0")
+    assert column.is_visible()
+    assert "Greedy + mask" in page.locator("#hv-whatif-header-0").inner_text()
+    assert page.locator("#hv-whatif-caption-0").inner_text().strip()
+    summary = page.locator("#hv-whatif-summary-0").inner_text()
+    assert "differs from Greedy from step" in summary, summary
+    step = int(summary.split("differs from Greedy from step")[1].split()[0])
+    button = page.locator("#hv-whatif-open-0")
+    assert f"at step {step}" in button.inner_text()
+    button.click()
+    page.wait_for_function(overlay_title_starts(f"Step {step}"), timeout=60_000)
+    assert "↻ Greedy + mask" in page.locator("#hv-trace-choice input:checked + span, "
+                                             "#hv-trace-choice label.selected").first.inner_text()
+    assert page.locator(".toast-body.error").count() == 0, "an error toast is shown"
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "whatif.png"), full_page=True)
+
+
+def natural_size(image) -> tuple[int, int]:
+    return tuple(image.evaluate("i => [i.naturalWidth, i.naturalHeight]"))
+
+
+def click_natural(image, x: float, y: float) -> None:
+    """Click an <img> at pixel (x, y) of the picture itself, wherever object-fit: contain placed it."""
+    box = image.bounding_box()
+    width, height = natural_size(image)
+    scale = min(box["width"] / width, box["height"] / height)
+    image.click(position={"x": (box["width"] - width * scale) / 2 + x * scale,
+                          "y": (box["height"] - height * scale) / 2 + y * scale})

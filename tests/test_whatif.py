@@ -49,7 +49,7 @@ def canvas_point(picker, x, y):
 def test_clicks_grow_the_box_that_mask_patches_hides():
     trace = grid_trace()
     picker = patch_picker(trace)
-    assert picker.scale == pytest.approx(384 / 80)  # the longer side drawn at 384 px
+    assert picker.scale == pytest.approx(800 / 80)  # the longer side drawn at 800 px
     # Picture pixel (45, 25) lies in patch row 25 // 20 = 1, column 45 // 20 = 2; (70, 50) in (2, 3).
     first = picker.patch_at(*canvas_point(picker, 45, 25))
     second = picker.patch_at(*canvas_point(picker, 70, 50))

@@ -96,14 +96,19 @@ class InterventionPanel:
         selection = gr.State(Selection())
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=300):
-                patches = gr.Image(label="Click patches: the heatmap of this step, layer and head", type="pil",
-                                   interactive=False, buttons=[], elem_id="hv-patch-picker", height=400)
+                # Labels as Markdown above: a floating block label would cover the top row of patches.
+                gr.Markdown("**Click patches**: the heatmap of this step, layer and head; blue box = patches to "
+                            "mask, green = the patch in the patch → token view", elem_classes=["hv-note"])
+                patches = gr.Image(label="patch picker", show_label=False, type="pil", interactive=False, buttons=[],
+                                   elem_id="hv-patch-picker", height=400)
                 mode = gr.Radio([GROW_BOX, INSPECT], value=GROW_BOX, label="A click on the map will",
                                 elem_id="hv-click-mode")
                 clear = gr.Button("Clear the box", size="sm", elem_id="hv-clear-box")
             with gr.Column(scale=4, min_width=280):
-                heads = gr.Image(label="Click a head: layers down (L0 at the top), heads across", type="pil",
-                                 interactive=False, buttons=[], elem_id="hv-head-picker", height=300)
+                gr.Markdown("**Click a head**: layers down (L0 at the top), heads across; blue = the chosen head",
+                            elem_classes=["hv-note"])
+                heads = gr.Image(label="head picker", show_label=False, type="pil", interactive=False, buttons=[],
+                                 elem_id="hv-head-picker", height=300)
                 heads_note = gr.Markdown(elem_classes=["hv-note"], elem_id="hv-head-note")
                 take_head = gr.Button("Choose the head shown above (Layer and Head pickers)", size="sm",
                                       elem_id="hv-take-head")

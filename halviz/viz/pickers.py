@@ -9,14 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from halviz.trace import Trace
 from halviz.viz.patches import PatchGrid, patch_grid
 
-PICKER_SIDE = 384  # the longer side of the patch picker, in pixels
-HEAD_CELL = 28  # one head cell of the head picker, in pixels (shrunk for big models, see head_cell_size)
-HEAD_MAP_MAX_SIDE = 640
+# Both pictures are drawn larger than the page shows them: Gradio's click position is exact for a picture
+# shown at or below its own size (object-fit: contain), and off by the margin for one scaled up.
+PICKER_SIDE = 800  # the longer side of the patch picker, in pixels
+HEAD_MAP_SIDE = 640  # the head map's cells fill about this many pixels
+HEAD_FONT = 22
 # The heatmap's colours (halviz.viz.common.ATTENTION_SCALE) as RGBA stops: transparent at zero.
 _HEAT_STOPS = np.array([[0.0, 255, 237, 160, 0.0], [0.3, 254, 178, 76, 0.25], [0.65, 240, 59, 32, 0.5],
                         [1.0, 128, 0, 38, 0.8]])
@@ -106,11 +108,11 @@ def patch_picker_image(trace: Trace, values: np.ndarray | None, image: Image.Ima
     if box is not None:
         outline = _span_box(picker, *box)
         if outline is not None:
-            draw.rectangle(outline, outline=BOX_COLOUR, width=3)
+            draw.rectangle(outline, outline=BOX_COLOUR, width=max(3, side // 130))
     if inspected is not None:
         cell = picker.cell_box(*inspected)
         if cell is not None:
-            draw.rectangle(cell, outline=INSPECT_COLOUR, width=2)
+            draw.rectangle(cell, outline=INSPECT_COLOUR, width=max(2, side // 200))
     return canvas.convert("RGB")
 
 
@@ -123,8 +125,8 @@ class HeadPicker:
     layers: int
     heads: int
     cell: int
-    left: int = 30  # room for the layer numbers
-    top: int = 16  # room for the head numbers
+    left: int = 3 * HEAD_FONT  # room for the layer numbers
+    top: int = int(1.5 * HEAD_FONT)  # room for the head numbers
 
     @property
     def size(self) -> tuple[int, int]:
@@ -146,7 +148,7 @@ class HeadPicker:
 
 
 def head_picker(layers: int, heads: int) -> HeadPicker:
-    cell = max(6, min(HEAD_CELL, HEAD_MAP_MAX_SIDE // max(layers, heads, 1)))
+    cell = max(6, HEAD_MAP_SIDE // max(layers, heads, 1))
     return HeadPicker(max(layers, 0), max(heads, 0), cell)
 
 
@@ -180,13 +182,15 @@ def head_picker_image(scores: np.ndarray, selected: tuple[int, int] | None = Non
     draw = ImageDraw.Draw(canvas)
     finite = scores[np.isfinite(scores)]
     peak = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    every = max(1, -(-14 // picker.cell))  # label every n-th row/column so numbers do not overlap
+    font = ImageFont.load_default(size=HEAD_FONT)
+    every = max(1, -(-2 * HEAD_FONT // picker.cell))  # label every n-th row/column so numbers do not overlap
     for layer in range(layers):
         if layer % every == 0:
-            draw.text((2, picker.cell_box(layer, 0)[1] + max(0, picker.cell // 2 - 6)), f"L{layer}", fill=(71, 85, 105))
+            draw.text((2, picker.cell_box(layer, 0)[1] + max(0, picker.cell // 2 - HEAD_FONT // 2)), f"L{layer}",
+                      fill=(71, 85, 105), font=font)
         for head in range(heads):
             if layer == 0 and head % every == 0:
-                draw.text((picker.cell_box(0, head)[0] + 1, 2), str(head), fill=(71, 85, 105))
+                draw.text((picker.cell_box(0, head)[0] + 2, 2), str(head), fill=(71, 85, 105), font=font)
             value = scores[layer, head]
             if np.isfinite(value):
                 t = float(np.clip(value / peak, 0.0, 1.0))
@@ -195,5 +199,5 @@ def head_picker_image(scores: np.ndarray, selected: tuple[int, int] | None = Non
                 colour = NOT_RECORDED
             draw.rectangle(picker.cell_box(layer, head), fill=colour, outline=(255, 255, 255))
     if selected is not None and 0 <= selected[0] < layers and 0 <= selected[1] < heads:
-        draw.rectangle(picker.cell_box(*selected), outline=HEAD_SELECTED, width=max(2, picker.cell // 8))
+        draw.rectangle(picker.cell_box(*selected), outline=HEAD_SELECTED, width=max(2, picker.cell // 10))
     return canvas
