@@ -30,6 +30,7 @@ T_VAS, T_VHR = "tests/test_vasparse.py", "tests/test_vhr.py"
 T_PRUNE, T_KV = "tests/test_prunehal.py", "tests/test_kvsmooth.py"
 BATCH, RUN, T_BATCH = "halviz/engine/batch.py", "halviz/engine/run.py", "tests/test_batch.py"
 T_VCD = "tests/test_vcd.py"
+VAR, T_VAR = "halviz/methods/var.py", "tests/test_var.py"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,31 @@ MUTATIONS = (
     Mutation("vcd: contrast against the clean image's own logits", "halviz/methods/vcd.py",
              "theta, prior = logits[main:main + 1], logits[noised:noised + 1]",
              "theta, prior = logits[main:main + 1], logits[main:main + 1]", (T_VCD,), "new code"),
+    Mutation("var: head rule direction flipped (non-sink share ≤ ρ)", VAR,
+             "return (image_mass >= min_image) & (share >= rho)", "return (image_mass >= min_image) & (share <= rho)",
+             (T_VAR,), "new code"),
+    Mutation("var: image-mass floor ignored", VAR,
+             "return (image_mass >= min_image) & (share >= rho)", "return share >= rho", (T_VAR,), "new code"),
+    Mutation("var: budget to every non-sink token, not only the image", VAR,
+             "targets = sinks.to(weights.dtype), (image & ~sinks).to(weights.dtype)",
+             "targets = sinks.to(weights.dtype), (~sinks).to(weights.dtype)", (T_VAR,), "new code"),
+    Mutation("var: target shares not normalised (budget × weight)", VAR,
+             "+ p * sink_mass * weights * targets / safe", "+ p * sink_mass * weights * targets", (T_VAR,), "new code"),
+    Mutation("var: sinks scaled down, budget dropped (softmax renormalises over all)", VAR,
+             "moved = weights - p * weights * sinks + p * sink_mass * weights * targets / safe",
+             "moved = weights - p * weights * sinks", (T_VAR,), "new code"),
+    Mutation("var: prefill queries inside the image edited too", VAR,
+             "reading = torch.arange(kv - q, kv, device=scores.device) >= self.after_image",
+             "reading = torch.arange(kv - q, kv, device=scores.device) >= 0", (T_VAR,), "new code"),
+    Mutation("var: τ not rescaled to the hidden size", VAR,
+             "return tau * math.sqrt(hidden_size / REFERENCE_WIDTH)", "return tau", (T_VAR,), "new code"),
+    Mutation("var: wrong layers (−2 read as the last layer)", "halviz/methods/layer_range.py",
+             "last = num_layers + last if last < 0", "last = num_layers - 1 if last < 0", (T_VAR,), "new code"),
+    Mutation("var: wrong layers (last layer edited by default)", VAR,
+             'Knob("last_layer", "Last layer (−1 = last)", -2,', 'Knob("last_layer", "Last layer (−1 = last)", -1,',
+             (T_VAR,), "new code"),
+    Mutation("var: sinks of the layer below", VAR,
+             "self.sinks.get(MAIN, {})).get(layer)", "self.sinks.get(MAIN, {})).get(layer - 1)", (T_VAR,), "new code"),
     Mutation("vhr: T-VHD top-k ignores k", VHR,
              "return vhd.topk(min(k, vhd.shape[-1]), dim=-1).values.sum((-2, -1))",
              "return vhd.sum((-2, -1))", (T_VHR,), "new code"),

@@ -12,6 +12,7 @@ from halviz.engine.decode import Decoder
 from halviz.methods import METHODS, build_stack
 from halviz.methods.layer_range import chosen_layers
 from halviz.methods.var import VAR, image_centric, redistribute, scaled_tau, sink_tokens
+from halviz.trace import Trace
 from spies import LogitSpy
 from stock import stock_with_weights
 
@@ -165,7 +166,7 @@ def test_p_zero_is_vanilla(tiny_models_f64, photo):
     torch.testing.assert_close(off, torch.cat(spy.logits), rtol=1e-10, atol=1e-10)
 
 
-def test_a_var_column_equals_its_solo_run(tiny_models_f64, photo):
+def test_a_var_column_equals_its_solo_run(tiny_models_f64, photo, tmp_path):
     loaded = tiny_models_f64["llava-1.5"]
     params = {"var": SETTINGS["llava-1.5"]}
     stacks = [[LogitSpy()], [*build_stack(["var"], params), LogitSpy()], [*build_stack(["vcd", "var"], params),
@@ -181,5 +182,7 @@ def test_a_var_column_equals_its_solo_run(tiny_models_f64, photo):
                                    rtol=1e-9, atol=1e-9)
         for key in ("var/sinks", "var/heads"):
             assert (traces[i].arrays[f"method/{key}"] == solo_trace.arrays[f"method/{key}"]).all()
+    npz, _ = traces[1].save(tmp_path / "var")  # its arrays pass the trace's checks and round-trip
+    assert (Trace.load(npz).method_array("var", "heads") == traces[1].method_array("var", "heads")).all()
     assert [s.token_id for s in batch.steps[1]] != [s.token_id for s in batch.steps[0]] or \
         not torch.allclose(torch.cat(stacks[1][-1].logits), torch.cat(stacks[0][-1].logits))

@@ -149,6 +149,7 @@ class VAR(Method):
         self.image_index = column.image_index
         self.after_image = int(column.image_index.max()) + 1
         self.sinks: dict[str, dict[int, torch.Tensor]] = {}  # stream → layer → (prompt,) bool
+        self._visual_sink_layers: set[int] = set()
         self._heads: dict[int, dict[int, torch.Tensor]] = {}  # step → layer → (H,) bool, main row, last query
         self._moved: dict[int, dict[int, torch.Tensor]] = {}
         self._steps = 0
@@ -161,10 +162,14 @@ class VAR(Method):
             return
         tau = scaled_tau(float(self.params["tau"]), hidden.shape[-1])
         for r in p.main_layout:
-            self.sinks.setdefault(p.streams[r], {})[layer] = sink_tokens(hidden[r, :self.prompt_len], tau)
+            found = sink_tokens(hidden[r, :self.prompt_len], tau)
+            self.sinks.setdefault(p.streams[r], {})[layer] = found
+            if bool(found[self.image_index].any()):
+                self._visual_sink_layers.add(layer)
 
     def wants_scores(self, p: Pass, layer: int) -> bool:
-        return layer in self.layers and self.p > 0 and bool(p.main_layout)
+        # no visual sink in the layer: no head is image-centric, and the engine may keep its fast path
+        return layer in self._visual_sink_layers and self.p > 0 and bool(p.main_layout)
 
     def edit_scores(self, p: Pass, layer: int, scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         q, kv = scores.shape[-2:]
@@ -174,7 +179,7 @@ class VAR(Method):
         out = scores
         for r in p.main_layout:
             found = self.sinks.get(p.streams[r], self.sinks.get(MAIN, {})).get(layer)
-            if found is None:
+            if found is None or not bool(found[self.image_index].any()):
                 continue
             sinks = torch.zeros(kv, dtype=torch.bool, device=scores.device)
             sinks[:found.shape[0]] = found
@@ -198,10 +203,12 @@ class VAR(Method):
         sinks = np.zeros((self.num_layers, self.prompt_len), dtype=np.uint8)
         for layer, found in self.sinks.get(MAIN, {}).items():
             sinks[layer] = found.cpu().numpy()
-        steps = max(self._steps, max(self._heads, default=-1) + 1)
+        steps = self._steps  # the steps whose token was chosen (a forward under way is left out)
         heads = np.zeros((steps, self.num_layers, self.num_heads), dtype=np.uint8)
         moved = np.zeros((steps, self.num_layers, self.num_heads), dtype=np.float16)
         for step, layers in self._heads.items():
+            if step >= steps:
+                continue
             for layer, chosen in layers.items():
                 heads[step, layer] = chosen.numpy()
                 moved[step, layer] = self._moved[step][layer].numpy()
