@@ -57,7 +57,8 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: ToyModelConfig) -> 
                           chat_template=CHAT_TEMPLATE)
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, cfg: ToyModelConfig) -> LlavaForConditionalGeneration:
+def build_model(tokenizer: PreTrainedTokenizerFast, cfg: ToyModelConfig,
+                attention_bias: bool = False) -> LlavaForConditionalGeneration:
     vision = CLIPVisionConfig(
         hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden, num_hidden_layers=cfg.vision_layers,
         num_attention_heads=cfg.vision_heads, image_size=IMAGE_SIZE, patch_size=cfg.patch_size,
@@ -67,7 +68,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: ToyModelConfig) -> Llav
         hidden_size=cfg.text_hidden, intermediate_size=cfg.intermediate, num_hidden_layers=cfg.text_layers,
         num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads, vocab_size=len(tokenizer),
         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, attention_bias=attention_bias,
     )
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),

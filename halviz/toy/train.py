@@ -31,6 +31,7 @@ import torch
 from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
 from halviz.toy import checkpoint
 from halviz.toy.captions import TRAIN_PROMPTS, caption_for
+from halviz.toy.designed_sink import DesignedSink, impose
 from halviz.toy.model import ToyModelConfig, build_model, build_processor
 from halviz.toy.packing import pack_rows
 from halviz.toy.scenes import WorldConfig, generate_scene
@@ -97,6 +98,13 @@ class TrainConfig:
     # zero, so BOS carries a zero key and value in every layer — a designed sink slot (StreamingLLM's
     # sink token, §3.3, made inert, as in "softmax off by one") that heads learn to use as a no-op.
     null_bos_sink: bool = False
+    # Fallback, off by default and named wherever the model is shown: a fixed BOS sink built into
+    # the decoder from the start (halviz/toy/designed_sink.py), for when none emerges in training.
+    designed_sink: bool = False
+    designed_sink_logit: float = DesignedSink.logit
+
+    def sink(self) -> DesignedSink | None:
+        return DesignedSink(logit=self.designed_sink_logit) if self.designed_sink else None
 
     def steps(self, stage: str) -> int:
         return getattr(self, f"{stage}_steps")
@@ -183,12 +191,17 @@ class Recipe:
         torch.manual_seed(cfg.seed)
         self.tokenizer = self._tokenizer()
         self.processor = build_processor(self.tokenizer, model_cfg)
-        self.model = build_model(self.tokenizer, model_cfg).to(device)
+        self.model = build_model(self.tokenizer, model_cfg, attention_bias=cfg.designed_sink).to(device)
+        self._impose_sink()
         self.grid = (96 // model_cfg.patch_size) ** 2
         self.batcher = Batcher(self.processor, self.grid)
         self.vision_head = PatchHead(model_cfg.vision_hidden).to(device)
         if cfg.null_bos_sink:
             self._fix_bos_at_zero()
+
+    def _impose_sink(self) -> None:
+        if self.cfg.designed_sink:
+            impose(self.model, self.tokenizer.bos_token_id, self.cfg.sink())
 
     def _fix_bos_at_zero(self) -> None:
         """Zero BOS's embedding row and its gradient, so Adam never moves it (tied lm_head row too)."""
@@ -354,7 +367,11 @@ class Recipe:
         if state is not None:
             if {**defaults, **state["config"]} != asdict(self.cfg):
                 raise SystemExit(f"the checkpoint in {self.ckpt_dir} was made with another training config")
-            self.model.load_state_dict(state["model"])
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+            # A stage checkpoint from before the designed sink lacks only the attention biases it adds.
+            if unexpected or any(not (self.cfg.designed_sink and k.endswith("_proj.bias")) for k in missing):
+                raise SystemExit(f"checkpoint does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            self._impose_sink()
             self.vision_head.load_state_dict(state["vision_head"])
             self.history, self.stage_seconds = state["history"] + self.history, dict(state["stage_seconds"])
             self.elapsed_before = state["elapsed"]
@@ -385,6 +402,7 @@ class Recipe:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
+                self._impose_sink()  # the designed sink's parameters are fixed, not learned
                 if step % self.log_every == 0 or step == steps - 1:
                     self._log({"stage": stage, "step": step, "loss": round(loss.item(), 4),
                                "lr": round(opt.param_groups[0]["lr"], 6), **extra,
@@ -415,7 +433,8 @@ class Recipe:
         self.processor.save_pretrained(out)
         info = {"recipe": "staged (vision → text → align → multi), second edition",
                 "train_config": asdict(self.cfg), "model_config": self.model_cfg.as_dict(),
-                "sink_fallback": ("null BOS sink: BOS embedding fixed at zero (designed sink slot)"
+                "sink_fallback": (self.cfg.sink().describe() if self.cfg.designed_sink else
+                                  "null BOS sink: BOS embedding fixed at zero (designed sink slot)"
                                   if self.cfg.null_bos_sink else None), "device": str(self.device), "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "params_m": round(sum(p.numel() for p in self.model.parameters()) / 1e6, 3),
