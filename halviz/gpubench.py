@@ -39,9 +39,9 @@ def build_real_geometry(name: str, device: torch.device, dtype: torch.dtype, lay
     """Random weights of the real architecture, allocated on ``device``, wrapped as the app loads models."""
     register_attention()
     model, processor = build_real_geometry_model(name, device, dtype, layers, seed)
-    model.set_attn_implementation({"text_config": ATTENTION_NAME, "vision_config": "sdpa"})
-    return LoadedModel(f"random-{name}", f"random weights, {GEOMETRIES[name]}", model, processor,
-                       adapter_for(model, processor), device, dtype)
+    adapter = adapter_for(model, processor)
+    model.set_attn_implementation(adapter.attn_implementation(ATTENTION_NAME))
+    return LoadedModel(f"random-{name}", f"random weights, {GEOMETRIES[name]}", model, processor, adapter, device, dtype)
 
 
 def _sync(device: torch.device) -> None:

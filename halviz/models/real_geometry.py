@@ -1,103 +1,44 @@
-"""Random checkpoints with a real model's exact architecture, built from its stored ``config.json``.
+"""Random checkpoints with a real model's exact architecture, for the benchmarks (CPU and GPU).
 
-The configs live in ``configs/`` (each file's ``_source`` says where every value comes from). The
-weights are random and the tokenizer is a small stand-in with the checkpoint's special tokens; the
-stand-in's ids replace the checkpoint's special ids in the config while the embedding keeps the real
-vocabulary size, so every layer has its real shape and only the prompt's token count differs.
+Built from the fixture folders in ``configs/<hub-id>/`` by the model's family (see
+:meth:`halviz.models.families.base.Family.fixture_parts`): random weights, the checkpoint's real
+preprocessing, and a stand-in tokenizer with the checkpoint's special tokens at their real ids.
+Here ``layers`` cuts both towers (the vision tower keeps at least the layers its feature layer reads).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from transformers import (LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast,
-                          SiglipImageProcessorPil)
 
-from halviz.models.tiny import _CORPUS, build_tokenizer, clip_image_processor, llava_processor
-from halviz.models.tokenizer import IMAGE_TOKEN
+from halviz.models.families import Fixture, family_for_hub_id
+from halviz.models.families.standin import cut_text_layers, drop_dtypes, random_model
 
-CONFIGS = Path(__file__).parent / "configs"
-GEOMETRIES = {"7b": "llava-1.5-7b-hf.json", "interleave-0.5b": "llava-interleave-qwen-0.5b-hf.json"}
-STANDIN_VOCAB = 320
-
-# llava-interleave's chat format (ChatML, images before the text of a turn), as its chat_template.json.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
-    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN)
+GEOMETRIES = {"7b": "llava-hf/llava-1.5-7b-hf", "interleave-0.5b": "llava-hf/llava-interleave-qwen-0.5b-hf"}
 
 
 def real_geometry_config(name: str, layers: int | None = None) -> dict:
-    """The checkpoint's config as a dict; ``layers`` cuts both towers (every other size is kept)."""
-    config = json.loads((CONFIGS / GEOMETRIES[name]).read_text())
-    config.pop("_source", None)
-    for part in (config, config["text_config"], config["vision_config"]):  # the dtype is the caller's choice
-        part.pop("torch_dtype", None)
+    """The checkpoint's config.json as a dict; ``layers`` cuts both towers (every other size is kept)."""
+    config = drop_dtypes(Fixture.load(GEOMETRIES[name]).config)
     if layers is not None:
-        config["text_config"]["num_hidden_layers"] = layers
+        config = cut_text_layers(config, layers)
         # The vision feature layer (-1 or -2) must still exist.
         config["vision_config"]["num_hidden_layers"] = max(layers, -config["vision_feature_layer"])
     return config
 
 
-def qwen_standin_tokenizer(vocab_size: int = STANDIN_VOCAB) -> PreTrainedTokenizerFast:
-    """A byte-level BPE on the toy corpus with Qwen's special tokens (no BOS, like Qwen)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 8, special_tokens=list(QWEN_SPECIALS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   extra_special_tokens={"image_token": IMAGE_TOKEN})
-
-
-def _with_standin_ids(raw: dict, tokenizer) -> dict:
-    """The stand-in tokenizer's ids in place of the checkpoint's special ids (the vocabulary size stays)."""
-    raw = dict(raw, text_config=dict(raw["text_config"]))
-    raw["image_token_index"] = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    raw["pad_token_id"] = tokenizer.pad_token_id
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
-    raw["text_config"].update(bos_token_id=bos, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return raw
-
-
-def standin_processor(raw: dict, tokenizer):
-    """The checkpoint's preprocessing (CLIP resize + crop, or SigLIP square resize) around ``tokenizer``."""
-    vision = raw["vision_config"]
-    size, patch = vision["image_size"], vision["patch_size"]
-    if vision["model_type"] == "siglip_vision_model":
-        image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
-        return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
-                              vision_feature_select_strategy=raw["vision_feature_select_strategy"],
-                              num_additional_image_tokens=0, chat_template=CHATML_TEMPLATE)
-    return llava_processor(clip_image_processor(size), tokenizer, patch, raw["vision_feature_select_strategy"], 1)
-
-
 def build_real_geometry_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                               layers: int | None = None, seed: int = 0):
     """(model, processor): random weights of the real architecture, allocated straight on ``device``."""
-    raw = real_geometry_config(name, layers)
-    tokenizer = (qwen_standin_tokenizer() if raw["text_config"]["model_type"] == "qwen2"
-                 else build_tokenizer(STANDIN_VOCAB))
-    raw = _with_standin_ids(raw, tokenizer)
-    config = LlavaConfig(**raw)
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlavaForConditionalGeneration(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
-    return model, standin_processor(raw, tokenizer)
+    fixture = Fixture.load(GEOMETRIES[name])
+    family = family_for_hub_id(fixture.hub_id)
+    text_layers = layers or int((fixture.config.get("text_config") or fixture.config).get("num_hidden_layers", 32))
+    config, processor = family.fixture_parts(fixture, text_layers, layers or 10**6)
+    if layers is None:  # the whole vision tower
+        config.vision_config.num_hidden_layers = int(fixture.config["vision_config"]["num_hidden_layers"])
+    model = random_model(family.model_class(), config, device, dtype, seed, fixture.generation)
+    return model, processor
 
 
 def save_real_geometry(name: str, folder: str | Path, layers: int | None = None, seed: int = 0) -> Path:

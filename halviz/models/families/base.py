@@ -111,9 +111,10 @@ class Fixture:
     """A hub checkpoint's small files, as stored in ``halviz/models/configs/<org>/<name>/``.
 
     ``config.json`` (the checkpoint's own, untouched), ``preprocessor_config.json``,
-    ``processor_config.json`` (optional), ``chat_template.jinja`` (optional), ``special_tokens.json``
-    (``{"ids": {token: id, ...}, "bos_token": ..., "eos_token": ..., "pad_token": ..., "unk_token": ...,
-    "image_token": ...}``, roles optional) and ``SOURCES.md`` (where each value comes from).
+    ``processor_config.json`` (optional), ``chat_template.jinja`` (optional), ``generation_config.json``
+    (optional), ``special_tokens.json`` (``{"ids": {token: id, ...}, "bos_token": ..., "eos_token": ...,
+    "pad_token": ..., "unk_token": ..., "image_token": ..., "add_bos_token": bool}``, roles optional) and
+    ``SOURCES.md`` (where each value comes from).
     """
 
     hub_id: str
@@ -123,6 +124,7 @@ class Fixture:
     processor: dict
     chat_template: str | None
     special_tokens: dict
+    generation: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, hub_id: str) -> "Fixture":
@@ -137,7 +139,7 @@ class Fixture:
         template = folder / "chat_template.jinja"
         return cls(hub_id, folder, read("config.json"), read("preprocessor_config.json", {}),
                    read("processor_config.json", {}), template.read_text() if template.is_file() else None,
-                   read("special_tokens.json", {"ids": {}}))
+                   read("special_tokens.json", {"ids": {}}), read("generation_config.json", {}))
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -187,12 +189,25 @@ class Family:
         return AutoProcessor.from_pretrained(source, local_files_only=local)
 
     @classmethod
-    def build_fixture(cls, fixture: Fixture, folder: str | Path, text_layers: int = 1, seed: int = 0) -> Path:
-        """Save a random checkpoint of ``fixture``'s real architecture in ``folder`` (read by ``load_model``):
-        the text tower cut to ``text_layers`` layers (the vision tower to what its feature layer needs),
-        every other size, the vocabulary size and every special token id kept, with a stand-in tokenizer
-        (:func:`halviz.models.families.standin.standin_tokenizer`) and the real preprocessing."""
+    def fixture_parts(cls, fixture: Fixture, text_layers: int = 1, vision_layers: int | None = None):
+        """(config, processor) of a random checkpoint of ``fixture``'s real architecture: the text tower cut
+        to ``text_layers`` layers, the vision tower to ``vision_layers`` (None: the fewest its feature layer
+        needs), every other size, the vocabulary size and every special token id kept; the processor is the
+        real preprocessing around a stand-in tokenizer (:func:`halviz.models.families.standin.standin_tokenizer`)."""
         raise NotImplementedError
+
+    @classmethod
+    def build_fixture(cls, fixture: Fixture, folder: str | Path, text_layers: int = 1, seed: int = 0,
+                      vision_layers: int | None = None, init_std: float | None = None) -> Path:
+        """Save that random checkpoint (float32) in ``folder``, where ``load_model`` reads it. ``init_std``
+        replaces the weights' initialisation scale (tests use a large one: random attention is then peaked
+        and greedy tokens vary, so a wrong position or mask shows)."""
+        from halviz.models.families.standin import save_random, set_init_std
+
+        config, processor = cls.fixture_parts(fixture, text_layers, vision_layers)
+        if init_std is not None:
+            set_init_std(config, init_std)
+        return save_random(cls.model_class(), config, processor, folder, seed, fixture.generation)
 
     # ---- bound to one loaded model ----------------------------------------------------------------
     def __init__(self, model, processor):

@@ -9,12 +9,11 @@ centre-cropped (or padded to a square first, with ``do_pad``), 576 tokens on 24Ã
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from halviz.models.families.base import Family, Fixture, ImageLayout
-from halviz.models.families.standin import cut_text_layers, drop_dtypes, save_random, standin_tokenizer
+from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 from halviz.models.geometry import patch_boxes
 
 
@@ -89,21 +88,20 @@ class Llava(Family):
 
     # ---- the test checkpoint from the real config ------------------------------------------------
     @classmethod
-    def build_fixture(cls, fixture: Fixture, folder: str | Path, text_layers: int = 1, seed: int = 0) -> Path:
+    def fixture_parts(cls, fixture: Fixture, text_layers: int = 1, vision_layers: int | None = None):
         from transformers import LlavaConfig, LlavaProcessor
 
         raw = drop_dtypes(cut_text_layers(fixture.config, text_layers))
         raw.pop("architectures", None)
-        vision = raw["vision_config"]
-        # The tower keeps what its feature layer reads (-1: the last layer, -2: the one before).
-        vision["num_hidden_layers"] = max(1, -int(raw.get("vision_feature_layer", -2)))
+        # The tower keeps at least what its feature layer reads (-1: the last layer, -2: the one before).
+        needed = -int(raw.get("vision_feature_layer", -2))
+        raw["vision_config"]["num_hidden_layers"] = max(needed, vision_layers or 1)
         tokenizer = standin_tokenizer(fixture)
-        image_processor = image_processor_from(fixture.preprocessor)
         options = {k: v for k, v in fixture.processor.items() if k in
                    ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens")}
-        processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+        processor = LlavaProcessor(image_processor=image_processor_from(fixture.preprocessor), tokenizer=tokenizer,
                                    chat_template=fixture.chat_template, **options)
-        return save_random(cls.model_class(), LlavaConfig(**raw), processor, folder, seed)
+        return LlavaConfig(**raw), processor
 
 
 class Llava15(Llava):

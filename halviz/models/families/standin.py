@@ -50,9 +50,16 @@ def standin_tokenizer(fixture: Fixture, ordinary: int = STANDIN_ORDINARY):
     data["added_tokens"] = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
                              "normalized": False, "special": True} for t, i in sorted(specials.items(), key=lambda kv: kv[1])]
     roles = {r: fixture.role(r) for r in ROLES if fixture.role(r)}
-    extra = {k: v for k, v in fixture.special_tokens.items() if k.endswith("_token") and k not in ROLES}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), **roles,
-                                        extra_special_tokens=extra)
+    extra = {k: v for k, v in fixture.special_tokens.items()
+             if k.endswith("_token") and k not in ROLES and isinstance(v, str)}
+    backend = Tokenizer.from_str(json.dumps(data))
+    bos = fixture.role("bos_token")
+    if fixture.special_tokens.get("add_bos_token") and bos:  # e.g. Llama: the tokenizer, not the template, writes <s>
+        from tokenizers import processors
+
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                               special_tokens=[(bos, specials[bos])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **roles, extra_special_tokens=extra)
     for token, i in specials.items():  # the ids are the point of the stand-in: fail loudly if one moved
         if tokenizer.convert_tokens_to_ids(token) != i:
             raise RuntimeError(f"stand-in tokenizer put {token!r} at {tokenizer.convert_tokens_to_ids(token)}, not {i}")
@@ -80,11 +87,38 @@ def drop_dtypes(config: dict) -> dict:
     return config
 
 
-def save_random(model_class, config, processor, folder: str | Path, seed: int = 0) -> Path:
+def set_init_std(config, std: float) -> None:
+    """Set ``initializer_range`` on a config and on every sub-config that has one."""
+    if hasattr(config, "initializer_range"):
+        config.initializer_range = std
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "initializer_range"):
+            sub.initializer_range = std
+
+
+def random_model(model_class, config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 seed: int = 0, generation: dict | None = None):
+    """Random weights of ``config``, allocated straight on ``device`` in ``dtype``; ``generation``: the
+    checkpoint's generation_config.json values (its eos ids end a caption)."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = model_class(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    for key, value in (generation or {}).items():
+        if key.endswith("_token_id"):
+            setattr(model.generation_config, key, value)
+    return model
+
+
+def save_random(model_class, config, processor, folder: str | Path, seed: int = 0, generation: dict | None = None) -> Path:
     """Random float32 weights of ``config`` saved with ``processor`` in ``folder``."""
     folder = Path(folder)
-    torch.manual_seed(seed)
-    model = model_class(config).eval()
+    model = random_model(model_class, config, "cpu", torch.float32, seed, generation)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
