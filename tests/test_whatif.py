@@ -132,6 +132,12 @@ def test_the_original_stack_keeps_its_knobs_and_takes_the_intervention_in_regist
     with pytest.raises(ValueError):
         stack_specs([{"params": {}}])
     assert "3 patches" in describe(selection) and "sink" in describe(selection)
+    assert "every layer" in describe(selection)
+    late = Selection(box=(0, 0, 0, 0), sink=True, first_layer=2, last_layer=3)
+    specs = dict(intervention_specs(late))
+    for name in ("mask_patches", "remove_sink"):
+        assert (specs[name]["first_layer"], specs[name]["last_layer"]) == (2, 3)
+    assert "in layers 2–3" in describe(late)
 
 
 # ---- patch → token: the figures' numbers are the trace's --------------------------------------------------------
@@ -217,6 +223,8 @@ def test_rerun_adds_a_column_diffed_against_the_original(controller):
     assert [m["name"] for m in methods] == ["mask_patches"]
     assert methods[0]["params"]["last_row"] == rows - 1 and methods[0]["params"]["last_col"] == cols - 1
     assert f"at step {by_hand}" in update[ctl.ui.whatif_slots[0].open].value
+    spans = update[ctl.ui.whatif_slots[0].caption]
+    assert len(spans) == len(changed) and [i for i, (_, label) in enumerate(spans) if label == "first change"] == [by_hand]
     opened = ctl.open_whatif(0)(update[ctl.ui.runs], shown_list)
     assert opened[panel.choice].value == item["key"] and opened[panel.step].value == by_hand
 
@@ -237,10 +245,14 @@ def test_bad_clicks_and_requests_are_sentences_not_stack_traces(controller):
         next(ctl.rerun({}, None, Selection(sink=True), []))
     with pytest.raises(gr.Error, match="layers 0"):
         next(ctl.rerun(runs, "vanilla", Selection(head=(99, 0)), []))
+    with pytest.raises(gr.Error, match="layers to mask in"):
+        next(ctl.rerun(runs, "vanilla", Selection(sink=True, first_layer=4, last_layer=2), []))
+    with pytest.raises(gr.Error, match="layers to mask in"):
+        next(ctl.rerun(runs, "vanilla", Selection(sink=True, first_layer=99), []))
     with pytest.raises(gr.Error, match="Pick one layer and one head"):
         ctl.take_head(runs, "vanilla", 0, "mean", "mean", None)
     uploaded = {"upload:x": runs["vanilla"].__class__("upload:x", "uploaded: x", runs["vanilla"].trace, None, None)}
     with pytest.raises(gr.Error, match="uploaded trace"):
         next(ctl.rerun(uploaded, "upload:x", Selection(sink=True), []))
-    assert ctl.set_options(runs, "vanilla", 0, "mean", "mean", None, True, "junk")[whatif.selection] == \
-        Selection(sink=True, head_scale=0.0)
+    assert ctl.set_options(runs, "vanilla", 0, "mean", "mean", None, True, "junk", float("nan"), None)[
+        whatif.selection] == Selection(sink=True, head_scale=0.0, first_layer=0, last_layer=-1)

@@ -33,7 +33,8 @@ from halviz.ui.state import (MAX_SESSION_UPLOAD_BYTES, RunEntry, Runs, TraceFile
 from halviz.ui.memory import release_memory
 from halviz.ui.selection import (Selection, as_selection, intervention_specs, short_title, stack_specs,
                                  with_intervention)
-from halviz.ui.whatif import (GROW_BOX, MAX_WHATIF, WhatIfSlot, clicked_head, clicked_patch, with_head)
+from halviz.ui.whatif import (GROW_BOX, MAX_WHATIF, WhatIfSlot, clicked_head, clicked_patch, whatif_spans,
+                              with_head)
 from halviz.methods import check_compatible
 from halviz.viz import span_offset, step_at_offset
 
@@ -213,6 +214,15 @@ def toy_photo_notice(real_models: Sequence[str]) -> str:
     return ("⚠ **This picture is not a toy scene.** The toy model only knows its glyph world (coloured shapes "
             "on a plain background), so its captions of a photo are noise. For photos pick a real model in "
             f"the Model box: {named}. The comparison runs anyway.")
+
+
+def _number(value, default: float) -> float:
+    """``value`` as a finite number, else ``default``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if np.isfinite(number) else default
 
 
 def _short(text: str) -> str:
@@ -475,13 +485,12 @@ class Controller:
         self._entry(runs, key)
         return self._view(runs, key, step, layer, head, replace(as_selection(selection), box=None, inspected=None))
 
-    def set_options(self, runs, key, step, layer, head, selection, sink, scale) -> dict:
-        """The sink tick box and the head scale slider, kept in the selection."""
-        try:
-            factor = float(scale)
-        except (TypeError, ValueError):
-            factor = 0.0
-        selection = replace(as_selection(selection), sink=bool(sink), head_scale=min(max(factor, 0.0), 10.0))
+    def set_options(self, runs, key, step, layer, head, selection, sink, scale, first_layer=0, last_layer=-1) -> dict:
+        """The sink tick box, the head scale and the layer range, kept in the selection (odd values
+        fall back to the defaults; the range is checked against the model at re-run)."""
+        factor, first, last = _number(scale, 0.0), _number(first_layer, 0), _number(last_layer, -1)
+        selection = replace(as_selection(selection), sink=bool(sink), head_scale=min(max(factor, 0.0), 10.0),
+                            first_layer=int(min(max(first, 0), 255)), last_layer=int(min(max(last, -1), 255)))
         if not runs or key not in runs:
             return {self.ui.panel.whatif.selection: selection}
         return self._view(runs, key, step, layer, head, selection)
@@ -504,8 +513,8 @@ class Controller:
                 continue
             entry = runs.get(item["key"])
             texts = entry.trace.texts if entry is not None else item.get("texts", [])
-            spans = column_result(item["key"], item["title"], texts, 1.0, None, item.get("truth")).spans
             step = item.get("step")
+            spans = whatif_spans(texts, item.get("truth"), step, item.get("finish") == "eos")
             updates.update({
                 slot.column: gr.Column(visible=True),
                 slot.header: f"### ↻ {markdown_text(item['title'])}\nre-run of {markdown_text(item['original'])} "
@@ -531,6 +540,9 @@ class Controller:
         layers, heads = int(trace.meta.get("num_layers", 0)), int(trace.meta.get("num_heads", 0))
         if selection.head is not None and not (0 <= selection.head[0] < layers and 0 <= selection.head[1] < heads):
             raise ui_error(f"This model has layers 0–{layers - 1} and heads 0–{heads - 1}.")
+        last = layers - 1 if selection.last_layer < 0 else selection.last_layer
+        if (selection.box is not None or selection.sink) and not 0 <= selection.first_layer <= last < layers:
+            raise ui_error(f"The layers to mask in must run from a first to a last layer within 0–{layers - 1}.")
         try:
             original = stack_specs(trace.meta.get("methods"))
             changed = with_intervention(original, intervention_specs(selection), list(self.app.registry))
@@ -565,8 +577,11 @@ class Controller:
                      zip((entry.key, new_key), (entry.title, title), progress.texts, progress.compute_s,
                          progress.finish)], progress.tokens)
                 done = all(f is not None for f in progress.finish)
-                item.update(summary=results[1].summary_markdown(), step=results[1].diverges_at, texts=progress.texts[1],
-                            truth=entry.truth)
+                summary = results[1].summary_markdown()
+                if results[1].diverges_at is not None:
+                    summary += " · <span style='color:#7c3aed'>purple</span>: its first token that differs"
+                item.update(summary=summary, step=results[1].diverges_at, texts=progress.texts[1],
+                            truth=entry.truth, finish=progress.finish[1])
                 if done and progress.traces is not None and progress.traces[1] is not None:
                     trace = progress.traces[1]
                     trace.meta["ground_truth"] = entry.trace.meta.get("ground_truth")
@@ -621,10 +636,7 @@ class Controller:
             shown = shown or []
             if index >= len(shown) or shown[index]["key"] not in (runs or {}):
                 raise ui_error("That re-run has not finished yet.")
-            entry = runs[shown[index]["key"]]
-            spans = column_result(entry.key, entry.title, entry.trace.texts, 1.0, None, entry.truth).spans
-            return self.ui.panel.show(runs, entry.key, step_at_offset(entry.trace.texts,
-                                                                      span_offset(spans, int(evt.index or 0))))
+            return self.ui.panel.show(runs, shown[index]["key"], int(evt.index or 0))  # one span per step
         return user_errors(jump)
 
     # ---- wiring -------------------------------------------------------------------------------------
@@ -677,8 +689,8 @@ class Controller:
         whatif.heads.select(user_errors(self.pick_head), inputs=step_inputs, outputs=picked, **private)
         whatif.take_head.click(user_errors(self.take_head), inputs=step_inputs, outputs=picked, **private)
         whatif.clear.click(user_errors(self.clear_box), inputs=step_inputs, outputs=picked, **private)
-        for control in (whatif.sink, whatif.scale):
-            control.input(user_errors(self.set_options), inputs=[*step_inputs, whatif.sink, whatif.scale],
+        for control in whatif.options:
+            control.input(user_errors(self.set_options), inputs=[*step_inputs, *whatif.options],
                           outputs=picked, trigger_mode="always_last", **private)
         ui.run.click(self.clear_whatif, outputs=[*(s.column for s in ui.whatif_slots), ui.whatif], queue=False,
                      **private)

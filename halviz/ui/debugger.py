@@ -141,7 +141,7 @@ class DebuggerPanel:
     def trace_outputs(self) -> list:
         return [self.choice, self.info, self.step, self.layer, self.prunehal_box, self.vasparse_box,
                 self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, self.whatif.selection,
-                self.whatif.sink, self.whatif.scale, *self.step_outputs]
+                *self.whatif.options, *self.step_outputs]
 
     # ---- rendering ------------------------------------------------------------------------------
     def show(self, runs: Runs | None, key: str | None, step: int = 0) -> dict:
@@ -183,6 +183,8 @@ class DebuggerPanel:
             self.whatif.selection: self.whatif.reset(),
             self.whatif.sink: False,
             self.whatif.scale: 0.0,
+            self.whatif.first_layer: 0,
+            self.whatif.last_layer: -1,
         }
         updates.update(self.at_step(runs, key, step, "mean", "mean", self.whatif.reset()))
         return updates

@@ -23,7 +23,9 @@ class Selection:
     box: tuple[int, int, int, int] | None = None  # (first row, last row, first col, last col)
     head: tuple[int, int] | None = None  # (layer, head)
     head_scale: float = 0.0  # what the head's output is multiplied by (0 silences it)
-    sink: bool = False  # mask the BOS column in every layer
+    sink: bool = False  # mask the BOS column
+    first_layer: int = 0  # the layers the patch mask and the sink removal act in (−1 = the last)
+    last_layer: int = -1
     inspected: tuple[int, int] | None = None  # the patch shown in the patch → token view
 
     @property
@@ -49,11 +51,12 @@ def intervention_specs(selection: Selection) -> list[Spec]:
     """The intervention methods and knobs that the selection asks for (empty when nothing is chosen)."""
     specs: list[Spec] = []
     if selection.sink:
-        specs.append(("remove_sink", {"tokens": 1, "first_layer": 0, "last_layer": -1}))
+        specs.append(("remove_sink", {"tokens": 1, "first_layer": selection.first_layer,
+                                      "last_layer": selection.last_layer}))
     if selection.box is not None:
         r0, r1, c0, c1 = selection.box
         specs.append(("mask_patches", {"first_row": r0, "last_row": r1, "first_col": c0, "last_col": c1,
-                                       "first_layer": 0, "last_layer": -1}))
+                                       "first_layer": selection.first_layer, "last_layer": selection.last_layer}))
     if selection.head is not None:
         layer, head = selection.head
         specs.append(("scale_heads", {"head": head, "scale": float(selection.head_scale),
@@ -87,21 +90,29 @@ def with_intervention(original: Sequence[Spec], intervention: Sequence[Spec], or
     return sorted(merged.items(), key=lambda item: rank[item[0]])
 
 
+def layers_text(selection: Selection) -> str:
+    first, last = selection.first_layer, selection.last_layer
+    if first == 0 and last < 0:
+        return "in every layer"
+    return f"in layers {first}–{'last' if last < 0 else last}" if last != first else f"in layer {first}"
+
+
 def describe(selection: Selection, grid: tuple[int, int] | None = None) -> str:
-    """The selection in words (Markdown, escaped), as the page shows it."""
+    """The selection in words (Markdown), as the page shows it."""
     parts = []
+    where = layers_text(selection)
     if selection.box is not None:
         r0, r1, c0, c1 = selection.box
         count = (r1 - r0 + 1) * (c1 - c0 + 1)
         of = f" of the {grid[0]}×{grid[1]} grid" if grid else ""
         parts.append(f"mask **{count} patch{'es' if count != 1 else ''}**: rows {r0}–{r1}, columns {c0}–{c1}{of}, "
-                     "hidden from the text in every layer")
+                     f"hidden from the text {where}")
     if selection.head is not None:
         layer, head = selection.head
         verb = "silence" if selection.head_scale == 0 else f"scale by {selection.head_scale:g}"
         parts.append(f"{verb} **head {head} of layer {layer}**")
     if selection.sink:
-        parts.append("remove the **sink** (no query may attend to BOS) in every layer")
+        parts.append(f"remove the **sink** (no query may attend to BOS) {where}")
     if not parts:
         return "Nothing chosen yet: click patches on the map, a cell of the head map, or tick “remove the sink”."
     return "; ".join(parts)  # numbers only: nothing here comes from a user or a file

@@ -46,7 +46,7 @@ HELP = {
 }
 
 CAPTION_COLOURS = {"correct": "#16a34a", "hallucinated": "#dc2626", "unverified": "#ca8a04",
-                   "this step": "#2563eb"}
+                   "this step": "#2563eb", "first change": "#7c3aed"}
 
 API_NOTE = ("The same comparison is available as the API endpoint `/compare` "
             "(see “Use via API” at the bottom of the page).")

@@ -22,6 +22,7 @@ from halviz.viz.patch_tokens import patch_token_figure, patch_token_heads_figure
 from halviz.viz.pickers import head_picker, head_picker_image, head_scores, patch_picker, patch_picker_image
 
 MAX_WHATIF = 3  # re-run columns shown at once; a fourth replaces the oldest
+FIRST_CHANGE = "first change"  # the caption label of a re-run's first token that differs from the original
 GROW_BOX = "add the patch to the box to mask"
 INSPECT = "only inspect the patch (patch → token view)"
 
@@ -83,6 +84,8 @@ class InterventionPanel:
     take_head: gr.Button
     scale: gr.Slider
     sink: gr.Checkbox
+    first_layer: gr.Number
+    last_layer: gr.Number
     chosen: gr.Markdown
     rerun: gr.Button
     status: gr.Markdown
@@ -114,8 +117,13 @@ class InterventionPanel:
                                       elem_id="hv-take-head")
                 scale = gr.Slider(0.0, 2.0, value=0.0, step=0.1, label="Chosen head's output × (0 silences it)",
                                   elem_id="hv-head-scale")
-                sink = gr.Checkbox(value=False, label="Remove the sink: no query may attend to BOS, every layer",
+                sink = gr.Checkbox(value=False, label="Remove the sink: no query may attend to BOS",
                                    elem_id="hv-remove-sink")
+                with gr.Row():
+                    first_layer = gr.Number(value=0, precision=0, minimum=0, label="Mask and sink removal from layer",
+                                            elem_id="hv-first-layer")
+                    last_layer = gr.Number(value=-1, precision=0, minimum=-1, label="to layer (−1 = the last)",
+                                           elem_id="hv-last-layer")
         chosen = gr.Markdown(describe(Selection()), elem_id="hv-selection", latex_delimiters=[])
         with gr.Row():
             rerun = gr.Button("↻ Re-run with this intervention", variant="primary", elem_id="hv-rerun", scale=2)
@@ -125,10 +133,15 @@ class InterventionPanel:
             token_layers = gr.Plot(show_label=False, elem_id="hv-patch-tokens")
             token_heads = gr.Plot(show_label=False, elem_id="hv-patch-token-heads")
         gr.Markdown(f"<div class='hv-help'><b>How to read this.</b> {PATCH_TOKENS_HELP}</div>")
-        return cls(selection, mode, patches, clear, heads, heads_note, take_head, scale, sink, chosen, rerun,
-                   status, token_layers, token_heads)
+        return cls(selection, mode, patches, clear, heads, heads_note, take_head, scale, sink, first_layer,
+                   last_layer, chosen, rerun, status, token_layers, token_heads)
 
     # ---- what the pickers and the patch → token view show -------------------------------------------
+    @property
+    def options(self) -> list:
+        """The controls whose values the selection keeps (see ``Controller.set_options``)."""
+        return [self.sink, self.scale, self.first_layer, self.last_layer]
+
     @property
     def view_outputs(self) -> list:
         return [self.patches, self.heads, self.heads_note, self.chosen, self.token_layers, self.token_heads]
@@ -210,6 +223,17 @@ def _point(index: Any) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         return None
     return (x, y) if np.isfinite(x) and np.isfinite(y) else None
+
+
+def whatif_spans(texts: list[str], truth, diverges_at: int | None, ends_with_eos: bool) -> list[tuple[str, str | None]]:
+    """A re-run's caption, one span per step (so a span's index is its step), object mentions labelled
+    as in every column, and the first step that differs from the original marked."""
+    from halviz.ui.compare import mention_ranges
+
+    spans = viz.token_spans(texts, mention_ranges("".join(texts), truth), None, ends_with_eos)
+    if diverges_at is not None and 0 <= diverges_at < len(spans):
+        spans[diverges_at] = (spans[diverges_at][0], FIRST_CHANGE)
+    return spans
 
 
 def with_head(selection: Any, layer: int, head: int) -> Selection:
