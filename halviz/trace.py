@@ -98,6 +98,19 @@ class Trace:
     def has_attention(self) -> bool:
         return "image_attn" in self.arrays
 
+    @property
+    def image_tokens(self) -> int:
+        """How many image tokens the arrays over the image hold (every grid's, and tokens in none)."""
+        rows, cols = (int(v) for v in self.meta.get("grid", [0, 0]))
+        return len(self.meta.get("image_positions") or []) if "grid_index" in self.meta else rows * cols
+
+    def grid_index(self) -> np.ndarray:
+        """Indices into the image tokens of the primary grid's patches, row-major (all of them, in order,
+        unless the layout has several grids: then ``meta["grid_index"]``)."""
+        rows, cols = (int(v) for v in self.meta.get("grid", [0, 0]))
+        index = self.meta.get("grid_index")
+        return np.asarray(index, dtype=np.int64) if index is not None else np.arange(rows * cols)
+
     def method_array(self, method: str, key: str) -> np.ndarray | None:
         return self.arrays.get(f"method/{method}/{key}")
 
@@ -181,7 +194,14 @@ def _validate(meta: dict, arrays: dict[str, np.ndarray], origin: str) -> None:
                 raise ValueError(f"{key} must be text of at most {MAX_TEXT_CHARS} characters")
         _strings(meta.get("prompt_tokens", []), "prompt_tokens", MAX_PIECE_CHARS, most=max(prompt_len, 0))
         _strings(meta.get("segments", []), "segments", 40, most=MAX_SEGMENTS)
-        _ints(meta.get("image_positions", []), "image_positions", max(prompt_len, 1), allowed_lengths=(0, n_image))
+        if "grid_index" in meta:  # several grids: image_positions holds every grid's tokens (and any in none)
+            n_tokens = len(meta.get("image_positions") or [])
+            _ints(meta.get("image_positions", []), "image_positions", max(prompt_len, 1), most=MAX_PROMPT_LEN)
+            _ints(meta["grid_index"], "grid_index", max(n_tokens, 1), allowed_lengths=(n_image,))
+            _check_grids(meta.get("grids", []), n_tokens)
+        else:
+            n_tokens = n_image
+            _ints(meta.get("image_positions", []), "image_positions", max(prompt_len, 1), allowed_lengths=(0, n_image))
         _ints(meta.get("segment_ids_prompt", []), "segment_ids_prompt", MAX_SEGMENTS, most=prompt_len)
         head_layers = meta.get("head_layers", [])
         _ints(head_layers, "head_layers", max(layers, 1), most=layers)
@@ -203,13 +223,33 @@ def _validate(meta: dict, arrays: dict[str, np.ndarray], origin: str) -> None:
                 isinstance(v, str) and len(v) <= MAX_PIECE_CHARS for v in vocab.values()):
             raise ValueError("vocab_strings must map token ids to short texts")
         segments = len(meta.get("segments", []))
-        _check_arrays(arrays, steps, layers, heads, n_image, len(head_layers), segments, prompt_len)
+        _check_arrays(arrays, steps, layers, heads, n_tokens, len(head_layers), segments, prompt_len)
     except KeyError as exc:
         raise TraceFormatError(f"{origin} is inconsistent: it lacks {str(exc.args[0])[:40]!r}") from None
     except ValueError as exc:  # our own sentences (every check above raises ValueError with one)
         raise TraceFormatError(f"{origin} is inconsistent: {exc}") from None
     except (TypeError, IndexError, AttributeError, OverflowError):
         raise TraceFormatError(f"{origin} is inconsistent: its metadata has the wrong types") from None
+
+
+MAX_GRIDS = 64
+
+
+def _check_grids(grids: Any, n_tokens: int) -> None:
+    """``meta["grids"]``: every view of the upload, each with its indices into the image tokens and its boxes."""
+    if not isinstance(grids, list) or len(grids) > MAX_GRIDS:
+        raise ValueError(f"grids must be a list of at most {MAX_GRIDS} grids")
+    for g in grids:
+        shape = g.get("grid") if isinstance(g, dict) else None
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v, MAX_GRID_SIDE) for v in shape)):
+            raise ValueError("each grid needs a grid shape of two whole numbers")
+        if not (isinstance(g.get("name", ""), str) and len(g.get("name", "")) <= 80):
+            raise ValueError("a grid's name must be short text")
+        _ints(g.get("index"), "a grid's index", max(n_tokens, 1), allowed_lengths=(shape[0] * shape[1],))
+        boxes = g.get("patch_boxes", [])
+        if not isinstance(boxes, list) or len(boxes) not in (0, shape[0] * shape[1]) or not all(
+                isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b) for b in boxes):
+            raise ValueError("a grid's patch_boxes must hold four numbers per patch")
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], steps: int, layers: int, heads: int, n_image: int,

@@ -310,6 +310,7 @@ class BatchDecoder:
             "grid": [layout.rows, layout.cols],
             "patch_boxes": layout.boxes.reshape(-1, 4).tolist(),
             "image_size": list(layout.image_size),
+            **_grid_meta(layout),
             "num_layers": column.num_layers,
             "num_heads": column.num_heads,
             "num_kv_heads": column.num_kv_heads,
@@ -323,6 +324,19 @@ class BatchDecoder:
             "step_semantics": "step i records the attention of the query that predicts generated token i",
         }
         return Trace.from_steps(meta, self.steps[index], extras)
+
+
+def _grid_meta(layout) -> dict:
+    """Where the primary grid is not every image token (tiles + a global view, row newlines): its indices
+    into image_positions, and every grid with its own indices and boxes. Single-grid traces need neither."""
+    primary = layout.primary
+    if len(layout.grids) == 1 and list(primary.index) == list(range(len(layout.positions))):
+        return {}
+    return {
+        "grid_index": list(primary.index),
+        "grids": [{"name": g.name, "grid": [g.rows, g.cols], "index": list(g.index),
+                   "patch_boxes": g.boxes.reshape(-1, 4).tolist()} for g in layout.grids],
+    }
 
 
 def _stack_positions(row_positions: list[torch.Tensor], n: int) -> torch.Tensor:

@@ -58,8 +58,16 @@ def key_label(trace: Trace, position: int) -> str:
     image_positions = meta.get("image_positions") or []
     if image_positions and image_positions[0] <= position <= image_positions[-1]:
         cols = int(meta["grid"][1])
-        row, col = divmod(position - image_positions[0], cols)
-        return f"image r{row} c{col}"
+        if "grid_index" not in meta:  # one grid holding every image token, contiguous
+            row, col = divmod(position - image_positions[0], cols)
+            return f"image r{row} c{col}"
+        if position in image_positions:
+            token = image_positions.index(position)
+            for grid in meta.get("grids") or []:
+                if token in grid.get("index", []):
+                    row, col = divmod(grid["index"].index(token), int(grid["grid"][1]))
+                    return f"{grid.get('name', 'image')} r{row} c{col}"
+            return f"image token {token}"
     if position < prompt_len:
         tokens = meta.get("prompt_tokens") or []
         token = readable(tokens[position]) if position < len(tokens) else "?"

@@ -42,7 +42,7 @@ def prunehal_mask(trace: Trace, step: int, layer: Choice) -> KeptMask | None:
     """Image tokens PruneHal keeps during ``step``: a prune after step t acts from step t + 1."""
     triggers = method_array(trace, "prunehal", "trigger_steps", ndim=1)
     retained = method_array(trace, "prunehal", "retained", ndim=3)  # (P, L, N)
-    n_image = int(trace.meta["grid"][0]) * int(trace.meta["grid"][1])
+    n_image = trace.image_tokens
     if triggers is None and trace.method_array("prunehal", "votes") is None:
         return None
     triggers = np.zeros(0, dtype=int) if triggers is None else triggers.astype(int)

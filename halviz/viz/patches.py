@@ -75,20 +75,22 @@ def patch_grid(trace: Trace) -> PatchGrid:
 
 
 def patch_values(trace: Trace, step: int, layer: Choice = "mean", head: Choice = "mean") -> np.ndarray:
-    """Attention of the query predicting token ``step`` on each image token, shape (N,).
+    """Attention of the query predicting token ``step`` on each patch of the primary grid, shape
+    (rows · cols,) row-major (for a single-grid layout: every image token, in order).
 
     Head "mean" uses the recorded head-mean rows (any layer, or their mean over layers); a single
     head is only recorded for ``meta["head_layers"]``.
     """
     step = clamp_step(trace, step)
+    index = trace.grid_index()
     if head == "mean":
         rows = trace.arrays["image_attn"][step].astype(np.float32)  # (L, N)
-        return rows.mean(0) if layer == "mean" else rows[int(layer)]
+        return (rows.mean(0) if layer == "mean" else rows[int(layer)])[index]
     head_layers = [int(l) for l in trace.meta.get("head_layers") or []]
     if layer == "mean" or int(layer) not in head_layers:
         raise ValueError(f"per-head attention was recorded for layers {head_layers} only")
     slot = head_layers.index(int(layer))
-    return trace.arrays["head_image_attn"][step, slot, int(head)].astype(np.float32)
+    return trace.arrays["head_image_attn"][step, slot, int(head)].astype(np.float32)[index]
 
 
 def _patch_figure(trace: Trace, grid: PatchGrid, values: np.ndarray, image: Image.Image | None,
@@ -155,6 +157,8 @@ def kept_mask_figure(trace: Trace, kept: np.ndarray, title: str, image: Image.Im
     methods that decide per head)."""
     grid = patch_grid(trace)
     kept = np.clip(np.asarray(kept, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    if kept.size == trace.image_tokens != grid.rows * grid.cols:  # every image token given: the primary grid's
+        kept = kept[trace.grid_index()]
     if kept.size != grid.rows * grid.cols:
         return message_figure(f"mask has {kept.size} entries for a {grid.rows}×{grid.cols} grid")
     custom = np.concatenate([_cell_ids(grid), kept[:, None]], axis=-1)
