@@ -694,8 +694,10 @@ class Controller:
                           outputs=picked, trigger_mode="always_last", **private)
         ui.run.click(self.clear_whatif, outputs=[*(s.column for s in ui.whatif_slots), ui.whatif], queue=False,
                      **private)
-        whatif.rerun.click(self.rerun, inputs=[ui.runs, panel.choice, whatif.selection, ui.whatif],
-                           outputs=self.rerun_outputs, show_progress="minimal", api_visibility="private")
+        rerun_event = whatif.rerun.click(self.rerun, inputs=[ui.runs, panel.choice, whatif.selection, ui.whatif],
+                                         outputs=self.rerun_outputs, show_progress="minimal",
+                                         api_visibility="private")
+        ui.stop.click(None, cancels=[rerun_event], **private)  # Stop ends a re-run too
         for index, slot in enumerate(ui.whatif_slots):
             slot.open.click(self.open_whatif(index), inputs=[ui.runs, ui.whatif], outputs=panel.trace_outputs,
                             **private)
