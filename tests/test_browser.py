@@ -243,6 +243,8 @@ def test_click_patches_rerun_and_open_the_new_column_at_its_step(page):
     assert f"at step {step}" in button.inner_text()
     button.click()
     page.wait_for_function(overlay_title_starts(f"Step {step}"), timeout=60_000)
+    page.wait_for_function("document.querySelector('#hv-selection').innerText.includes('head 2 of layer 1')",
+                           timeout=60_000)  # the pickers show the opened column's own interventions
     assert "↻ Greedy + mask" in page.locator("#hv-trace-choice input:checked + span, "
                                              "#hv-trace-choice label.selected").first.inner_text()
     assert page.locator(".toast-body.error").count() == 0, "an error toast is shown"

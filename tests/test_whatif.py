@@ -140,6 +140,20 @@ def test_the_original_stack_keeps_its_knobs_and_takes_the_intervention_in_regist
     assert "in layers 2–3" in describe(late)
 
 
+def test_a_traces_own_interventions_come_back_as_its_selection():
+    from halviz.methods import RemoveSink
+    from halviz.ui.selection import selection_of
+
+    methods = [MaskPatches(first_row=1, last_row=-1, first_col=2, last_col=9, first_layer=1).describe(),
+               ScaleHeads(head=1, scale=0.5, first_layer=2, last_layer=2).describe(), RemoveSink().describe()]
+    chosen = selection_of(methods, (ROWS, COLS))
+    assert chosen == Selection(box=(1, ROWS - 1, 2, COLS - 1), head=(2, 1), head_scale=0.5, sink=True,
+                               first_layer=1, last_layer=-1)
+    every_head = [ScaleHeads(head=-1).describe(), RemoveSink(tokens=2).describe()]
+    assert selection_of(every_head, (ROWS, COLS)) == Selection()  # not one head, not BOS alone: not a selection
+    assert selection_of([{"name": "mask_patches", "params": {"first_row": "x"}}], (ROWS, COLS)) == Selection()
+
+
 # ---- patch → token: the figures' numbers are the trace's --------------------------------------------------------
 
 def test_patch_token_figures_show_the_traces_attention_on_that_patch():
@@ -227,6 +241,7 @@ def test_rerun_adds_a_column_diffed_against_the_original(controller):
     assert len(spans) == len(changed) and [i for i, (_, label) in enumerate(spans) if label == "first change"] == [by_hand]
     opened = ctl.open_whatif(0)(update[ctl.ui.runs], shown_list)
     assert opened[panel.choice].value == item["key"] and opened[panel.step].value == by_hand
+    assert opened[whatif.selection].box == (0, rows - 1, 0, cols - 1)  # the pickers show the column's own mask
 
 
 def test_bad_clicks_and_requests_are_sentences_not_stack_traces(controller):

@@ -15,6 +15,7 @@ from halviz.ui.escaping import markdown_text as md
 from halviz.ui.state import RunEntry, Runs
 from halviz.ui.style import height_class
 from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
+from halviz.ui.selection import selection_of
 from halviz.ui.whatif import InterventionPanel
 from halviz.viz.common import index_ranges
 
@@ -145,8 +146,8 @@ class DebuggerPanel:
 
     # ---- rendering ------------------------------------------------------------------------------
     def show(self, runs: Runs | None, key: str | None, step: int = 0) -> dict:
-        """Everything for the trace ``key`` at ``step``, layer and head reset to the means, nothing chosen
-        for an intervention."""
+        """Everything for the trace ``key`` at ``step``, layer and head reset to the means, the
+        intervention pickers showing the trace's own interventions."""
         runs = runs or {}
         choices = [(entry.title, k) for k, entry in runs.items()]
         if key not in runs:
@@ -168,6 +169,8 @@ class DebuggerPanel:
         layer_options = [("all layers (mean)", "mean")] + [(f"layer {l}", str(l)) for l in range(layers)]
         vhr = viz.vhr_maps(trace)
         selection, sink = viz.vasparse_selection_figure(trace), viz.vasparse_sink_figure(trace)
+        # The pickers start from this trace's own interventions (none for a plain column).
+        chosen = selection_of(trace.meta.get("methods"), tuple(int(v) for v in trace.meta.get("grid", (0, 0))))
         updates = {
             self.choice: gr.Radio(choices=choices, value=key),
             self.info: trace_info(entry),
@@ -180,13 +183,13 @@ class DebuggerPanel:
             self.vasparse_sink: sized_plot(sink),
             self.vhr_box: gr.Column(visible=vhr is not None),
             self.vhd: sized_plot(viz.vhd_figure(trace, vhr) if vhr is not None else None),
-            self.whatif.selection: self.whatif.reset(),
-            self.whatif.sink: False,
-            self.whatif.scale: 0.0,
-            self.whatif.first_layer: 0,
-            self.whatif.last_layer: -1,
+            self.whatif.selection: chosen,
+            self.whatif.sink: chosen.sink,
+            self.whatif.scale: chosen.head_scale,
+            self.whatif.first_layer: chosen.first_layer,
+            self.whatif.last_layer: chosen.last_layer,
         }
-        updates.update(self.at_step(runs, key, step, "mean", "mean", self.whatif.reset()))
+        updates.update(self.at_step(runs, key, step, "mean", "mean", chosen))
         return updates
 
     def whatif_view(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any,

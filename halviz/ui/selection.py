@@ -130,3 +130,29 @@ def short_title(selection: Selection) -> str:
         verb = "silence" if selection.head_scale == 0 else f"×{selection.head_scale:g}"
         parts.append(f"{verb} L{selection.head[0]}·H{selection.head[1]}")
     return " + ".join(parts)
+
+
+def selection_of(methods_meta: Sequence[Mapping[str, Any]] | None, grid: tuple[int, int]) -> Selection:
+    """The selection that a trace's own interventions amount to (what the pickers show when a re-run
+    column is opened), as far as a selection can say it: one box, one head in one layer, BOS alone."""
+    rows, cols = grid
+    selection = Selection()
+    try:
+        params = {m["name"]: dict(m.get("params") or {}) for m in methods_meta or [] if isinstance(m, Mapping)}
+        mask, heads, sink = params.get("mask_patches"), params.get("scale_heads"), params.get("remove_sink")
+        if mask is not None and rows > 0 and cols > 0:
+            r1 = rows - 1 if int(mask["last_row"]) < 0 else min(int(mask["last_row"]), rows - 1)
+            c1 = cols - 1 if int(mask["last_col"]) < 0 else min(int(mask["last_col"]), cols - 1)
+            r0, c0 = min(int(mask["first_row"]), r1), min(int(mask["first_col"]), c1)
+            selection = replace(selection, box=(r0, r1, c0, c1), first_layer=int(mask["first_layer"]),
+                                last_layer=int(mask["last_layer"]))
+        if heads is not None and int(heads["head"]) >= 0 and int(heads["first_layer"]) == int(heads["last_layer"]) >= 0:
+            selection = replace(selection, head=(int(heads["first_layer"]), int(heads["head"])),
+                                head_scale=float(heads["scale"]))
+        if sink is not None and int(sink["tokens"]) == 1:
+            selection = replace(selection, sink=True)
+            if mask is None:
+                selection = replace(selection, first_layer=int(sink["first_layer"]), last_layer=int(sink["last_layer"]))
+    except (KeyError, TypeError, ValueError):  # a trace from elsewhere with odd settings: nothing chosen
+        return Selection()
+    return selection

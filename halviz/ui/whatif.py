@@ -170,10 +170,6 @@ class InterventionPanel:
                                     else viz.message_figure("This trace has no recorded attention.")),
         }
 
-    @staticmethod
-    def reset() -> Selection:
-        return Selection()
-
 
 def map_values(trace: Trace, step: int, layer: Any, head: Any) -> np.ndarray | None:
     """The values the patch picker colours: the overlay's (``viz.patch_values``), None without them."""
