@@ -184,3 +184,59 @@ def test_qwen_positions_equal_the_model_rope_index(qwen):
         plain = qwen.processor.tokenizer(qwen.chat_text("describe").replace("<|vision_start|><|image_pad|><|vision_end|>", ""),
                                          add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         assert text_only.tolist() == plain.tolist()
+
+
+# ---- LLaVA-OneVision ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def onevision():
+    from halviz.models.families.llava_onevision import LlavaOnevision
+
+    fixture = Fixture.load("llava-hf/llava-onevision-qwen2-0.5b-ov-hf")
+    return bind(LlavaOnevision, fixture, LlavaOnevision.fixture_processor(fixture))
+
+
+@pytest.mark.parametrize("size", [(384, 384), (500, 333), (200, 700), (37, 23), (3000, 2000), (1600, 300)])
+def test_onevision_layout_matches_the_processor_and_the_model_packing(onevision, size):
+    """The model's own pack_image_features (unpad, shrink, newlines) run on stand-in features that hold
+    each patch's mean ramp colour: every grid token's colour must point inside its box, at its centre."""
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    width, height = size
+    image_processor = onevision.processor.image_processor
+    inputs, layout = onevision.prepare(ramp(width, height), "describe", torch.device("cpu"), torch.float32)
+    ids = inputs["input_ids"][0]
+    image_at = torch.nonzero(ids == onevision.image_token_id).flatten().tolist()
+    assert list(layout.positions) == image_at  # the processor's count equals the layout's
+    frames = inputs["pixel_values"][0].double()  # (tiles + 1, 3, 384, 384), base view first
+    side, patch = onevision.tile // onevision.patch, onevision.patch
+    mean = torch.tensor(image_processor.image_mean, dtype=torch.float64)[:, None, None]
+    std = torch.tensor(image_processor.image_std, dtype=torch.float64)[:, None, None]
+    colour = frames * std + mean  # (frames, 3, H, W) in 0..1
+    cells = colour[:, :2, :side * patch, :side * patch].reshape(-1, 2, side, patch, side, patch).mean(dim=(3, 5))
+    features = cells.permute(0, 2, 3, 1).reshape(frames.shape[0], side * side, 2)  # patch-mean (x, y) fractions
+
+    class Packer:  # pack_image_features needs only the config
+        config = onevision.model_config
+
+    packed, lengths = LlavaOnevisionModel.pack_image_features(
+        Packer(), [features], inputs["image_sizes"], image_newline=torch.full((2,), float("nan"), dtype=torch.float64),
+        vision_aspect_ratio=onevision.model_config.vision_aspect_ratio)
+    packed = packed[0]
+    assert packed.shape[0] == len(image_at)
+    in_grid = sorted(i for g in layout.grids for i in g.index)
+    newlines = sorted(set(range(len(image_at))) - set(in_grid))
+    assert torch.isnan(packed[newlines]).all() and not torch.isnan(packed[in_grid]).any()
+    plan = onevision.plan(width, height)
+    _, _, new_w, new_h = plan.pasted
+    shrunk = plan.grid != plan.kept[2:]  # bilinear pooling across tile seams (6 px gaps) blurs the ramp a little
+    tolerance = 1.0 + max(width, height) / 255 + (0.5 * patch * max(width / new_w, height / new_h) if shrunk else 0)
+    for grid in layout.grids:
+        got = packed[list(grid.index)].numpy() * np.array([width, height])
+        want = centres(grid.boxes).reshape(-1, 2)
+        boxes = grid.boxes.reshape(-1, 4)
+        inside = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+        if grid.name.startswith("tiles"):  # cells that reach into the canvas padding see black there
+            inside &= (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < width) & (boxes[:, 3] < height)
+        err = np.abs(got - want)[inside]
+        assert inside.sum() >= 0.5 * len(boxes), grid.name
+        assert err.max() <= tolerance, (grid.name, float(err.max()), tolerance)

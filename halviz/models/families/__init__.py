@@ -17,6 +17,7 @@ REGISTRY = (
     "halviz.models.families.llava:LlavaInterleave",
     "halviz.models.families.smolvlm:SmolVLM",
     "halviz.models.families.qwen2_5_vl:Qwen2_5_VL",
+    "halviz.models.families.llava_onevision:LlavaOnevision",
 )
 
 __all__ = ["DEFAULT_PROMPT", "Family", "Fixture", "Grid", "ImageLayout", "REGISTRY", "families", "family_for_config",
