@@ -176,6 +176,18 @@ def test_patch_token_figures_show_the_traces_attention_on_that_patch():
     assert "outside" in patch_token_figure(trace, ROWS, 0).layout.annotations[0].text
 
 
+def test_patch_token_figure_of_a_layout_with_several_grids_reads_the_primary_grids_token():
+    trace = grid_trace()
+    n = ROWS * COLS
+    extra = 3  # three tokens of another view first, then the primary grid
+    trace.arrays["image_attn"] = np.random.default_rng(2).random((STEPS, LAYERS, n + extra)).astype(np.float16)
+    trace.meta["image_positions"] = list(range(10, 10 + n + extra))
+    trace.meta["grid_index"] = list(range(extra, extra + n))
+    heat = next(t for t in patch_token_figure(trace, 1, 2).data if t.type == "heatmap")
+    np.testing.assert_array_equal(np.asarray(heat.z), trace.arrays["image_attn"][:, :, extra + 1 * COLS + 2].astype(
+        np.float64).T)
+
+
 def test_the_new_figures_import_without_torch():
     code = ("import sys; import halviz.viz, halviz.viz.patch_tokens, halviz.viz.pickers; "
             "bad = [m for m in ('torch', 'transformers', 'gradio') if m in sys.modules]; assert not bad, bad")

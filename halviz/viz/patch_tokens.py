@@ -19,11 +19,12 @@ MAX_TICKS = 40  # token labels on the x axis; longer captions label every n-th s
 
 
 def patch_index(trace: Trace, row: int, col: int) -> int:
-    """Row-major index of grid patch (row, col) among the image tokens; ValueError off the grid."""
+    """Index among the image tokens of patch (row, col) of the primary grid (row-major for a
+    single-grid layout, ``meta["grid_index"]`` for a layout of several grids); ValueError off the grid."""
     rows, cols = (int(v) for v in trace.meta["grid"])
     if not (0 <= row < rows and 0 <= col < cols):
         raise ValueError(f"patch (row {row}, col {col}) is outside the {rows}×{cols} grid")
-    return int(row) * cols + int(col)
+    return int(trace.grid_index()[int(row) * cols + int(col)])
 
 
 def patch_layer_attention(trace: Trace, row: int, col: int) -> np.ndarray:
