@@ -70,6 +70,10 @@ class DebuggerPanel:
     vhr_box: gr.Column
     vhd: gr.Plot
     tvhd: gr.Plot
+    var_box: gr.Column
+    var_sinks: gr.Plot
+    var_heads: gr.Plot
+    var_moved: gr.Plot
     whatif: InterventionPanel
 
     @classmethod
@@ -127,21 +131,34 @@ class DebuggerPanel:
                 vhd = gr.Plot(show_label=False, elem_id="hv-vhd")
                 tvhd = gr.Plot(show_label=False)
             help_text("vhr")
+        with gr.Column(visible=False, elem_id="hv-var-box") as var_box:
+            gr.Markdown("### VAR: sink tokens and the heads it redistributed", elem_classes=["hv-subsection"])
+            var_sinks = gr.Plot(show_label=False, elem_id="hv-var-sinks")
+            help_text("var_sinks")
+            with gr.Row(equal_height=False):
+                with gr.Column():
+                    var_heads = gr.Plot(show_label=False, elem_id="hv-var-heads")
+                    help_text("var_heads")
+                with gr.Column():
+                    var_moved = gr.Plot(show_label=False, elem_id="hv-var-moved")
+                    help_text("var_moved")
         return cls(choice, info, caption, step, layer, head, step_info, overlay, mask_box, mask, candidates,
                    entropy, shares, top_keys, prunehal_box, prunehal, vasparse_box, vasparse_logits,
-                   vasparse_selection, vasparse_sink, vhr_box, vhd, tvhd, whatif)
+                   vasparse_selection, vasparse_sink, vhr_box, vhd, tvhd, var_box, var_sinks, var_heads, var_moved,
+                   whatif)
 
     # ---- component lists for event wiring -------------------------------------------------------
     @property
     def step_outputs(self) -> list:
         return [self.caption, self.head, self.step_info, self.overlay, self.mask_box, self.mask,
                 self.candidates, self.entropy, self.shares, self.top_keys, self.prunehal, self.vasparse_logits,
-                self.tvhd, *self.whatif.view_outputs]
+                self.tvhd, self.var_heads, self.var_moved, *self.whatif.view_outputs]
 
     @property
     def trace_outputs(self) -> list:
         return [self.choice, self.info, self.step, self.layer, self.prunehal_box, self.vasparse_box,
-                self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, self.whatif.selection,
+                self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, self.var_box, self.var_sinks,
+                self.whatif.selection,
                 *self.whatif.options, *self.step_outputs]
 
     # ---- rendering ------------------------------------------------------------------------------
@@ -167,7 +184,7 @@ class DebuggerPanel:
                                label="Step (this trace has a single step)")
         layers = int(trace.meta.get("num_layers", 0))
         layer_options = [("all layers (mean)", "mean")] + [(f"layer {l}", str(l)) for l in range(layers)]
-        vhr = viz.vhr_maps(trace)
+        vhr, var = viz.vhr_maps(trace), viz.var_record(trace)
         selection, sink = viz.vasparse_selection_figure(trace), viz.vasparse_sink_figure(trace)
         # The pickers start from this trace's own interventions (none for a plain column).
         chosen = selection_of(trace.meta.get("methods"), tuple(int(v) for v in trace.meta.get("grid", (0, 0))))
@@ -183,6 +200,8 @@ class DebuggerPanel:
             self.vasparse_sink: sized_plot(sink),
             self.vhr_box: gr.Column(visible=vhr is not None),
             self.vhd: sized_plot(viz.vhd_figure(trace, vhr) if vhr is not None else None),
+            self.var_box: gr.Column(visible=var is not None),
+            self.var_sinks: sized_plot(viz.var_sinks_figure(trace, var) if var is not None else None),
             self.whatif.selection: chosen,
             self.whatif.sink: chosen.sink,
             self.whatif.scale: chosen.head_scale,
@@ -237,6 +256,8 @@ class DebuggerPanel:
             self.prunehal: sized_plot(viz.prunehal_figure(trace, step)),
             self.vasparse_logits: sized_plot(viz.vasparse_logits_figure(trace, step)),
             self.tvhd: sized_plot(viz.tvhd_figure(trace, step)),
+            self.var_heads: sized_plot(viz.var_heads_figure(trace, step)),
+            self.var_moved: sized_plot(viz.var_moved_figure(trace, step)),
             **self.whatif.view(entry, step, layer, head, selection),
         }
 

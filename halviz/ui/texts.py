@@ -43,6 +43,19 @@ HELP = {
     "vhr": ("Each cell is one head: how much its output changes when the image is removed from the prompt. "
             "VHR multiplies the outlined heads by α. A high VHD says a head reacts to the image, not that "
             "it is right."),
+    "var_sinks": ("Each row is one layer, each column one prompt token. A coloured cell is a token VAR counts as a "
+                  "sink in that layer: its hidden state entering the layer (RMS-normalised) has a massive value in "
+                  "one of the dimensions where the first token is massive. Purple = BOS, blue = an image token (a "
+                  "visual sink), orange = other text. Grey rows are layers VAR leaves alone. Sinks are found from "
+                  "activations, not from attention: a row with no visual sink means no head in that layer is "
+                  "changed."),
+    "var_heads": ("Each cell is one head at this step. Outlined (blue) heads are image-centric: they give the "
+                  "image at least the floor of their attention, and at least ρ of that goes to image tokens that "
+                  "are not sinks. Only these heads are changed, and only in layers that have a visual sink. "
+                  + NOT_WHY),
+    "var_moved": ("Each bar is one image-centric head at this step: the share of the query's attention (0–1) that "
+                  "VAR took from the sink tokens (BOS included) and gave to the other image tokens, in proportion "
+                  "to what they already had. It is p times the sinks' weight in that head's row. " + NOT_WHY),
 }
 
 CAPTION_COLOURS = {"correct": "#16a34a", "hallucinated": "#dc2626", "unverified": "#ca8a04",

@@ -195,3 +195,40 @@ def prunehal_votes(trace: Trace) -> tuple[np.ndarray, np.ndarray | None, np.ndar
     reference = method_array(trace, "prunehal", "reference", ndim=2)
     same = lambda a: a if a is not None and a.shape == votes.shape else None  # noqa: E731
     return votes.astype(bool), same(mass), same(reference)
+
+
+@dataclass(frozen=True)
+class VarRecord:
+    """What VAR recorded: its sink tokens per layer over the prompt and its heads per step."""
+
+    sinks: np.ndarray  # (L, prompt) bool: sink tokens found in each layer's input (prefill)
+    heads: np.ndarray  # (T, L, H) bool: image-centric heads at the query predicting step t
+    moved: np.ndarray  # (T, L, H) float: attention mass those heads moved from the sinks to the image
+    layers: tuple[int, ...]  # the layers VAR searched for sinks and could edit (its first..last knobs)
+    p: float | None  # the share of the sinks' attention moved (its knob), when the trace says
+
+
+def var_layers(num_layers: int, first: int, last: int) -> tuple[int, ...]:
+    """VAR's layers first..last, −k counting from the end (``halviz.methods.layer_range.chosen_layers``,
+    which imports torch through the methods package)."""
+    last = num_layers + last if last < 0 else min(last, num_layers - 1)
+    return tuple(range(min(first, num_layers), last + 1))
+
+
+def var_record(trace: Trace) -> VarRecord | None:
+    sinks = method_array(trace, "var", "sinks", ndim=2)
+    heads = method_array(trace, "var", "heads", ndim=3)
+    moved = method_array(trace, "var", "moved", ndim=3)
+    if sinks is None:
+        return None
+    layers = sinks.shape[0]
+    if heads is None or moved is None or heads.shape != moved.shape or heads.shape[1] != layers:
+        # no step decided yet (or damaged step arrays): the sinks alone
+        heads = moved = np.zeros((0, layers, max(int(trace.meta.get("num_heads", 0)), 0)))
+    params = method_params(trace, "var")
+    try:
+        searched = var_layers(layers, int(params.get("first_layer", 2)), int(params.get("last_layer", -2)))
+        p = float(params["p"]) if "p" in params else None
+    except (TypeError, ValueError):
+        searched, p = tuple(range(layers)), None
+    return VarRecord(sinks.astype(bool), heads.astype(bool), moved.astype(np.float64), searched, p)
