@@ -26,9 +26,11 @@ import torch
 from PIL import Image
 
 from halviz.engine.batch import BatchDecoder
+from halviz.engine.recorder import RecordOptions
 from halviz.methods import METHODS, REGISTRY, check_compatible, method_class
 from halviz.models import load_model
 from halviz.models.families import Fixture, families, family_for_hub_id, raw_text_config
+from family_hand_grids import hand_onevision, hand_qwen, hand_smolvlm
 
 PROMPT = "Please describe this image in detail."
 GENERATE_TOKENS = 16
@@ -86,6 +88,14 @@ def interleave_grid(width: int, height: int) -> Expected:
     return Expected(729, [(27, 27, boxes_from_edges(edges * width / 384, edges * height / 384))])
 
 
+def _expected(hand: Callable) -> Callable[[int, int], Expected]:
+    """A hand computation of tests/family_hand_grids.py as this file's Expected."""
+    def grids(width: int, height: int) -> Expected:
+        n, found = hand(width, height)
+        return Expected(n, [(r, c, np.asarray(b, dtype=np.float64)) for r, c, b in found])
+    return grids
+
+
 CASES = [
     # LLaVA-1.5-7B's text tower narrowed 4× (4096 → 1024 wide, 11008 → 2752 feed-forward, 32 heads of 32):
     # at full width one layer takes ~85 s and 10 GB here. Its vision tower, projector input, vocabulary,
@@ -93,6 +103,18 @@ CASES = [
     Case("llava-hf/llava-1.5-7b-hf", "<image>", llava15_grid, ((336, 336), (500, 375), (300, 640)),
          text_overrides={"hidden_size": 1024, "intermediate_size": 2752}),
     Case("llava-hf/llava-interleave-qwen-0.5b-hf", "<image>", interleave_grid, ((384, 384), (500, 333))),
+    # SmolVLM enlarges every upload to 2048 on its long side: a square one is 16 tiles + the global view
+    # (1088 tokens); the decode runs on the last, very wide upload (4 tiles + global, 320 tokens).
+    Case("HuggingFaceTB/SmolVLM-256M-Instruct", "<image>", _expected(hand_smolvlm), ((448, 448), (640, 480), (2000, 100))),
+    # Qwen2.5-VL-3B's decoder narrowed 4× (2048 -> 512 wide with 4 heads, head_dim 128 so M-RoPE's sections
+    # stay [16, 24, 24]; 11008 -> 2752 feed-forward): at full width its 151936×2048 embedding alone is
+    # 311 M parameters. Vocabulary, special ids, vision tower width, processor and template are the real ones.
+    Case("Qwen/Qwen2.5-VL-3B-Instruct", "<|image_pad|>", _expected(hand_qwen), ((448, 448), (500, 333), (224, 160)),
+         text_overrides={"hidden_size": 512, "intermediate_size": 2752, "num_attention_heads": 4}),
+    # OneVision: 729 base tokens plus the unpadded tile grid with a newline per row; the decode runs on the
+    # last, flat upload (one tile, 3 rows of 27 kept: 813 tokens) to stay fast.
+    Case("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "<image>", _expected(hand_onevision),
+         ((384, 384), (1600, 300), (384, 48))),
 ]
 IDS = [c.hub_id.split("/")[-1] for c in CASES]
 
@@ -239,7 +261,8 @@ def test_methods_switched_off_give_vanilla_tokens(built_f32):
     case, _, _, loaded = built_f32
     names = [n for n in OFF if n in REGISTRY]
     stacks = [[]] + [[method_class(n)(**OFF[n])] for n in names]
-    decoder = BatchDecoder(loaded, upload(*case.uploads[-1]), PROMPT, stacks, max_new_tokens=6, stop_at_eos=False)
+    decoder = BatchDecoder(loaded, upload(*case.uploads[-1]), PROMPT, stacks, max_new_tokens=6, stop_at_eos=False,
+                           record=RecordOptions(enabled=False))  # tokens only: recording would change none
     decoder.run_to_end()
     vanilla = decoder.columns[0].generated
     assert len(vanilla) == 6

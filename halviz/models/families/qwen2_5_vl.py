@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from halviz.models.families.base import Family, Fixture, ImageLayout
+from halviz.models.families.base import Family, Fixture, ImageLayout, raw_text_config
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 
 MAX_PIXELS = 1024 * 28 * 28  # halviz's cap: at most 1024 image tokens (802 816 px after resizing)
@@ -234,4 +234,5 @@ class Qwen2_5_VL(Family):
         vision = raw["vision_config"]
         vision["depth"] = depth = vision_layers or 1
         vision["fullatt_block_indexes"] = [i for i in vision.get("fullatt_block_indexes", []) if i < depth] or [depth - 1]
+        vision["out_hidden_size"] = raw_text_config(raw)["hidden_size"]  # the merger feeds the decoder (same on the hub)
         return Qwen2_5_VLConfig(**raw), cls.fixture_processor(fixture)
