@@ -31,7 +31,7 @@ from halviz.engine.recorder import RecordOptions
 from halviz.methods import METHODS, build_stack
 from halviz.models import LoadedModel
 from halviz.models.adapters import adapter_for
-from halviz.models.real_geometry import GEOMETRIES, build_real_geometry_model, real_geometry_config  # noqa: F401
+from halviz.models.real_geometry import GEOMETRIES, build_real_geometry_model, hub_id, real_geometry_config  # noqa: F401
 
 
 def build_real_geometry(name: str, device: torch.device, dtype: torch.dtype, layers: int | None = None,
@@ -41,7 +41,7 @@ def build_real_geometry(name: str, device: torch.device, dtype: torch.dtype, lay
     model, processor = build_real_geometry_model(name, device, dtype, layers, seed)
     adapter = adapter_for(model, processor)
     model.set_attn_implementation(adapter.attn_implementation(ATTENTION_NAME))
-    return LoadedModel(f"random-{name}", f"random weights, {GEOMETRIES[name]}", model, processor, adapter, device, dtype)
+    return LoadedModel(f"random-{name}", f"random weights, {hub_id(name)}", model, processor, adapter, device, dtype)
 
 
 def _sync(device: torch.device) -> None:
@@ -114,7 +114,7 @@ def bench(name: str, device: torch.device, dtype: torch.dtype, tokens: int, roun
     # What a comparison cost before rows: every column's solo decode, one after another.
     columns = best["vanilla_traced"] + sum(best[m] for m in methods)
     return {
-        "geometry": GEOMETRIES[name], "layers_cut_to": layers, "device": str(device), "dtype": str(dtype),
+        "geometry": hub_id(name), "layers_cut_to": layers, "device": str(device), "dtype": str(dtype),
         "params_b": round(sum(p.numel() for p in loaded.model.parameters()) / 1e9, 3),
         "image_tokens": len(loaded.adapter.prepare(image, "x", device, dtype)[1].positions),
         "tokens": tokens, "rounds": rounds, "build_s": round(build_s, 1),

@@ -18,9 +18,14 @@ from halviz.models.families.standin import cut_text_layers, drop_dtypes, random_
 GEOMETRIES = {"7b": "llava-hf/llava-1.5-7b-hf", "interleave-0.5b": "llava-hf/llava-interleave-qwen-0.5b-hf"}
 
 
+def hub_id(name: str) -> str:
+    """A short bench name of ``GEOMETRIES``, or any hub id with a stored fixture."""
+    return GEOMETRIES.get(name, name)
+
+
 def real_geometry_config(name: str, layers: int | None = None) -> dict:
-    """The checkpoint's config.json as a dict; ``layers`` cuts both towers (every other size is kept)."""
-    config = drop_dtypes(Fixture.load(GEOMETRIES[name]).config)
+    """The LLaVA checkpoint's config.json as a dict; ``layers`` cuts both towers (every other size is kept)."""
+    config = drop_dtypes(Fixture.load(hub_id(name)).config)
     if layers is not None:
         config = cut_text_layers(config, layers)
         # The vision feature layer (-1 or -2) must still exist.
@@ -30,13 +35,13 @@ def real_geometry_config(name: str, layers: int | None = None) -> dict:
 
 def build_real_geometry_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                               layers: int | None = None, seed: int = 0):
-    """(model, processor): random weights of the real architecture, allocated straight on ``device``."""
-    fixture = Fixture.load(GEOMETRIES[name])
+    """(model, processor): random weights of the real architecture, allocated straight on ``device``;
+    ``layers`` cuts both towers (None: the whole checkpoint)."""
+    fixture = Fixture.load(hub_id(name))
     family = family_for_hub_id(fixture.hub_id)
-    text_layers = layers or int((fixture.config.get("text_config") or fixture.config).get("num_hidden_layers", 32))
-    config, processor = family.fixture_parts(fixture, text_layers, layers or 10**6)
-    if layers is None:  # the whole vision tower
-        config.vision_config.num_hidden_layers = int(fixture.config["vision_config"]["num_hidden_layers"])
+    config, processor = family.fixture_parts(fixture, layers or 1, layers)
+    if layers is None:  # the checkpoint's own config, uncut (its config class reads the hub's config.json)
+        config = type(config)(**drop_dtypes(fixture.config))
     model = random_model(family.model_class(), config, device, dtype, seed, fixture.generation)
     return model, processor
 

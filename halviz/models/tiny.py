@@ -23,8 +23,13 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from halviz.models.families import Fixture
+from halviz.models.families.llava import Llava15
 from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
 
+# The tiny LLaVA-interleave checkpoint keeps this hand-written USER/ASSISTANT format (with a BOS) so its
+# prompts have the same segments as LLaVA-1.5's; the tiny LLaVA-1.5 uses the real checkpoint's template
+# (configs/llava-hf/llava-1.5-7b-hf/chat_template.jinja) and, like Llama's tokenizer, prepends <s> itself.
 LLAVA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: "
@@ -67,7 +72,10 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
 
 def build_tiny_llava(spec: TinySpec) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     tokenizer = build_tokenizer(spec.vocab_size)
+    template = LLAVA_CHAT_TEMPLATE
     if spec.family == "llava-1.5":
+        template = Fixture.load(Llava15.hub_ids[0]).chat_template
+        tokenizer = with_bos_prepended(tokenizer)
         vision = CLIPVisionConfig(
             hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden, num_hidden_layers=spec.vision_layers,
             num_attention_heads=2, image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=spec.vision_hidden,
@@ -102,7 +110,7 @@ def build_tiny_llava(spec: TinySpec) -> tuple[LlavaForConditionalGeneration, Lla
     )
     torch.manual_seed(spec.seed)
     model = LlavaForConditionalGeneration(config).eval()
-    return model, llava_processor(image_processor, tokenizer, spec.patch_size, strategy, extra_tokens)
+    return model, llava_processor(image_processor, tokenizer, spec.patch_size, strategy, extra_tokens, template)
 
 
 def clip_image_processor(image_size: int) -> CLIPImageProcessorPil:
@@ -111,12 +119,25 @@ def clip_image_processor(image_size: int) -> CLIPImageProcessorPil:
                                  do_center_crop=True)
 
 
-def llava_processor(image_processor, tokenizer, patch_size: int, strategy: str, extra_tokens: int) -> LlavaProcessor:
-    """A LLaVA processor around a stand-in tokenizer, with the LLaVA-1.5 chat template."""
+def with_bos_prepended(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The tokenizer writing its BOS before every text, as Llama's does (add_bos_token)."""
+    from tokenizers import processors
+
+    backend = tokenizer.backend_tokenizer
+    bos = tokenizer.bos_token
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tokenizer.bos_token_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=tokenizer.eos_token,
+                                   pad_token=tokenizer.pad_token, extra_special_tokens={"image_token": IMAGE_TOKEN})
+
+
+def llava_processor(image_processor, tokenizer, patch_size: int, strategy: str, extra_tokens: int,
+                    template: str = LLAVA_CHAT_TEMPLATE) -> LlavaProcessor:
+    """A LLaVA processor around a stand-in tokenizer."""
     return LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy=strategy, num_additional_image_tokens=extra_tokens,
-        chat_template=LLAVA_CHAT_TEMPLATE,
+        chat_template=template,
     )
 
 
