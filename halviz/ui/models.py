@@ -16,6 +16,10 @@ from halviz.ui.inputs import MAX_MODEL_NAME_CHARS, InputError
 DEFAULT_MODELS: tuple[tuple[str, str], ...] = (
     ("toy", "toy: the bundled 3 M-parameter LLaVA of the toy world (offline)"),
     ("llava-hf/llava-interleave-qwen-0.5b-hf", "llava-hf/llava-interleave-qwen-0.5b-hf (hub, ~1.7 GB)"),
+    ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-256M-Instruct (hub, ~0.5 GB; up to 16 tiles + a global view)"),
+    ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+     "llava-hf/llava-onevision-qwen2-0.5b-ov-hf (hub, ~1.8 GB; anyres tiles, up to ~7300 image tokens)"),
+    ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct (hub, ~7.5 GB, GPU advised; up to 1024 image tokens)"),
     ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-7b-hf (hub, ~14 GB, GPU advised)"),
 )
 MODELS_ENV = "HALVIZ_MODELS"  # comma-separated ids (or folders) the picker offers; the only ones accepted
