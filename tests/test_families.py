@@ -29,7 +29,8 @@ from halviz.engine.batch import BatchDecoder
 from halviz.engine.recorder import RecordOptions
 from halviz.methods import METHODS, REGISTRY, check_compatible, method_class
 from halviz.models import load_model
-from halviz.models.families import Fixture, families, family_for_hub_id, raw_text_config
+from halviz.models.families import Fixture, families, family_for_config, family_for_hub_id, raw_text_config
+from halviz.models.families.base import stored_hub_ids
 from family_hand_grids import hand_onevision, hand_qwen, hand_smolvlm
 
 PROMPT = "Please describe this image in detail."
@@ -158,6 +159,8 @@ def test_every_offered_hub_id_has_a_case_and_a_fixture():
     assert offered <= {c.hub_id for c in CASES}
     for hub in offered:
         assert (Fixture.load(hub).folder / "SOURCES.md").is_file()
+    for hub in stored_hub_ids():  # no stored checkpoint is left without a family that offers it
+        assert hub in offered and family_for_config(Fixture.load(hub).config) is family_for_hub_id(hub), hub
 
 
 def test_loads_as_its_family_with_the_real_sizes_and_ids(built):
