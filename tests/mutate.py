@@ -31,6 +31,7 @@ T_PRUNE, T_KV = "tests/test_prunehal.py", "tests/test_kvsmooth.py"
 BATCH, RUN, T_BATCH = "halviz/engine/batch.py", "halviz/engine/run.py", "tests/test_batch.py"
 T_VCD = "tests/test_vcd.py"
 VAR, T_VAR = "halviz/methods/var.py", "tests/test_var.py"
+T_LISTS = "tests/test_list_knobs.py"
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,24 @@ MUTATIONS = (
              (T_VAR,), "new code"),
     Mutation("var: sinks of the layer below", VAR,
              "self.sinks.get(MAIN, {})).get(layer)", "self.sinks.get(MAIN, {})).get(layer - 1)", (T_VAR,), "new code"),
+    Mutation("lists: patch list ignored (the box used)", "halviz/methods/mask_patches.py",
+             'if p["patches"]:', "if False:", (T_LISTS,), "new code"),
+    Mutation("lists: patch list read column:row", "halviz/methods/mask_patches.py",
+             "torch.stack([grid[r, c] for r, c in pairs])", "torch.stack([grid[c, r] for r, c in pairs])",
+             (T_LISTS,), "new code"),
+    Mutation("lists: patches outside the grid not refused", "halviz/methods/mask_patches.py",
+             "if r >= rows or c >= cols]", "if False]", (T_LISTS,), "new code"),
+    Mutation("lists: head list scales every head of its layers", "halviz/methods/scale_heads.py",
+             "torch.ones(num_heads, dtype=torch.float64))[head] = scale",
+             "torch.ones(num_heads, dtype=torch.float64))[:] = scale", (T_LISTS,), "new code"),
+    Mutation("lists: head list ignored (head and layers used)", "halviz/methods/scale_heads.py",
+             'if self.params["heads"]:', "if False:", (T_LISTS,), "new code"),
+    Mutation("lists: heads outside the model not refused", "halviz/methods/scale_heads.py",
+             "if l >= num_layers or h >= num_heads]", "if False]", (T_LISTS,), "new code"),
+    Mutation("lists: index bound not checked", "halviz/methods/index_pairs.py",
+             "if a > MAX_INDEX or b > MAX_INDEX:", "if False:", (T_LISTS,), "new code"),
+    Mutation("lists: length bound not checked", "halviz/methods/index_pairs.py",
+             "if len(text) > MAX_PAIRS_CHARS:", "if False:", (T_LISTS,), "new code"),
     Mutation("vhr: T-VHD top-k ignores k", VHR,
              "return vhd.topk(min(k, vhd.shape[-1]), dim=-1).values.sum((-2, -1))",
              "return vhd.sum((-2, -1))", (T_VHR,), "new code"),

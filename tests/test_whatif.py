@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from halviz.methods.mask_patches import MaskPatches, box_positions
+from halviz.methods.mask_patches import MaskPatches, box_positions, patch_positions
 from halviz.methods.scale_heads import ScaleHeads
 from halviz.trace import FORMAT, Trace
-from halviz.ui.selection import Selection, describe, intervention_specs, stack_specs, with_intervention
+from halviz.ui.selection import (Selection, box_patches, describe, intervention_specs, short_title, stack_specs,
+                                  with_intervention)
+from halviz.ui.whatif import GROW_BOX, TOGGLE
 from halviz.viz.patch_tokens import patch_token_figure, patch_token_heads_figure
 from halviz.viz.pickers import (BOX_COLOUR, INSPECT_COLOUR, head_picker, head_picker_image, patch_picker,
                                 patch_picker_image)
@@ -70,10 +72,35 @@ def test_clicks_grow_the_box_that_mask_patches_hides():
     MaskPatches(**params)  # the knobs are in the method's ranges
 
 
+def test_clicks_toggle_single_patches_that_mask_patches_hides():
+    trace = grid_trace()
+    picker = patch_picker(trace)
+    first = picker.patch_at(*canvas_point(picker, 45, 25))  # (1, 2), as above
+    second = picker.patch_at(*canvas_point(picker, 70, 50))  # (2, 3)
+    third = picker.patch_at(*canvas_point(picker, 5, 5))  # (0, 0)
+    selection = Selection().toggled_patch(*first).toggled_patch(*second).toggled_patch(*third)
+    assert selection.patches == {(1, 2), (2, 3), (0, 0)} and selection.box is None and selection.inspected == (0, 0)
+    selection = selection.toggled_patch(*third)  # a second click takes it out again
+    assert selection.patches == {(1, 2), (2, 3)}
+    specs = dict(intervention_specs(selection))
+    assert specs == {"mask_patches": {"patches": "1:2,2:3", "first_layer": 0, "last_layer": -1}}
+    method = MaskPatches(**specs["mask_patches"])  # the box knobs stay at their defaults and are not used
+    image_positions = torch.arange(5, 5 + ROWS * COLS)
+    hidden = patch_positions(image_positions, ROWS, COLS, method.params["patches"])
+    assert sorted(hidden.tolist()) == [5 + 1 * COLS + 2, 5 + 2 * COLS + 3]  # by hand: row-major
+    assert "mask **2 patches** of the 3×4 grid (r1·c2, r2·c3)" in describe(selection, (ROWS, COLS))
+    assert short_title(selection) == "mask r1c2, r2c3"
+    # Toggling the four patches of a box back in gives the box knobs, as before the list existed.
+    full = selection.toggled_patch(1, 3).toggled_patch(2, 2)
+    assert full.box == (1, 2, 2, 3) and "first_row" in dict(intervention_specs(full))["mask_patches"]
+    # Box mode fills the box from the chosen patches to the one clicked.
+    assert Selection().toggled_patch(0, 3).with_patch(2, 1).patches == box_patches(0, 2, 1, 3)
+
+
 def test_the_outline_drawn_is_the_box_picked():
     trace = grid_trace()
     picker = patch_picker(trace)
-    box = (1, 2, 2, 3)
+    box = box_patches(1, 2, 2, 3)
     image = np.asarray(patch_picker_image(trace, None, None, box, inspected=(0, 0)))
     s = picker.scale
     left, top, right, bottom = 2 * PATCH * s, 1 * PATCH * s, 4 * PATCH * s, 3 * PATCH * s  # by hand
@@ -83,6 +110,11 @@ def test_the_outline_drawn_is_the_box_picked():
     assert tuple(image[mid_y, int(round(left)) - 6]) != BOX_COLOUR  # outside the box: no outline
     assert tuple(image[1, int(PATCH * s / 2)]) == INSPECT_COLOUR  # the inspected patch (0, 0), top edge
     assert image.shape[:2] == (round(HEIGHT * s), round(WIDTH * s))
+    # Scattered patches: each is outlined, the patch between them is not.
+    image = np.asarray(patch_picker_image(trace, None, None, {(0, 0), (0, 2)}))
+    for col, outlined in ((0, True), (1, False), (2, True)):
+        left = col * PATCH * s
+        assert (tuple(image[int(PATCH * s / 2), int(round(left)) + 1]) == BOX_COLOUR) is outlined, col
 
 
 def test_patches_covering_only_padding_cannot_be_clicked():
@@ -105,14 +137,27 @@ def test_a_click_on_the_head_map_silences_that_head():
     x, y = picker.left + cell + cell // 2, picker.top + 2 * cell + 1
     assert picker.head_at(x, y) == (2, 1)
     assert picker.head_at(picker.left - 1, y) is None and picker.head_at(x, picker.top + LAYERS * cell) is None
-    selection = Selection(head=picker.head_at(x, y))
+    selection = Selection().toggled_head(*picker.head_at(x, y))
     (name, params), = intervention_specs(selection)
     assert name == "scale_heads" and params == {"head": 1, "scale": 0.0, "first_layer": 2, "last_layer": 2}
+    column = SimpleNamespace(num_layers=LAYERS, num_heads=HEADS, device=torch.device("cpu"))
     method = ScaleHeads(**params)
-    method.setup(SimpleNamespace(num_layers=LAYERS, num_heads=HEADS, device=torch.device("cpu")))
-    assert method.layers == frozenset({2}) and method.factor.tolist() == [1.0, 0.0]
-    image = np.asarray(head_picker_image(np.ones((LAYERS, HEADS)), (2, 1)))
+    method.setup(column)
+    assert {l: f.tolist() for l, f in method.factors.items()} == {2: [1.0, 0.0]}
+    image = np.asarray(head_picker_image(np.ones((LAYERS, HEADS)), [(2, 1)]))
     assert image.shape[:2] == (picker.size[1], picker.size[0])
+    # A second head (layer 0, head 0), then a third clicked twice (in and out again): the heads list.
+    several = selection.toggled_head(0, 0).toggled_head(1, 1).toggled_head(1, 1)
+    (name, params), = intervention_specs(several)
+    assert params == {"heads": "0:0,2:1", "scale": 0.0}
+    method = ScaleHeads(**params)
+    method.setup(column)
+    assert {l: f.tolist() for l, f in method.factors.items()} == {0: [0.0, 1.0], 2: [1.0, 0.0]}
+    assert "silence **2 heads**: L0·H0, L2·H1" in describe(several)
+    image = np.asarray(head_picker_image(np.ones((LAYERS, HEADS)), several.heads))
+    for layer, head in ((0, 0), (2, 1), (1, 1)):
+        x0, y0, _, _ = picker.cell_box(layer, head)
+        assert (tuple(image[y0 + picker.cell // 2, x0]) == (37, 99, 235)) is ((layer, head) in several.heads)
 
 
 def test_the_original_stack_keeps_its_knobs_and_takes_the_intervention_in_registry_order():
@@ -120,7 +165,7 @@ def test_the_original_stack_keeps_its_knobs_and_takes_the_intervention_in_regist
 
     original = stack_specs([{"name": "vcd", "params": {"alpha": 2.0}},
                             {"name": "mask_patches", "params": {"first_row": 0, "last_row": -1}}])
-    selection = Selection(box=(1, 1, 0, 2), sink=True)
+    selection = Selection(patches=box_patches(1, 1, 0, 2), sink=True)
     merged = with_intervention(original, intervention_specs(selection), list(REGISTRY))
     names = [n for n, _ in merged]
     assert names == sorted(names, key=list(REGISTRY).index)
@@ -133,7 +178,7 @@ def test_the_original_stack_keeps_its_knobs_and_takes_the_intervention_in_regist
         stack_specs([{"params": {}}])
     assert "3 patches" in describe(selection) and "sink" in describe(selection)
     assert "every layer" in describe(selection)
-    late = Selection(box=(0, 0, 0, 0), sink=True, first_layer=2, last_layer=3)
+    late = Selection(patches=box_patches(0, 0, 0, 0), sink=True, first_layer=2, last_layer=3)
     specs = dict(intervention_specs(late))
     for name in ("mask_patches", "remove_sink"):
         assert (specs[name]["first_layer"], specs[name]["last_layer"]) == (2, 3)
@@ -147,8 +192,12 @@ def test_a_traces_own_interventions_come_back_as_its_selection():
     methods = [MaskPatches(first_row=1, last_row=-1, first_col=2, last_col=9, first_layer=1).describe(),
                ScaleHeads(head=1, scale=0.5, first_layer=2, last_layer=2).describe(), RemoveSink().describe()]
     chosen = selection_of(methods, (ROWS, COLS))
-    assert chosen == Selection(box=(1, ROWS - 1, 2, COLS - 1), head=(2, 1), head_scale=0.5, sink=True,
-                               first_layer=1, last_layer=-1)
+    assert chosen == Selection(patches=box_patches(1, ROWS - 1, 2, COLS - 1), heads=frozenset({(2, 1)}),
+                               head_scale=0.5, sink=True, first_layer=1, last_layer=-1)
+    listed = [MaskPatches(patches="2:0,0:3", first_layer=2).describe(), ScaleHeads(heads="2:1,0:0", scale=0.5).describe()]
+    assert selection_of(listed, (ROWS, COLS)) == Selection(patches=frozenset({(2, 0), (0, 3)}),
+                                                           heads=frozenset({(2, 1), (0, 0)}), head_scale=0.5,
+                                                           first_layer=2)
     every_head = [ScaleHeads(head=-1).describe(), RemoveSink(tokens=2).describe()]
     assert selection_of(every_head, (ROWS, COLS)) == Selection()  # not one head, not BOS alone: not a selection
     assert selection_of([{"name": "mask_patches", "params": {"first_row": "x"}}], (ROWS, COLS)) == Selection()
@@ -229,7 +278,7 @@ def test_rerun_adds_a_column_diffed_against_the_original(controller):
     selection = shown[whatif.selection]
     picker = patch_picker(runs["vanilla"].trace)
     for x, y in ((0, 0), (picker.width - 1, picker.height - 1)):  # two corners: the whole grid
-        update = ctl.pick_patch(runs, "vanilla", 0, "mean", "mean", selection, "add the patch to the box to mask",
+        update = ctl.pick_patch(runs, "vanilla", 0, "mean", "mean", selection, GROW_BOX,
                                 gr.SelectData(None, {"index": [x, y], "value": None}))
         selection = update[whatif.selection]
     rows, cols = runs["vanilla"].trace.meta["grid"]
@@ -262,7 +311,7 @@ def test_bad_clicks_and_requests_are_sentences_not_stack_traces(controller):
     whatif = ctl.ui.panel.whatif
     for index in (None, ["x", 1], [float("nan"), 2], [10**6, 10**6], [-5, 3]):
         with pytest.raises(gr.Error, match="not on an image patch"):
-            ctl.pick_patch(runs, "vanilla", 0, "mean", "mean", None, "add the patch to the box to mask",
+            ctl.pick_patch(runs, "vanilla", 0, "mean", "mean", None, GROW_BOX,
                            gr.SelectData(None, {"index": index, "value": None}))
         with pytest.raises(gr.Error, match="not on a head"):
             ctl.pick_head(runs, "vanilla", 0, "mean", "mean", None, gr.SelectData(None, {"index": index, "value": None}))
@@ -271,7 +320,9 @@ def test_bad_clicks_and_requests_are_sentences_not_stack_traces(controller):
     with pytest.raises(gr.Error, match="Run a comparison"):
         next(ctl.rerun({}, None, Selection(sink=True), []))
     with pytest.raises(gr.Error, match="layers 0"):
-        next(ctl.rerun(runs, "vanilla", Selection(head=(99, 0)), []))
+        next(ctl.rerun(runs, "vanilla", Selection(heads=frozenset({(0, 0), (99, 0)})), []))
+    with pytest.raises(gr.Error, match="must lie on this trace's"):
+        next(ctl.rerun(runs, "vanilla", Selection(patches=frozenset({(0, 0), (99, 0)})), []))
     with pytest.raises(gr.Error, match="layers to mask in"):
         next(ctl.rerun(runs, "vanilla", Selection(sink=True, first_layer=4, last_layer=2), []))
     with pytest.raises(gr.Error, match="layers to mask in"):
@@ -283,3 +334,49 @@ def test_bad_clicks_and_requests_are_sentences_not_stack_traces(controller):
         next(ctl.rerun(uploaded, "upload:x", Selection(sink=True), []))
     assert ctl.set_options(runs, "vanilla", 0, "mean", "mean", None, True, "junk", float("nan"), None)[
         whatif.selection] == Selection(sink=True, head_scale=0.0, first_layer=0, last_layer=-1)
+
+
+def test_toggled_patches_and_heads_rerun_as_the_list_knobs(controller, toy):
+    from halviz.engine.decode import Decoder
+    from halviz.methods import build_stack
+
+    ctl, gr = controller
+    panel, whatif = ctl.ui.panel, ctl.ui.panel.whatif
+    runs = run_greedy(ctl, tokens=8)
+    selection = panel.show(runs, "vanilla")[whatif.selection]
+    picker = patch_picker(runs["vanilla"].trace)
+    rows, cols = runs["vanilla"].trace.meta["grid"]
+
+    def click_patch(selection, x, y):
+        return ctl.pick_patch(runs, "vanilla", 0, "mean", "mean", selection, TOGGLE,
+                              gr.SelectData(None, {"index": [x, y], "value": None}))[whatif.selection]
+
+    corner = (picker.width - 1, picker.height - 1)
+    selection = click_patch(selection, 0, 0)
+    selection = click_patch(selection, *corner)
+    selection = click_patch(selection, picker.width // 2, 0)
+    selection = click_patch(selection, picker.width // 2, 0)  # the same patch again: out
+    assert selection.patches == {(0, 0), (rows - 1, cols - 1)}
+    heads = head_picker(int(runs["vanilla"].trace.meta["num_layers"]), int(runs["vanilla"].trace.meta["num_heads"]))
+    for layer, head in ((1, 2), (0, 1), (3, 3), (3, 3)):
+        x0, y0, x1, y1 = heads.cell_box(layer, head)
+        update = ctl.pick_head(runs, "vanilla", 0, "mean", "mean", selection,
+                               gr.SelectData(None, {"index": [(x0 + x1) / 2, (y0 + y1) / 2], "value": None}))
+        selection = update[whatif.selection]
+    assert selection.heads == {(1, 2), (0, 1)} and "silence **2 heads**" in update[whatif.chosen]
+    assert ctl.clear_heads(runs, "vanilla", 0, "mean", "mean", selection)[whatif.selection].heads == frozenset()
+    for update in ctl.rerun(runs, "vanilla", selection, []):
+        pass
+    (item,) = update[ctl.ui.whatif]
+    new = update[ctl.ui.runs][item["key"]].trace
+    params = {m["name"]: m["params"] for m in new.meta["methods"]}
+    assert params["mask_patches"]["patches"] == f"0:0,{rows - 1}:{cols - 1}"
+    assert params["scale_heads"]["heads"] == "0:1,1:2"
+    # The same stack decoded directly, outside the app: the re-run column's tokens.
+    stack = build_stack(["mask_patches", "scale_heads"], {"mask_patches": {"patches": f"0:0,{rows - 1}:{cols - 1}"},
+                                                          "scale_heads": {"heads": "0:1,1:2", "scale": 0.0}})
+    direct = Decoder(toy, runs["vanilla"].source, "Describe the image.", stack, max_new_tokens=8)
+    direct.run_to_end()
+    assert new.arrays["token_ids"].tolist() == direct.token_ids
+    assert "Greedy + mask r0c0, r{}c{} + silence L0·H1, L1·H2".format(rows - 1, cols - 1) in \
+        update[ctl.ui.whatif_slots[0].header].replace("\\", "")  # Markdown-escaped

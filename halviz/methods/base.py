@@ -69,9 +69,17 @@ class Knob:
     step: float | None = None
     choices: tuple[str, ...] | None = None
     help: str = ""
+    # A text knob (string default, no choices) needs a parser: text → its canonical form, ValueError if malformed.
+    parse: Callable[[str], str] | None = None
 
     def coerce(self, value: Any) -> float | int | bool | str:
         """Convert ``value`` to this knob's type and check its range; raise ValueError if it does not fit."""
+        if isinstance(self.default, str) and self.choices is None:
+            if not isinstance(value, str):
+                raise ValueError(f"{self.name} must be text, not {type(value).__name__}")
+            if self.parse is None:
+                raise ValueError(f"{self.name} is a text knob without a parser")
+            return self.parse(value)
         if isinstance(self.default, bool):
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

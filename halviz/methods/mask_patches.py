@@ -4,8 +4,10 @@ An intervention for teaching. The patches of a box on the image grid (rows r0..r
 inclusive; −1 = the last) get −inf as keys for every query after the image (prompt text and
 generated tokens) in the chosen layers; the image tokens' own attention is left alone, so the
 visual features are unchanged and only their reading by the text is removed. The default box is
-the whole grid: the caption of a model that cannot see. Only rows laid out like the main prompt
-are edited (a text-only stream has no image).
+the whole grid: the caption of a model that cannot see. ``patches`` ("row:col,row:col", 0-indexed)
+names single patches instead: when it is not empty, exactly those patches are hidden and the box
+knobs are not used (the debugger's picker toggles patches one by one). Only rows laid out like the
+main prompt are edited (a text-only stream has no image).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from halviz.methods.base import Knob, Method
+from halviz.methods.index_pairs import pairs_parser, parse_pairs
 from halviz.methods.layer_range import chosen_layers, layer_knobs
 
 if TYPE_CHECKING:
     from halviz.engine.rows import Column, Pass
+
+PATCHES_EXAMPLE = "0:3,2:5"
 
 
 def box_positions(image_positions: torch.Tensor, rows: int, cols: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
@@ -27,6 +32,17 @@ def box_positions(image_positions: torch.Tensor, rows: int, cols: int, r0: int, 
     c1 = cols - 1 if c1 < 0 else min(c1, cols - 1)
     grid = image_positions.reshape(rows, cols)
     return grid[min(r0, rows - 1): r1 + 1, min(c0, cols - 1): c1 + 1].flatten()
+
+
+def patch_positions(image_positions: torch.Tensor, rows: int, cols: int, patches: str) -> torch.Tensor:
+    """Sequence positions of the listed patches ("row:col,…", row-major grid), in the list's order."""
+    pairs = parse_pairs(patches, "patches", PATCHES_EXAMPLE)
+    outside = [f"{r}:{c}" for r, c in pairs if r >= rows or c >= cols]
+    if outside:
+        raise ValueError(f"patches {', '.join(outside[:5])} lie outside the {rows}×{cols} grid "
+                         f"(rows 0–{rows - 1}, columns 0–{cols - 1})")
+    grid = image_positions.reshape(rows, cols)
+    return torch.stack([grid[r, c] for r, c in pairs]) if pairs else grid.new_zeros(0)
 
 
 class MaskPatches(Method):
@@ -38,6 +54,9 @@ class MaskPatches(Method):
              Knob("last_row", "Last grid row (−1 = last)", -1, -1, 1023, 1),
              Knob("first_col", "First grid column", 0, 0, 1023, 1),
              Knob("last_col", "Last grid column (−1 = last)", -1, -1, 1023, 1),
+             Knob("patches", "Patches (row:col list; empty = the box)", "",
+                  help=f"single patches to hide, e.g. {PATCHES_EXAMPLE}; when given, the box is not used",
+                  parse=pairs_parser("patches", PATCHES_EXAMPLE)),
              *layer_knobs("hides the patches"))
     hook_points = frozenset({"scores"})
     edits_prefill = True
@@ -47,8 +66,11 @@ class MaskPatches(Method):
         self.layers = chosen_layers(column.num_layers, int(p["first_layer"]), int(p["last_layer"]))
         grid = layout.primary  # the box is drawn on the primary grid (multi-grid layouts: the first view)
         grid_positions = column.image_index[torch.tensor(grid.index, device=column.device)]
-        self.positions = box_positions(grid_positions, grid.rows, grid.cols, int(p["first_row"]),
-                                       int(p["last_row"]), int(p["first_col"]), int(p["last_col"]))
+        if p["patches"]:
+            self.positions = patch_positions(grid_positions, grid.rows, grid.cols, p["patches"])
+        else:
+            self.positions = box_positions(grid_positions, grid.rows, grid.cols, int(p["first_row"]),
+                                           int(p["last_row"]), int(p["first_col"]), int(p["last_col"]))
         self.after_image = int(column.image_index.max()) + 1
 
     def wants_scores(self, p: Pass, layer: int) -> bool:

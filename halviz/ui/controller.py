@@ -33,8 +33,7 @@ from halviz.ui.state import (MAX_SESSION_UPLOAD_BYTES, RunEntry, Runs, TraceFile
 from halviz.ui.memory import release_memory
 from halviz.ui.selection import (Selection, as_selection, intervention_specs, short_title, stack_specs,
                                  with_intervention)
-from halviz.ui.whatif import (GROW_BOX, MAX_WHATIF, WhatIfSlot, clicked_head, clicked_patch, whatif_spans,
-                              with_head)
+from halviz.ui.whatif import GROW_BOX, INSPECT, MAX_WHATIF, WhatIfSlot, clicked_head, clicked_patch, whatif_spans
 from halviz.methods import check_compatible
 from halviz.viz import span_offset, step_at_offset
 
@@ -454,36 +453,46 @@ class Controller:
         return {panel.whatif.selection: selection, **panel.whatif_view(runs, key, step, layer, head, selection)}
 
     def pick_patch(self, runs, key, step, layer, head, selection, mode, evt: gr.SelectData) -> dict:
-        """A click on the patch map: grow the box to mask (or only inspect the patch)."""
+        """A click on the patch map: toggle the patch, fill the box up to it, or only inspect it."""
         entry = self._entry(runs, key)
         patch = clicked_patch(entry.trace, evt.index)
         if patch is None:
             raise ui_error("That click was not on an image patch; click inside the grid.")
         selection = as_selection(selection)
-        selection = selection.with_patch(*patch) if mode == GROW_BOX else replace(selection, inspected=patch)
+        if mode == GROW_BOX:
+            selection = selection.with_patch(*patch)
+        elif mode == INSPECT:
+            selection = replace(selection, inspected=patch)
+        else:  # the default: a click toggles the patch
+            selection = selection.toggled_patch(*patch)
         return self._view(runs, key, step, layer, head, selection)
 
     def pick_head(self, runs, key, step, layer, head, selection, evt: gr.SelectData) -> dict:
-        """A click on the head map: that (layer, head) is the head to scale."""
+        """A click on the head map: that (layer, head) joins the heads to scale, or leaves them."""
         entry = self._entry(runs, key)
         chosen = clicked_head(entry.trace, evt.index)
         if chosen is None:
             raise ui_error("That click was not on a head; click a cell of the map.")
-        return self._view(runs, key, step, layer, head, with_head(selection, *chosen))
+        return self._view(runs, key, step, layer, head, as_selection(selection).toggled_head(*chosen))
 
     def take_head(self, runs, key, step, layer, head, selection) -> dict:
-        """The head the Layer and Head pickers show becomes the head to scale."""
+        """The head the Layer and Head pickers show joins the heads to scale."""
         self._entry(runs, key)
         try:
             chosen_layer, chosen_head = int(layer), int(head)
         except (TypeError, ValueError):
             raise ui_error("Pick one layer and one head in the Layer and Head boxes above first "
                            "(or click a cell of the head map).") from None
-        return self._view(runs, key, step, layer, head, with_head(selection, chosen_layer, chosen_head))
+        return self._view(runs, key, step, layer, head, as_selection(selection).with_head(chosen_layer, chosen_head))
 
     def clear_box(self, runs, key, step, layer, head, selection) -> dict:
         self._entry(runs, key)
-        return self._view(runs, key, step, layer, head, replace(as_selection(selection), box=None, inspected=None))
+        return self._view(runs, key, step, layer, head,
+                          replace(as_selection(selection), patches=frozenset(), inspected=None))
+
+    def clear_heads(self, runs, key, step, layer, head, selection) -> dict:
+        self._entry(runs, key)
+        return self._view(runs, key, step, layer, head, replace(as_selection(selection), heads=frozenset()))
 
     def set_options(self, runs, key, step, layer, head, selection, sink, scale, first_layer=0, last_layer=-1) -> dict:
         """The sink tick box, the head scale and the layer range, kept in the selection (odd values
@@ -538,10 +547,13 @@ class Controller:
                            "and model behind it): put its image in the Image box and press Compare.")
         trace = entry.trace
         layers, heads = int(trace.meta.get("num_layers", 0)), int(trace.meta.get("num_heads", 0))
-        if selection.head is not None and not (0 <= selection.head[0] < layers and 0 <= selection.head[1] < heads):
+        if any(not (0 <= l < layers and 0 <= h < heads) for l, h in selection.heads):
             raise ui_error(f"This model has layers 0–{layers - 1} and heads 0–{heads - 1}.")
+        rows, cols = (int(v) for v in trace.meta.get("grid", (0, 0)))
+        if any(not (0 <= r < rows and 0 <= c < cols) for r, c in selection.patches):
+            raise ui_error(f"The patches to mask must lie on this trace's {rows}×{cols} grid.")
         last = layers - 1 if selection.last_layer < 0 else selection.last_layer
-        if (selection.box is not None or selection.sink) and not 0 <= selection.first_layer <= last < layers:
+        if (selection.patches or selection.sink) and not 0 <= selection.first_layer <= last < layers:
             raise ui_error(f"The layers to mask in must run from a first to a last layer within 0–{layers - 1}.")
         try:
             original = stack_specs(trace.meta.get("methods"))
@@ -689,6 +701,7 @@ class Controller:
         whatif.heads.select(user_errors(self.pick_head), inputs=step_inputs, outputs=picked, **private)
         whatif.take_head.click(user_errors(self.take_head), inputs=step_inputs, outputs=picked, **private)
         whatif.clear.click(user_errors(self.clear_box), inputs=step_inputs, outputs=picked, **private)
+        whatif.clear_heads.click(user_errors(self.clear_heads), inputs=step_inputs, outputs=picked, **private)
         for control in whatif.options:
             control.input(user_errors(self.set_options), inputs=[*step_inputs, *whatif.options],
                           outputs=picked, trigger_mode="always_last", **private)

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from halviz.methods.base import Knob, Method
+from halviz.methods.index_pairs import MAX_PAIRS_CHARS
 from halviz.ui.escaping import markdown_text
 from halviz.ui.model_defaults import ModelDefaults
 
@@ -38,6 +39,8 @@ def knob_component(knob: Knob, model_value: Any = None) -> gr.components.Compone
         return gr.Checkbox(value=value, label=knob.label, info=info)
     if knob.choices:
         return gr.Dropdown(choices=list(knob.choices), value=str(value), label=knob.label, info=info)
+    if isinstance(knob.default, str):  # a text knob (e.g. a list of patches); its parser checks it at run time
+        return gr.Textbox(value=str(value), label=knob.label, info=info, max_lines=1, max_length=MAX_PAIRS_CHARS)
     low, high, step = knob.minimum, knob.maximum, knob.step
     whole = isinstance(knob.default, int)
     if low is not None and high is not None and high > low and step and (high - low) / step <= MAX_SLIDER_POSITIONS:

@@ -6,7 +6,7 @@ Layout and drawing only; the re-run itself is :meth:`halviz.ui.controller.Contro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -23,13 +23,15 @@ from halviz.viz.pickers import head_picker, head_picker_image, head_scores, patc
 
 MAX_WHATIF = 3  # re-run columns shown at once; a fourth replaces the oldest
 FIRST_CHANGE = "first change"  # the caption label of a re-run's first token that differs from the original
-GROW_BOX = "add the patch to the box to mask"
+TOGGLE = "add or remove the patch"
+GROW_BOX = "fill the box from the chosen patches to this one"
 INSPECT = "only inspect the patch (patch → token view)"
 
 WHATIF_INTRO = (
-    "Ask the model what happens if it could not look somewhere. **Click patches** on the map to grow the box "
-    "to mask (blue outline), **click a cell** of the head map to choose a head (or use the head shown above), "
-    "tick **remove the sink**, then press **Re-run with this intervention**: the same image, prompt and model "
+    "Ask the model what happens if it could not look somewhere. **Click patches** on the map to choose the "
+    "patches to mask (blue outline; a second click takes one out, or switch to box mode to fill a box), "
+    "**click cells** of the head map to choose heads (again: a second click takes one out; or use the head shown "
+    "above), tick **remove the sink**, then press **Re-run with this intervention**: the same image, prompt and model "
     "are decoded again with this column's methods plus your intervention, in a new column beside the "
     "original, diffed token by token.")
 PATCH_TOKENS_HELP = (
@@ -80,6 +82,7 @@ class InterventionPanel:
     patches: gr.Image
     clear: gr.Button
     heads: gr.Image
+    clear_heads: gr.Button
     heads_note: gr.Markdown
     take_head: gr.Button
     scale: gr.Slider
@@ -100,22 +103,24 @@ class InterventionPanel:
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=300):
                 # Labels as Markdown above: a floating block label would cover the top row of patches.
-                gr.Markdown("**Click patches**: the heatmap of this step, layer and head; blue box = patches to "
-                            "mask, green = the patch in the patch → token view", elem_classes=["hv-note"])
+                gr.Markdown("**Click patches**: the heatmap of this step, layer and head; blue outline = patches "
+                            "to mask, green = the patch in the patch → token view", elem_classes=["hv-note"])
                 patches = gr.Image(label="patch picker", show_label=False, type="pil", interactive=False, buttons=[],
                                    elem_id="hv-patch-picker", height=400)
-                mode = gr.Radio([GROW_BOX, INSPECT], value=GROW_BOX, label="A click on the map will",
+                mode = gr.Radio([TOGGLE, GROW_BOX, INSPECT], value=TOGGLE, label="A click on the map will",
                                 elem_id="hv-click-mode")
-                clear = gr.Button("Clear the box", size="sm", elem_id="hv-clear-box")
+                clear = gr.Button("Clear the patches", size="sm", elem_id="hv-clear-box")
             with gr.Column(scale=4, min_width=280):
-                gr.Markdown("**Click a head**: layers down (L0 at the top), heads across; blue = the chosen head",
+                gr.Markdown("**Click heads**: layers down (L0 at the top), heads across; blue = the chosen heads",
                             elem_classes=["hv-note"])
                 heads = gr.Image(label="head picker", show_label=False, type="pil", interactive=False, buttons=[],
                                  elem_id="hv-head-picker", height=300)
                 heads_note = gr.Markdown(elem_classes=["hv-note"], elem_id="hv-head-note")
-                take_head = gr.Button("Choose the head shown above (Layer and Head pickers)", size="sm",
-                                      elem_id="hv-take-head")
-                scale = gr.Slider(0.0, 2.0, value=0.0, step=0.1, label="Chosen head's output × (0 silences it)",
+                with gr.Row():
+                    take_head = gr.Button("Add the head shown above (Layer and Head pickers)", size="sm",
+                                          elem_id="hv-take-head")
+                    clear_heads = gr.Button("Clear the heads", size="sm", elem_id="hv-clear-heads")
+                scale = gr.Slider(0.0, 2.0, value=0.0, step=0.1, label="Chosen heads' outputs × (0 silences them)",
                                   elem_id="hv-head-scale")
                 sink = gr.Checkbox(value=False, label="Remove the sink: no query may attend to BOS",
                                    elem_id="hv-remove-sink")
@@ -133,7 +138,7 @@ class InterventionPanel:
             token_layers = gr.Plot(show_label=False, elem_id="hv-patch-tokens")
             token_heads = gr.Plot(show_label=False, elem_id="hv-patch-token-heads")
         gr.Markdown(f"<div class='hv-help'><b>How to read this.</b> {PATCH_TOKENS_HELP}</div>")
-        return cls(selection, mode, patches, clear, heads, heads_note, take_head, scale, sink, first_layer,
+        return cls(selection, mode, patches, clear, heads, clear_heads, heads_note, take_head, scale, sink, first_layer,
                    last_layer, chosen, rerun, status, token_layers, token_heads)
 
     # ---- what the pickers and the patch → token view show -------------------------------------------
@@ -159,8 +164,8 @@ class InterventionPanel:
         head_layer = patch_head_layer(trace, layer, selection)
         return {
             self.patches: patch_picker_image(trace, map_values(trace, step, layer, head), entry.image,
-                                             selection.box, inspected),
-            self.heads: head_picker_image(scores, selection.head),
+                                             selection.patches, inspected),
+            self.heads: head_picker_image(scores, selection.heads),
             self.heads_note: f"Colour: {meaning} (grey: not recorded). {scores.shape[0]} layers × "
                              f"{scores.shape[1]} heads.",
             self.chosen: describe(selection, grid),
@@ -193,7 +198,7 @@ def patch_head_layer(trace: Trace, layer: Any, selection: Selection) -> int:
     """The layer the per-head patch → token figure shows: the debugger's layer, else the chosen head's,
     else the last layer with single heads recorded."""
     recorded = [int(l) for l in trace.meta.get("head_layers") or []]
-    for candidate in (layer, selection.head[0] if selection.head else None):
+    for candidate in (layer, *sorted(l for l, _ in selection.heads)):
         if isinstance(candidate, int) and candidate in recorded:
             return candidate
     return recorded[-1] if recorded else 0
@@ -231,6 +236,3 @@ def whatif_spans(texts: list[str], truth, diverges_at: int | None, ends_with_eos
         spans[diverges_at] = (spans[diverges_at][0], FIRST_CHANGE)
     return spans
 
-
-def with_head(selection: Any, layer: int, head: int) -> Selection:
-    return replace(as_selection(selection), head=(int(layer), int(head)))

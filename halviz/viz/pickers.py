@@ -6,6 +6,7 @@ to a patch or a head with the same geometry, so what is drawn is what a click pi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,21 +71,31 @@ def patch_picker(trace: Trace, side: int = PICKER_SIDE) -> PatchPicker:
     return PatchPicker(grid, scale, max(1, round(grid.width * scale)), max(1, round(grid.height * scale)))
 
 
-def _span_box(picker: PatchPicker, r0: int, r1: int, c0: int, c1: int) -> tuple[float, float, float, float] | None:
-    """Canvas box around every drawn patch in rows r0..r1 and columns c0..c1."""
-    boxes = [b for r in range(r0, r1 + 1) for c in range(c0, c1 + 1) if (b := picker.cell_box(r, c)) is not None]
-    if not boxes:
-        return None
-    x0, y0, x1, y1 = zip(*boxes)
-    return min(x0), min(y0), max(x1), max(y1)
+def _outline(draw: ImageDraw.ImageDraw, picker: PatchPicker, patches: Iterable[tuple[int, int]], width: int) -> None:
+    """The outer edges of a set of patches (a side is drawn where the neighbour is not in the set), each
+    ``width`` pixels inside its cell: one outline around a box, one around each island of a scattered set."""
+    chosen = {(int(r), int(c)) for r, c in patches}
+    for r, c in chosen:
+        cell = picker.cell_box(r, c)
+        if cell is None:
+            continue
+        x0, y0, x1, y1 = cell
+        if (r - 1, c) not in chosen:
+            draw.rectangle([x0, y0, x1, y0 + width - 1], fill=BOX_COLOUR)
+        if (r + 1, c) not in chosen:
+            draw.rectangle([x0, y1 - width + 1, x1, y1], fill=BOX_COLOUR)
+        if (r, c - 1) not in chosen:
+            draw.rectangle([x0, y0, x0 + width - 1, y1], fill=BOX_COLOUR)
+        if (r, c + 1) not in chosen:
+            draw.rectangle([x1 - width + 1, y0, x1, y1], fill=BOX_COLOUR)
 
 
 def patch_picker_image(trace: Trace, values: np.ndarray | None, image: Image.Image | None = None,
-                       box: tuple[int, int, int, int] | None = None, inspected: tuple[int, int] | None = None,
+                       patches: Iterable[tuple[int, int]] = (), inspected: tuple[int, int] | None = None,
                        side: int = PICKER_SIDE) -> Image.Image:
     """The picture with one cell per image token, coloured by ``values`` (N,) scaled to their max (as
-    the attention heatmap), the box to mask outlined in blue (rows r0..r1, cols c0..c1 inclusive) and
-    the inspected patch in green. Click it where :meth:`PatchPicker.patch_at` says."""
+    the attention heatmap), the patches to mask outlined in blue ((row, col) pairs) and the inspected
+    patch in green. Click it where :meth:`PatchPicker.patch_at` says."""
     picker = patch_picker(trace, side)
     grid = picker.grid
     if image is not None:
@@ -105,10 +116,7 @@ def patch_picker_image(trace: Trace, values: np.ndarray | None, image: Image.Ima
             draw.rectangle([x0, y0, x1, y1], outline=(255, 255, 255, 70))
     canvas = Image.alpha_composite(canvas, layer)
     draw = ImageDraw.Draw(canvas)
-    if box is not None:
-        outline = _span_box(picker, *box)
-        if outline is not None:
-            draw.rectangle(outline, outline=BOX_COLOUR, width=max(3, side // 130))
+    _outline(draw, picker, patches, max(3, side // 130))
     if inspected is not None:
         cell = picker.cell_box(*inspected)
         if cell is not None:
@@ -173,9 +181,9 @@ def head_scores(trace: Trace, step: int) -> tuple[np.ndarray, str]:
     return scores, "no per-head data recorded (every head can still be chosen)"
 
 
-def head_picker_image(scores: np.ndarray, selected: tuple[int, int] | None = None) -> Image.Image:
+def head_picker_image(scores: np.ndarray, selected: Iterable[tuple[int, int]] = ()) -> Image.Image:
     """A cell per head coloured by ``scores`` (dark = high, scaled to the map's max; grey = not recorded),
-    the chosen head outlined in blue."""
+    the chosen heads ((layer, head) pairs) outlined in blue."""
     layers, heads = scores.shape
     picker = head_picker(layers, heads)
     canvas = Image.new("RGB", (max(picker.size[0], 1), max(picker.size[1], 1)), (255, 255, 255))
@@ -198,6 +206,7 @@ def head_picker_image(scores: np.ndarray, selected: tuple[int, int] | None = Non
             else:
                 colour = NOT_RECORDED
             draw.rectangle(picker.cell_box(layer, head), fill=colour, outline=(255, 255, 255))
-    if selected is not None and 0 <= selected[0] < layers and 0 <= selected[1] < heads:
-        draw.rectangle(picker.cell_box(*selected), outline=HEAD_SELECTED, width=max(2, picker.cell // 10))
+    for layer, head in selected:
+        if 0 <= layer < layers and 0 <= head < heads:
+            draw.rectangle(picker.cell_box(layer, head), outline=HEAD_SELECTED, width=max(2, picker.cell // 10))
     return canvas
