@@ -196,9 +196,10 @@ def test_an_intervention_beside_the_original_shows_where_it_diverges(page):
 
 
 def test_click_patches_rerun_and_open_the_new_column_at_its_step(page):
-    """Issue 14 in the debugger: click two corner patches on the heatmap (the box grows to the whole grid),
-    click a head on the head map, re-run: a new column appears beside Greedy with its diff step, and its
-    button opens the debugger on the new column at that step."""
+    """Issue 14 in the debugger: click two corner patches on the heatmap (each click toggles one patch; a
+    third click takes one out and a fourth puts it back), click two heads on the head map, re-run: a new
+    column appears beside Greedy with its diff step, and its button opens the debugger on the new column
+    at that step, its patches and heads shown on the pickers."""
     page.reload()
     page.wait_for_selector("#hv-run", timeout=60_000)
     index = 2 if toy_model_ready() else 5
@@ -215,19 +216,29 @@ def test_click_patches_rerun_and_open_the_new_column_at_its_step(page):
     picker.wait_for(timeout=60_000)
     width, height = natural_size(picker)
     selection = page.locator("#hv-selection")
+    def selection_says(text: str) -> None:
+        page.wait_for_function(f"document.querySelector('#hv-selection').innerText.includes({text!r})",
+                               timeout=60_000)
+
     click_natural(picker, 3, 3)  # the top-left patch
-    page.wait_for_function("document.querySelector('#hv-selection').innerText.includes('1 patch')", timeout=60_000)
-    click_natural(picker, width - 4, height - 4)  # the bottom-right patch: the box is now the whole grid
-    page.wait_for_function("document.querySelector('#hv-selection').innerText.includes('rows 0–')", timeout=60_000)
+    selection_says("1 patch")
+    click_natural(picker, width - 4, height - 4)  # the bottom-right patch: two single patches
+    selection_says("2 patches")
+    click_natural(picker, width - 4, height - 4)  # again: out
+    selection_says("1 patch")
+    click_natural(picker, width - 4, height - 4)  # and back in
+    selection_says("2 patches")
     text = selection.inner_text()
-    assert "columns 0–" in text and "every layer" in text, text
+    assert "r0·c0" in text and "every layer" in text, text
     note = page.locator("#hv-head-note").inner_text()  # "... 6 layers × 6 heads."
     layers, heads = (int(v) for v in re.search(r"(\d+) layers × (\d+) heads", note).groups())
     geometry = head_picker(layers, heads)
     x0, y0, x1, y1 = geometry.cell_box(1, 2)
     click_natural(page.locator("#hv-head-picker img"), (x0 + x1) / 2, (y0 + y1) / 2)
-    page.wait_for_function("document.querySelector('#hv-selection').innerText.includes('head 2 of layer 1')",
-                           timeout=60_000)
+    selection_says("head 2 of layer 1")
+    x0, y0, x1, y1 = geometry.cell_box(0, 1)
+    click_natural(page.locator("#hv-head-picker img"), (x0 + x1) / 2, (y0 + y1) / 2)
+    selection_says("silence 2 heads: L0·H1, L1·H2")
     assert page.locator("#hv-patch-tokens .js-plotly-plot").count() == 1  # the patch → token view is drawn
 
     page.click("#hv-rerun")
@@ -243,8 +254,8 @@ def test_click_patches_rerun_and_open_the_new_column_at_its_step(page):
     assert f"at step {step}" in button.inner_text()
     button.click()
     page.wait_for_function(overlay_title_starts(f"Step {step}"), timeout=60_000)
-    page.wait_for_function("document.querySelector('#hv-selection').innerText.includes('head 2 of layer 1')",
-                           timeout=60_000)  # the pickers show the opened column's own interventions
+    selection_says("2 heads: L0·H1, L1·H2")  # the pickers show the opened column's own interventions
+    assert "2 patches" in selection.inner_text()
     assert "↻ Greedy + mask" in page.locator("#hv-trace-choice input:checked + span, "
                                              "#hv-trace-choice label.selected").first.inner_text()
     assert page.locator(".toast-body.error").count() == 0, "an error toast is shown"

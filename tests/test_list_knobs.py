@@ -106,7 +106,7 @@ def test_lists_are_parsed_to_one_canonical_form():
     ("1:2:3", "is not a pair"), ("1:2;3:4", "is not a pair"), (f"{MAX_INDEX + 1}:0", "out of range"),
     ("0:" + "9" * 30, "is not a pair"), ("1:1," * (MAX_PAIRS_CHARS // 4 + 1), "characters; the limit"),
     (5, "must be text"), (None, "must be text"), (["1:2"], "must be text"),
-])
+], ids=lambda v: repr(v)[:24])
 def test_malformed_lists_are_refused_with_a_sentence(value, message):
     for method, knob in ((MaskPatches, "patches"), (ScaleHeads, "heads")):
         with pytest.raises(ValueError, match=message):
