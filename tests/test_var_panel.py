@@ -65,6 +65,18 @@ def test_sink_map_colours_each_sink_by_its_kind_and_greys_unsearched_layers():
     assert heat.customdata[1][4][0] == "image r0 c1" and heat.customdata[1][4][1] == "sink"
 
 
+def test_each_kind_of_sink_gets_its_own_colour():
+    heat = var_sinks_figure(var_trace()).data[0]
+    scale = [(float(t), colour) for t, colour in heat.colorscale]
+    wanted = {0: "#f8fafc", 1: "#7c3aed", 2: "#0ea5e9", 3: "#f59e0b"}  # none, BOS, image, text (as SEGMENT_COLOURS)
+    for code, colour in wanted.items():
+        t = (code - heat.zmin) / (heat.zmax - heat.zmin)
+        # the stops around t: both the same colour, t strictly inside (not on a colour boundary)
+        below = [s for s in scale if s[0] <= t][-1]  # stops in order: the last one at or before t
+        above = next(s for s in scale if s[0] >= t)
+        assert below[0] < t < above[0] and below[1] == above[1] == colour, (code, t, below, above)
+
+
 def test_a_trace_without_sinks_says_var_changed_nothing():
     trace = var_trace()
     trace.arrays["method/var/sinks"] = np.zeros((LAYERS, PROMPT_LEN), np.uint8)

@@ -15,6 +15,8 @@ from halviz.viz.method_data import VarRecord, var_record
 KIND_CODES = {"bos": 1, "image": 2}  # anything else in the prompt: 3 (text)
 KIND_NAMES = {1: "BOS", 2: "image", 3: "text"}
 KIND_COLOURS = {0: "#f8fafc", 1: "#7c3aed", 2: "#0ea5e9", 3: "#f59e0b"}
+# zmin −0.5, zmax 3.5: code k sits at (k + 0.5) / 4, in the middle of its own quarter of the scale
+KIND_SCALE = [[q / 4, KIND_COLOURS[k]] for k in range(4) for q in (k, k + 1)]
 NOT_SEARCHED = "#cbd5e1"
 MAX_BARS = 64  # moved-mass bars drawn at once (the largest; a 7B model has 1024 heads)
 
@@ -50,10 +52,8 @@ def var_sinks_figure(trace: Trace, record: VarRecord | None = None) -> go.Figure
     status = np.where(record.sinks, "sink", "not a sink").astype(object)
     status[~searched] = "layer not searched"
     custom = np.stack([np.array([names] * layers, dtype=object), status], axis=-1)
-    stops = [[0.0, KIND_COLOURS[0]], [0.125, KIND_COLOURS[0]], [0.125, KIND_COLOURS[1]], [0.375, KIND_COLOURS[1]],
-             [0.375, KIND_COLOURS[2]], [0.625, KIND_COLOURS[2]], [0.625, KIND_COLOURS[3]], [1.0, KIND_COLOURS[3]]]
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(length)), y=list(range(layers)), zmin=-0.5, zmax=3.5, colorscale=stops, showscale=False,
+        z=z, x=list(range(length)), y=list(range(layers)), zmin=-0.5, zmax=3.5, colorscale=KIND_SCALE, showscale=False,
         customdata=custom, xgap=0, ygap=1,
         hovertemplate="layer %{y}, %{customdata[0]} (position %{x}): %{customdata[1]}<extra></extra>",
     ))
@@ -70,8 +70,9 @@ def var_sinks_figure(trace: Trace, record: VarRecord | None = None) -> go.Figure
         fig.add_vline(x=float(edge), line=dict(color="#475569", width=1, dash="dot"))
     starts = np.concatenate([[0], np.flatnonzero(np.diff(kinds)) + 1])
     ends = np.concatenate([starts[1:], [length]])
-    for start, end in zip(starts, ends):
+    for i, (start, end) in enumerate(zip(starts, ends)):  # alternate heights: narrow segments sit side by side
         fig.add_annotation(x=(start + end - 1) / 2, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
+                           yshift=13 * (i % 2),
                            text=f"{KIND_NAMES[int(kinds[start])]} {start}–{end - 1}" if end - start > 1 else
                            KIND_NAMES[int(kinds[start])], font=dict(size=10, color="#475569"))
     fig.update_yaxes(title="layer", autorange="reversed", tickmode="array", tickvals=list(range(layers)),
