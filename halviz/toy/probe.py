@@ -51,7 +51,7 @@ from halviz.toy.captions import caption_for
 from halviz.toy.sink_metrics import decay_curve, mcnemar_exact, relative_change, sink_rate, sink_rate_per_layer
 
 PROBE_SEED = 2_000_029
-PROBE_METHODS = ("prunehal", "kvsmooth", "vasparse", "vhr", "vcd")
+PROBE_METHODS = ("prunehal", "kvsmooth", "vasparse", "vhr", "vcd", "var")
 EARLY_LAYERS = (0, 1)  # S1's "no sink yet" layers; everything after them is a sink layer
 
 GOALS = {
