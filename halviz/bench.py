@@ -65,6 +65,9 @@ BENCH_MODELS = {
                                                         init_std=0.05)), (12, 64), (6, 5)),
     # On 2 CPU cores one prefill here takes ~30 s, so fewer, longer runs.
     "interleave-0.5b": BenchModel(partial(save_real_geometry, "interleave-0.5b"), (6, 24), (2, 3)),
+    # SmolVLM-256M-Instruct whole (256 M parameters); the 336×336 upload becomes 16 tiles + a global view
+    # (1088 image tokens), so a prefill takes ~65 s of CPU here.
+    "smolvlm-256m": BenchModel(partial(save_real_geometry, "HuggingFaceTB/SmolVLM-256M-Instruct"), (4, 12), (2, 2)),
 }
 QUICK_MODELS, FULL_MODELS = "tiny,30m", "tiny,30m,interleave-0.5b"
 LLAVA7B = {"num_layers": 32, "num_heads": 32, "num_image_tokens": 576, "steps": 512}
