@@ -254,8 +254,15 @@ class Family:
 
     def image_inputs(self, encoded: list, inputs: dict) -> dict:
         """Model inputs that place ``encoded[i]`` (an :meth:`encode_image` output) in the i-th batch row
-        holding an image (``inputs``: the prompt's :meth:`prepare` output)."""
-        raise NotImplementedError
+        holding an image (``inputs``: the prompt's :meth:`prepare` output).
+
+        The default suits every transformers model that takes ``mm_encoder_outputs``: one output object
+        whose ``pooler_output`` lists the rows' image features in order."""
+        if not encoded:
+            return {}
+        joined = type(encoded[0])(**{k: v for k, v in encoded[0].items()})
+        joined.pooler_output = [feature for e in encoded for feature in e.pooler_output]
+        return {"mm_encoder_outputs": {"image": joined}}
 
 
 def text_config(config):

@@ -79,13 +79,6 @@ class Llava(Family):
         with torch.inference_mode():
             return model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
 
-    def image_inputs(self, encoded: list, inputs: dict) -> dict:
-        if not encoded:
-            return {}
-        copy = type(encoded[0])(**{k: v for k, v in encoded[0].items()})
-        copy.pooler_output = [feature for e in encoded for feature in e.pooler_output]
-        return {"mm_encoder_outputs": {"image": copy}}
-
     # ---- the test checkpoint from the real config ------------------------------------------------
     @classmethod
     def fixture_parts(cls, fixture: Fixture, text_layers: int = 1, vision_layers: int | None = None):
