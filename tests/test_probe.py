@@ -171,9 +171,6 @@ def test_probe_cli_writes_a_consistent_report(tiny_model_dirs, tmp_path, capsys)
 
 # The cheap acceptance check of issue 10 on the shipped model: S1 and R1 on 30 fixed probe scenes.
 @needs_toy
-@pytest.mark.xfail(strict=False, reason="the first-edition toy model has no sink (BOS ≤ 3 % of attention in "
-                   "every head) and precision/recall ≈ 0.6; issue 10's new model is meant to pass. "
-                   "Remove this mark once it ships.")
 def test_shipped_model_meets_s1_and_r1_on_a_small_probe_set(toy):
     report = probe.measure_heldout(toy, probe.ProbeConfig(n=30))
     assert report["S1"]["pass"], (report["S1"]["sink_late"], report["S1"]["sink_early"])

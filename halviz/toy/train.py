@@ -10,6 +10,9 @@ Stages (each checkpointed under ``--ckpt``; ``--resume`` continues from the last
 3. ``align``: the projector only, on image–caption pairs.
 4. ``multi``: projector and decoder on image–caption pairs in the chat layout; vision frozen.
 
+With ``--designed-sink`` (the default) the decoder carries a fixed BOS sink from the first step
+(``halviz.toy.designed_sink``): no sink emerged in this short training, so it is built in and named.
+
 Scenes and captions come from seed streams ``[seed, k]``, never the held-out, probe or tuning seeds.
 The in-loop sink probe (``halviz.toy.sink_probe``) runs every ``probe_every`` steps on a fixed batch
 and goes into the training history. Fixed step counts keep the recipe reproducible; a CUDA device
@@ -98,9 +101,9 @@ class TrainConfig:
     # zero, so BOS carries a zero key and value in every layer — a designed sink slot (StreamingLLM's
     # sink token, §3.3, made inert, as in "softmax off by one") that heads learn to use as a no-op.
     null_bos_sink: bool = False
-    # Fallback, off by default and named wherever the model is shown: a fixed BOS sink built into
-    # the decoder from the start (halviz/toy/designed_sink.py), for when none emerges in training.
-    designed_sink: bool = False
+    # The shipped fallback, named wherever the model is shown: a fixed BOS sink built into the decoder
+    # from the start (halviz/toy/designed_sink.py), since none emerged in training (issue 10).
+    designed_sink: bool = True
     designed_sink_logit: float = DesignedSink.logit
 
     def sink(self) -> DesignedSink | None:
@@ -352,7 +355,9 @@ class Recipe:
         optimiser steps. True when every stage is done. `init_from` (a stage-end checkpoint such as
         CKPT/text.pt) starts after that stage, so later stages can be varied without redoing it."""
         done_here = 0
-        defaults = asdict(TrainConfig())  # a setting a checkpoint does not name is newer: it ran at the default
+        # A setting a checkpoint does not name is newer: it ran at the default of its day (for the
+        # designed sink, off: it became the default after such checkpoints were written).
+        defaults = {**asdict(TrainConfig()), "designed_sink": False}
         state = checkpoint.load(self.ckpt_dir) if resume else None
         if state is None and init_from is not None:
             state = torch.load(init_from, map_location="cpu", weights_only=False)
@@ -431,7 +436,8 @@ class Recipe:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
         self.processor.save_pretrained(out)
-        info = {"recipe": "staged (vision → text → align → multi), second edition",
+        edition = "third edition (designed BOS sink)" if self.cfg.designed_sink else "second edition"
+        info = {"recipe": f"staged (vision → text → align → multi), {edition}",
                 "train_config": asdict(self.cfg), "model_config": self.model_cfg.as_dict(),
                 "sink_fallback": (self.cfg.sink().describe() if self.cfg.designed_sink else
                                   "null BOS sink: BOS embedding fixed at zero (designed sink slot)"

@@ -14,7 +14,7 @@ from halviz.models.loading import canonical_model_key, looks_like_path
 from halviz.ui.inputs import MAX_MODEL_NAME_CHARS, InputError
 
 DEFAULT_MODELS: tuple[tuple[str, str], ...] = (
-    ("toy", "toy: the bundled 3 M-parameter LLaVA of the toy world (offline)"),
+    ("toy", "toy: the bundled 3 M-parameter LLaVA of the toy world, designed BOS sink (offline)"),
     ("llava-hf/llava-interleave-qwen-0.5b-hf", "llava-hf/llava-interleave-qwen-0.5b-hf (hub, ~1.7 GB)"),
     ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-256M-Instruct (hub, ~0.5 GB; up to 16 tiles + a global view)"),
     ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
