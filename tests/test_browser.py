@@ -115,21 +115,39 @@ def test_replay_an_uploaded_trace(page, tmp_path, tiny_model_dirs):
 
 
 def readme_screenshot(page) -> None:
-    """The captions side by side and the debugger's first panels, for the README; on the toy model,
-    at the step that names the spoon that is not in the picture."""
-    spoon = page.locator("#hv-debug-caption .token").filter(has_text="spoon")
-    if spoon.count():
-        spoon.first.click()
-        page.wait_for_timeout(2500)
-    page.set_viewport_size({"width": 1440, "height": 1500})
+    """For the README, on the toy model: the knife scene (no fork in it), Greedy beside "Remove sink",
+    the debugger at the step that names the fork, and the attention-sink panel below it."""
+    page.locator("#hv-examples .gallery-item").nth(1).click()
+    page.wait_for_function("document.querySelector('#hv-truth textarea').value.includes('knife')")
+    page.locator("#hv-methods label").filter(has_text="VHR").click()
+    page.locator("#hv-methods label").filter(has_text="Remove sink").click()
+    page.wait_for_timeout(300)
+    page.click("#hv-run")
+    page.wait_for_selector("#hv-status:has-text('Done')", timeout=180_000)
+    page.wait_for_selector("#hv-debug-caption .token:has-text('fork')", timeout=30_000)
+    page.locator("#hv-debug-caption .token").filter(has_text="fork").first.click()
+    page.wait_for_function("(() => { const t = document.querySelector('#hv-overlay .gtitle');"
+                           " return !!t && t.textContent.includes('fork'); })()", timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.set_viewport_size({"width": 1440, "height": 1300})
     top = page.evaluate("document.querySelector('#hv-status').getBoundingClientRect().top + window.scrollY")
     page.evaluate(f"window.scrollTo(0, {top - 12})")
     page.mouse.move(5, 5)  # no hover labels or plot toolbars in the picture
     page.wait_for_timeout(800)
+    upper, lower = SCREENSHOTS / "readme-top.png", SCREENSHOTS / "readme-sinks.png"
+    page.screenshot(path=str(upper))
+    sinks = page.locator("#hv-shares")
+    sinks.scroll_into_view_if_needed()
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(800)
+    sinks.screenshot(path=str(lower))
+    a, b = Image.open(upper).convert("RGB"), Image.open(lower).convert("RGB")
+    joined = Image.new("RGB", (a.width, a.height + b.height + 8), "white")
+    joined.paste(a, (0, 0))
+    joined.paste(b, ((a.width - b.width) // 2, a.height + 8))
     target = ROOT / "assets" / "screenshot.png"
-    page.screenshot(path=str(target))
     # A 256-colour palette keeps the file small enough for the repository.
-    Image.open(target).convert("RGB").quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(target, optimize=True)
+    joined.quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(target, optimize=True)
     page.set_viewport_size({"width": 1440, "height": 1000})
 
 
