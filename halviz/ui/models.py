@@ -10,18 +10,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from halviz.models import LoadedModel, load_model
+from halviz.models.families import families
 from halviz.models.loading import canonical_model_key, looks_like_path
 from halviz.ui.inputs import MAX_MODEL_NAME_CHARS, InputError
 
-DEFAULT_MODELS: tuple[tuple[str, str], ...] = (
-    ("toy", "toy: the bundled 3 M-parameter LLaVA of the toy world, designed BOS sink (offline)"),
-    ("llava-hf/llava-interleave-qwen-0.5b-hf", "llava-hf/llava-interleave-qwen-0.5b-hf (hub, ~1.7 GB)"),
-    ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-256M-Instruct (hub, ~0.5 GB; up to 16 tiles + a global view)"),
-    ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-     "llava-hf/llava-onevision-qwen2-0.5b-ov-hf (hub, ~1.8 GB; anyres tiles, up to ~7300 image tokens)"),
-    ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct (hub, ~7.5 GB, GPU advised; up to 1024 image tokens)"),
-    ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-7b-hf (hub, ~14 GB, GPU advised)"),
-)
+TOY_CHOICE = ("toy", "toy: the bundled 3 M-parameter LLaVA of the toy world, designed BOS sink (offline)")
+# The toy, then every hub checkpoint a model family offers (halviz/models/families), with its note.
+DEFAULT_MODELS: tuple[tuple[str, str], ...] = (TOY_CHOICE,) + tuple(
+    (hub, f"{hub} ({family.hub_notes.get(hub, 'hub')})") for family in families() for hub in family.hub_ids)
 MODELS_ENV = "HALVIZ_MODELS"  # comma-separated ids (or folders) the picker offers; the only ones accepted
 ALLOW_LOCAL_ENV = "HALVIZ_ALLOW_LOCAL_MODELS"  # "1": any local model folder typed into the box loads
 

@@ -162,6 +162,7 @@ class Family:
     family: ClassVar[str] = ""  # short name recorded in traces: "llava-1.5", "qwen2.5-vl", ...
     title: ClassVar[str] = ""  # for people: "LLaVA-1.5 (CLIP + Llama)"
     hub_ids: ClassVar[tuple[str, ...]] = ()  # checkpoints offered in the model picker, each with a stored fixture
+    hub_notes: ClassVar[dict[str, str]] = {}  # hub id → what the picker says beside it (size, limits)
     position_axes: ClassVar[int] = 1  # 1: position_ids (rows, n); 3: M-RoPE (3, rows, n)
 
     # ---- static facts ---------------------------------------------------------------------------

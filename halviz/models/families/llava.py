@@ -101,6 +101,7 @@ class Llava15(Llava):
     family = "llava-1.5"
     title = "LLaVA-1.5 (CLIP + Llama)"
     hub_ids = ("llava-hf/llava-1.5-7b-hf",)
+    hub_notes = {"llava-hf/llava-1.5-7b-hf": "hub, ~14 GB, GPU advised"}
     text_model_types = ("llama", "mistral")
 
 
@@ -108,6 +109,7 @@ class LlavaInterleave(Llava):
     family = "llava-interleave"
     title = "LLaVA-interleave (SigLIP + Qwen2)"
     hub_ids = ("llava-hf/llava-interleave-qwen-0.5b-hf",)
+    hub_notes = {"llava-hf/llava-interleave-qwen-0.5b-hf": "hub, ~1.7 GB"}
     text_model_types = ("qwen2",)
 
 

@@ -160,6 +160,7 @@ class LlavaOnevision(Family):
     family = "llava-onevision"
     title = "LLaVA-OneVision (SigLIP + Qwen2, anyres tiles + base view)"
     hub_ids = ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf",)
+    hub_notes = {"llava-hf/llava-onevision-qwen2-0.5b-ov-hf": "hub, ~1.8 GB; anyres tiles, up to ~7300 image tokens"}
 
     @classmethod
     def accepts(cls, config: dict) -> bool:

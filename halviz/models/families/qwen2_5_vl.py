@@ -98,6 +98,7 @@ class Qwen2_5_VL(Family):
     family = "qwen2.5-vl"
     title = "Qwen2.5-VL (dynamic resolution, M-RoPE)"
     hub_ids = ("Qwen/Qwen2.5-VL-3B-Instruct",)
+    hub_notes = {"Qwen/Qwen2.5-VL-3B-Instruct": "hub, ~7.5 GB, GPU advised; up to 1024 image tokens"}
     position_axes = 3
 
     @classmethod

@@ -156,6 +156,7 @@ class SmolVLM(Family):
     family = "smolvlm"
     title = "SmolVLM (Idefics3: SigLIP + SmolLM2, image splitting)"
     hub_ids = ("HuggingFaceTB/SmolVLM-256M-Instruct",)
+    hub_notes = {"HuggingFaceTB/SmolVLM-256M-Instruct": "hub, ~0.5 GB; up to 16 tiles + a global view"}
 
     @classmethod
     def accepts(cls, config: dict) -> bool:
