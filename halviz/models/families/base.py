@@ -161,8 +161,10 @@ class Family:
 
     family: ClassVar[str] = ""  # short name recorded in traces: "llava-1.5", "qwen2.5-vl", ...
     title: ClassVar[str] = ""  # for people: "LLaVA-1.5 (CLIP + Llama)"
-    hub_ids: ClassVar[tuple[str, ...]] = ()  # checkpoints offered in the model picker, each with a stored fixture
-    hub_notes: ClassVar[dict[str, str]] = {}  # hub id → what the picker says beside it (size, limits)
+    # Checkpoints offered in the model picker, each with a stored fixture: hub id → what the picker says
+    # beside it (size, limits). A family sets both, ``hub_ids = tuple(hub_notes)``.
+    hub_notes: ClassVar[dict[str, str]] = {}
+    hub_ids: ClassVar[tuple[str, ...]] = ()
     position_axes: ClassVar[int] = 1  # 1: position_ids (rows, n); 3: M-RoPE (3, rows, n)
 
     # ---- static facts ---------------------------------------------------------------------------
@@ -227,8 +229,14 @@ class Family:
         self.eos_token_ids = frozenset(int(i) for i in (tok.eos_token_id, *gen_eos) if i is not None)
 
     def chat_text(self, prompt: str, system: str | None = None) -> str:
-        """The full prompt string with one image placeholder, in the checkpoint's own chat format."""
-        raise NotImplementedError
+        """The full prompt string with one image placeholder, in the checkpoint's own chat format.
+
+        The default renders the checkpoint's chat template with the image first in the user turn and
+        ``system`` (when given) as a turn of its own."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        if system:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def prepare(self, image: "Image.Image", prompt: str, device: torch.device, dtype: torch.dtype,
                 system: str | None = None) -> tuple[dict, ImageLayout]:
@@ -264,6 +272,11 @@ class Family:
         joined = type(encoded[0])(**{k: v for k, v in encoded[0].items()})
         joined.pooler_output = [feature for e in encoded for feature in e.pooler_output]
         return {"mm_encoder_outputs": {"image": joined}}
+
+
+def processor_fields(preprocessor: dict) -> dict:
+    """A ``preprocessor_config.json`` dict without the keys that name classes (not constructor options)."""
+    return {k: v for k, v in preprocessor.items() if k not in ("image_processor_type", "processor_class")}
 
 
 def text_config(config):

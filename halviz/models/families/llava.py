@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from halviz.models.families.base import Family, Fixture, ImageLayout
+from halviz.models.families.base import Family, processor_fields, Fixture, ImageLayout
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 from halviz.models.geometry import patch_boxes
 
@@ -100,16 +100,16 @@ class Llava(Family):
 class Llava15(Llava):
     family = "llava-1.5"
     title = "LLaVA-1.5 (CLIP + Llama)"
-    hub_ids = ("llava-hf/llava-1.5-7b-hf",)
     hub_notes = {"llava-hf/llava-1.5-7b-hf": "hub, ~14 GB, GPU advised"}
+    hub_ids = tuple(hub_notes)
     text_model_types = ("llama", "mistral")
 
 
 class LlavaInterleave(Llava):
     family = "llava-interleave"
     title = "LLaVA-interleave (SigLIP + Qwen2)"
-    hub_ids = ("llava-hf/llava-interleave-qwen-0.5b-hf",)
     hub_notes = {"llava-hf/llava-interleave-qwen-0.5b-hf": "hub, ~1.7 GB"}
+    hub_ids = tuple(hub_notes)
     text_model_types = ("qwen2",)
 
 
@@ -117,7 +117,7 @@ def image_processor_from(preprocessor: dict):
     """The PIL image processor a ``preprocessor_config.json`` names (no torchvision needed)."""
     import transformers
 
-    fields = {k: v for k, v in preprocessor.items() if k not in ("image_processor_type", "processor_class")}
+    fields = processor_fields(preprocessor)
     name = preprocessor["image_processor_type"].removesuffix("Fast").removesuffix("Pil")
     cls = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
     return cls(**json.loads(json.dumps(fields)))

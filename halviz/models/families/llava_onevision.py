@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from halviz.models.families.base import Family, Fixture, Grid, ImageLayout
+from halviz.models.families.base import Family, processor_fields, Fixture, Grid, ImageLayout
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 
 
@@ -159,8 +159,8 @@ PROCESSOR_OPTIONS = ("num_image_tokens", "vision_feature_select_strategy", "visi
 class LlavaOnevision(Family):
     family = "llava-onevision"
     title = "LLaVA-OneVision (SigLIP + Qwen2, anyres tiles + base view)"
-    hub_ids = ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf",)
     hub_notes = {"llava-hf/llava-onevision-qwen2-0.5b-ov-hf": "hub, ~1.8 GB; anyres tiles, up to ~7300 image tokens"}
+    hub_ids = tuple(hub_notes)
 
     @classmethod
     def accepts(cls, config: dict) -> bool:
@@ -176,7 +176,7 @@ class LlavaOnevision(Family):
     def image_processor(cls, preprocessor: dict):
         from transformers import LlavaOnevisionImageProcessorPil
 
-        fields = {k: v for k, v in preprocessor.items() if k not in ("image_processor_type", "processor_class")}
+        fields = processor_fields(preprocessor)
         return LlavaOnevisionImageProcessorPil(**json.loads(json.dumps(fields)))
 
     @classmethod
@@ -217,13 +217,6 @@ class LlavaOnevision(Family):
         self.tile = int(config.vision_config.image_size)
         self.patch = int(config.vision_config.patch_size)
         self.max_tiles = int(str(config.vision_aspect_ratio).removeprefix("anyres_max_"))
-
-    def chat_text(self, prompt: str, system: str | None = None) -> str:
-        """ChatML with the image first in the user turn (the checkpoint's template); ``system`` as a turn."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        if system:
-            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def plan(self, width: int, height: int) -> AnyresPlan:
         return anyres_plan(width, height, self.pinpoints, self.tile, self.patch, self.max_tiles)

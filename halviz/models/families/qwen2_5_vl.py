@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from halviz.models.families.base import Family, Fixture, ImageLayout, raw_text_config
+from halviz.models.families.base import Family, processor_fields, Fixture, ImageLayout, raw_text_config
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 
 MAX_PIXELS = 1024 * 28 * 28  # halviz's cap: at most 1024 image tokens (802 816 px after resizing)
@@ -97,8 +97,8 @@ def image_only_processor(image_processor, tokenizer, chat_template: str | None):
 class Qwen2_5_VL(Family):
     family = "qwen2.5-vl"
     title = "Qwen2.5-VL (dynamic resolution, M-RoPE)"
-    hub_ids = ("Qwen/Qwen2.5-VL-3B-Instruct",)
     hub_notes = {"Qwen/Qwen2.5-VL-3B-Instruct": "hub, ~7.5 GB, GPU advised; up to 1024 image tokens"}
+    hub_ids = tuple(hub_notes)
     position_axes = 3
 
     @classmethod
@@ -116,7 +116,7 @@ class Qwen2_5_VL(Family):
         """The PIL image processor from a ``preprocessor_config.json`` dict, its max_pixels capped."""
         from transformers import Qwen2VLImageProcessorPil
 
-        fields = {k: v for k, v in preprocessor.items() if k not in ("image_processor_type", "processor_class")}
+        fields = processor_fields(preprocessor)
         size = dict(fields.pop("size", None) or {})
         min_pixels = fields.pop("min_pixels", size.get("shortest_edge", 56 * 56))
         max_pixels = fields.pop("max_pixels", size.get("longest_edge", MAX_PIXELS))
@@ -158,13 +158,6 @@ class Qwen2_5_VL(Family):
         self.vision_start_id = int(config.vision_start_token_id)
         self.vision_end_id = int(config.vision_end_token_id)
         self.merge = int(config.vision_config.spatial_merge_size)
-
-    def chat_text(self, prompt: str, system: str | None = None) -> str:
-        """The checkpoint's ChatML template; without ``system`` it adds its own default system turn."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        if system:
-            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def prepare(self, image, prompt: str, device: torch.device, dtype: torch.dtype,
                 system: str | None = None) -> tuple[dict, ImageLayout]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from halviz.models.families.base import Family, Fixture, Grid, ImageLayout
+from halviz.models.families.base import Family, processor_fields, Fixture, Grid, ImageLayout
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -155,8 +155,8 @@ def smolvlm_layout(plan: SplitPlan, positions, side: int) -> ImageLayout:
 class SmolVLM(Family):
     family = "smolvlm"
     title = "SmolVLM (Idefics3: SigLIP + SmolLM2, image splitting)"
-    hub_ids = ("HuggingFaceTB/SmolVLM-256M-Instruct",)
     hub_notes = {"HuggingFaceTB/SmolVLM-256M-Instruct": "hub, ~0.5 GB; up to 16 tiles + a global view"}
+    hub_ids = tuple(hub_notes)
 
     @classmethod
     def accepts(cls, config: dict) -> bool:
@@ -186,14 +186,6 @@ class SmolVLM(Family):
         self.around_image_id = int(processor.tokenizer.convert_tokens_to_ids(AROUND_IMAGE))
         vision = config.vision_config
         self.side = int(vision.image_size) // int(vision.patch_size) // int(config.scale_factor)
-
-    def chat_text(self, prompt: str, system: str | None = None) -> str:
-        """The checkpoint's template ("<|im_start|>User:<image>prompt<end_of_utterance>\\nAssistant:");
-        it writes any role as a turn, so ``system`` becomes a "System: ..." turn first."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        if system:
-            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def prepare(self, image, prompt: str, device: torch.device, dtype: torch.dtype,
                 system: str | None = None) -> tuple[dict, ImageLayout]:
@@ -234,7 +226,7 @@ class SmolVLM(Family):
         tokenizer with the real special tokens and ids."""
         from transformers import Idefics3ImageProcessorPil, Idefics3Processor
 
-        fields = {k: v for k, v in fixture.preprocessor.items() if k not in ("image_processor_type", "processor_class")}
+        fields = processor_fields(fixture.preprocessor)
         options = {k: v for k, v in fixture.processor.items() if k == "image_seq_len"}
         return Idefics3Processor(image_processor=Idefics3ImageProcessorPil(**fields), tokenizer=standin_tokenizer(fixture),
                                  chat_template=fixture.chat_template, **options)
