@@ -4,6 +4,32 @@ import torch
 from transformers import AttentionInterface, LlavaForConditionalGeneration
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from halviz.engine.decode import Decoder
+from halviz.methods.scale_heads import ScaleHeads
+from spies import LogitSpy
+
+
+def decode_logits(tokens, loaded, photo, method):
+    """halviz's greedy decode of ``tokens`` tokens with ``method`` (no EOS stop) and the logits it chose from."""
+    spy = LogitSpy()
+    dec = Decoder(loaded, photo, "Describe.", [method, spy], max_new_tokens=tokens, stop_at_eos=False)
+    dec.run_to_end()
+    return dec, torch.cat(spy.logits)
+
+
+def teacher_forced_logits(model, dec):
+    """A stock model's logits over ``dec``'s prompt and tokens, at the positions that predicted each token."""
+    ids = torch.cat([dec.inputs["input_ids"], torch.tensor([dec.token_ids[:-1]])], dim=1)
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=dec.inputs["pixel_values"]).logits[0]
+    return out[dec.run.prompt_len - 1:]
+
+
+def assert_edit_acts(tokens, loaded, photo, logits):
+    """The edit changes the logits (so a comparison with an edited stock model had power)."""
+    _, vanilla = decode_logits(tokens, loaded, photo, ScaleHeads(head=-1, scale=1.0))
+    assert (logits - vanilla).abs().max().item() > 1e-4
+
 
 def edited_attention(hide):
     """Eager attention where ``hide(layer, query_positions, kv_len)`` → bool (q, kv) or None says which logits are −inf."""

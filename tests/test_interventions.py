@@ -11,31 +11,10 @@ from halviz.methods import INTERVENTIONS, REGISTRY, build_stack
 from halviz.methods.mask_patches import MaskPatches, box_positions
 from halviz.methods.remove_sink import RemoveSink
 from halviz.methods.scale_heads import ScaleHeads
-from spies import LogitSpy
-from stock import stock_with_attention as _stock
+from stock import decode_logits, teacher_forced_logits, assert_edit_acts, stock_with_attention as _stock
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
 TOKENS = 6
-
-
-def _ours(loaded, photo, method):
-    spy = LogitSpy()
-    dec = Decoder(loaded, photo, "Describe.", [method, spy], max_new_tokens=TOKENS, stop_at_eos=False)
-    dec.run_to_end()
-    return dec, torch.cat(spy.logits)
-
-
-def _teacher_forced(model, dec):
-    ids = torch.cat([dec.inputs["input_ids"], torch.tensor([dec.token_ids[:-1]])], dim=1)
-    with torch.no_grad():
-        out = model(input_ids=ids, pixel_values=dec.inputs["pixel_values"]).logits[0]
-    return out[dec.run.prompt_len - 1:]
-
-
-def _assert_it_acts(loaded, photo, logits):
-    """The edit changes the logits (so the comparison with the edited stock model had power)."""
-    _, vanilla = _ours(loaded, photo, ScaleHeads(head=-1, scale=1.0))
-    assert (logits - vanilla).abs().max().item() > 1e-4
 
 
 def _vanilla_tokens(loaded, photo):
@@ -48,7 +27,7 @@ def _vanilla_tokens(loaded, photo):
 def test_remove_sink_equals_eager_attention_without_the_bos_column(tiny_models_f64, tiny_model_dirs, photo, family):
     loaded = tiny_models_f64[family]
     method = RemoveSink(tokens=1, first_layer=1, last_layer=-1)
-    dec, logits = _ours(loaded, photo, method)
+    dec, logits = decode_logits(TOKENS, loaded, photo, method)
     layers = set(range(1, loaded.adapter.num_layers))
 
     def hide(layer, queries, kv):  # key 0 hidden from every query but the first, in layers 1..L−1
@@ -56,10 +35,10 @@ def test_remove_sink_equals_eager_attention_without_the_bos_column(tiny_models_f
             return None
         return (queries[:, None] >= 1) & (torch.arange(kv)[None, :] < 1)
 
-    ref = _teacher_forced(_stock(tiny_model_dirs[family], f"nosink-{family}", hide), dec)
+    ref = teacher_forced_logits(_stock(tiny_model_dirs[family], f"nosink-{family}", hide), dec)
     assert dec.token_ids == ref.argmax(-1).tolist()
     torch.testing.assert_close(logits, ref, rtol=1e-8, atol=1e-8)
-    _assert_it_acts(loaded, photo, logits)
+    assert_edit_acts(TOKENS, loaded, photo, logits)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -67,7 +46,7 @@ def test_mask_patches_equals_eager_attention_without_those_columns_for_the_text(
                                                                                 photo, family):
     loaded = tiny_models_f64[family]
     method = MaskPatches(first_row=1, last_row=3, first_col=0, last_col=2, first_layer=0, last_layer=-1)
-    dec, logits = _ours(loaded, photo, method)
+    dec, logits = decode_logits(TOKENS, loaded, photo, method)
     layout = dec.layout
     positions = torch.tensor(layout.positions).reshape(layout.rows, layout.cols)[1:4, 0:3].flatten()
     after = max(layout.positions) + 1
@@ -77,10 +56,10 @@ def test_mask_patches_equals_eager_attention_without_those_columns_for_the_text(
         cols[positions] = True
         return (queries[:, None] >= after) & cols[None, :]
 
-    ref = _teacher_forced(_stock(tiny_model_dirs[family], f"nopatch-{family}", hide), dec)
+    ref = teacher_forced_logits(_stock(tiny_model_dirs[family], f"nopatch-{family}", hide), dec)
     assert dec.token_ids == ref.argmax(-1).tolist()
     torch.testing.assert_close(logits, ref, rtol=1e-8, atol=1e-8)
-    _assert_it_acts(loaded, photo, logits)
+    assert_edit_acts(TOKENS, loaded, photo, logits)
     assert box_positions(torch.tensor(layout.positions), layout.rows, layout.cols, 1, 3, 0, 2).tolist() == \
         positions.tolist()
 
@@ -95,22 +74,22 @@ def test_mask_patches_default_box_is_the_whole_grid():
 def test_scale_heads_equals_a_model_with_scaled_o_proj_columns(tiny_models_f64, tiny_model_dirs, photo, family):
     loaded = tiny_models_f64[family]
     head, scale = 1, 0.0
-    dec, logits = _ours(loaded, photo, ScaleHeads(head=head, scale=scale, first_layer=0, last_layer=0))
+    dec, logits = decode_logits(TOKENS, loaded, photo, ScaleHeads(head=head, scale=scale, first_layer=0, last_layer=0))
     stock = LlavaForConditionalGeneration.from_pretrained(tiny_model_dirs[family], dtype=torch.float64,
                                                           attn_implementation="sdpa").eval()
     o_proj = stock.model.language_model.layers[0].self_attn.o_proj
     d = o_proj.weight.shape[1] // loaded.adapter.num_heads
     with torch.no_grad():
         o_proj.weight[:, head * d:(head + 1) * d] *= scale
-    ref = _teacher_forced(stock, dec)
+    ref = teacher_forced_logits(stock, dec)
     assert dec.token_ids == ref.argmax(-1).tolist()
     torch.testing.assert_close(logits, ref, rtol=1e-8, atol=1e-8)
-    _assert_it_acts(loaded, photo, logits)
+    assert_edit_acts(TOKENS, loaded, photo, logits)
 
 
 def test_scale_one_and_a_refused_head(tiny_models, photo):
     loaded = tiny_models["llava-1.5"]
-    assert _ours(loaded, photo, ScaleHeads(head=-1, scale=1.0))[0].token_ids == _vanilla_tokens(loaded, photo)
+    assert decode_logits(TOKENS, loaded, photo, ScaleHeads(head=-1, scale=1.0))[0].token_ids == _vanilla_tokens(loaded, photo)
     with pytest.raises(ValueError, match="heads 0.."):
         Decoder(loaded, photo, "Describe.", [ScaleHeads(head=99)], max_new_tokens=2).run_to_end()
 

@@ -11,31 +11,11 @@ from halviz.methods.index_pairs import MAX_INDEX, MAX_PAIRS_CHARS
 from halviz.methods.mask_patches import MaskPatches
 from halviz.methods.scale_heads import ScaleHeads
 from halviz.ui.inputs import InputError, build_stacks
-from spies import LogitSpy
-from stock import stock_with_attention
+from stock import decode_logits, teacher_forced_logits, assert_edit_acts, stock_with_attention
 
 FAMILIES = ["llava-1.5", "llava-interleave"]
 TOKENS = 6
 PATCHES = [(0, 1), (2, 3), (3, 0), (5, 5), (1, 4)]  # scattered: no box holds exactly these
-
-
-def _ours(loaded, photo, method):
-    spy = LogitSpy()
-    dec = Decoder(loaded, photo, "Describe.", [method, spy], max_new_tokens=TOKENS, stop_at_eos=False)
-    dec.run_to_end()
-    return dec, torch.cat(spy.logits)
-
-
-def _teacher_forced(model, dec):
-    ids = torch.cat([dec.inputs["input_ids"], torch.tensor([dec.token_ids[:-1]])], dim=1)
-    with torch.no_grad():
-        out = model(input_ids=ids, pixel_values=dec.inputs["pixel_values"]).logits[0]
-    return out[dec.run.prompt_len - 1:]
-
-
-def _acts(loaded, photo, logits):
-    _, vanilla = _ours(loaded, photo, ScaleHeads(head=-1, scale=1.0))
-    assert (logits - vanilla).abs().max().item() > 1e-4
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -43,7 +23,7 @@ def test_a_patch_list_equals_eager_attention_without_exactly_those_columns(tiny_
                                                                            family):
     loaded = tiny_models_f64[family]
     listed = ", ".join(f"{r}:{c}" for r, c in PATCHES)  # the box knobs are left at their whole-grid default
-    dec, logits = _ours(loaded, photo, MaskPatches(patches=listed, first_layer=1, last_layer=-1))
+    dec, logits = decode_logits(TOKENS, loaded, photo, MaskPatches(patches=listed, first_layer=1, last_layer=-1))
     layout = dec.layout
     grid = [layout.positions[r * layout.cols:(r + 1) * layout.cols] for r in range(layout.rows)]  # row-major
     positions = [grid[r][c] for r, c in PATCHES]
@@ -56,10 +36,10 @@ def test_a_patch_list_equals_eager_attention_without_exactly_those_columns(tiny_
         cols[positions] = True
         return (queries[:, None] >= after) & cols[None, :]
 
-    ref = _teacher_forced(stock_with_attention(tiny_model_dirs[family], f"patchlist-{family}", hide), dec)
+    ref = teacher_forced_logits(stock_with_attention(tiny_model_dirs[family], f"patchlist-{family}", hide), dec)
     assert dec.token_ids == ref.argmax(-1).tolist()
     torch.testing.assert_close(logits, ref, rtol=1e-8, atol=1e-8)
-    _acts(loaded, photo, logits)
+    assert_edit_acts(TOKENS, loaded, photo, logits)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -68,17 +48,17 @@ def test_a_head_list_equals_a_model_with_those_o_proj_columns_scaled(tiny_models
     heads, scale = [(0, 1), (1, 0), (1, 3)], 0.25
     # head, first_layer and last_layer say "head 2 of layer 0": the list must win over them
     method = ScaleHeads(heads="1:3,0:1,1:0", scale=scale, head=2, first_layer=0, last_layer=0)
-    dec, logits = _ours(loaded, photo, method)
+    dec, logits = decode_logits(TOKENS, loaded, photo, method)
     stock = LlavaForConditionalGeneration.from_pretrained(tiny_model_dirs[family], dtype=torch.float64,
                                                           attn_implementation="sdpa").eval()
     d = stock.model.language_model.layers[0].self_attn.o_proj.weight.shape[1] // loaded.adapter.num_heads
     with torch.no_grad():
         for layer, head in heads:
             stock.model.language_model.layers[layer].self_attn.o_proj.weight[:, head * d:(head + 1) * d] *= scale
-    ref = _teacher_forced(stock, dec)
+    ref = teacher_forced_logits(stock, dec)
     assert dec.token_ids == ref.argmax(-1).tolist()
     torch.testing.assert_close(logits, ref, rtol=1e-8, atol=1e-8)
-    _acts(loaded, photo, logits)
+    assert_edit_acts(TOKENS, loaded, photo, logits)
 
 
 def test_the_old_knobs_keep_their_defaults_and_meaning(tiny_models_f64, photo):
@@ -87,11 +67,11 @@ def test_the_old_knobs_keep_their_defaults_and_meaning(tiny_models_f64, photo):
     assert ScaleHeads().params == {"head": 0, "scale": 0.0, "heads": "", "first_layer": 0, "last_layer": -1}
     loaded = tiny_models_f64["llava-1.5"]
     # one patch as a list and as a 1×1 box; one head as a list and as head + layer range: the same run
-    _, listed = _ours(loaded, photo, MaskPatches(patches="2:3"))
-    _, boxed = _ours(loaded, photo, MaskPatches(first_row=2, last_row=2, first_col=3, last_col=3))
+    _, listed = decode_logits(TOKENS, loaded, photo, MaskPatches(patches="2:3"))
+    _, boxed = decode_logits(TOKENS, loaded, photo, MaskPatches(first_row=2, last_row=2, first_col=3, last_col=3))
     torch.testing.assert_close(listed, boxed, rtol=0, atol=0)
-    _, listed = _ours(loaded, photo, ScaleHeads(heads="1:2", scale=0.0))
-    _, ranged = _ours(loaded, photo, ScaleHeads(head=2, scale=0.0, first_layer=1, last_layer=1))
+    _, listed = decode_logits(TOKENS, loaded, photo, ScaleHeads(heads="1:2", scale=0.0))
+    _, ranged = decode_logits(TOKENS, loaded, photo, ScaleHeads(head=2, scale=0.0, first_layer=1, last_layer=1))
     torch.testing.assert_close(listed, ranged, rtol=0, atol=0)
 
 

@@ -14,7 +14,7 @@ from halviz.methods.layer_range import chosen_layers
 from halviz.methods.var import VAR, image_centric, redistribute, scaled_tau, sink_tokens
 from halviz.trace import Trace
 from spies import LogitSpy
-from stock import stock_with_weights
+from stock import decode_logits, stock_with_weights
 
 TOKENS = 6
 # Per tiny family: a τ at which some prompt tokens are sinks (the random models have no real ones),
@@ -84,13 +84,6 @@ def test_knob_defaults_are_the_papers_and_registered_after_vcd():
 
 
 # ---- the whole method against a stock model edited by hand ----------------------------------------
-def _ours(loaded, photo, method):
-    spy = LogitSpy()
-    dec = Decoder(loaded, photo, "Describe.", [method, spy], max_new_tokens=TOKENS, stop_at_eos=False)
-    dec.run_to_end()
-    return dec, torch.cat(spy.logits)
-
-
 def _reference(folder, name, dec, tau, layers, rho=0.5, min_image=0.2, p=0.6):
     """A stock float64 model where, in ``layers``, every query after the image is rewritten by the rule
     of Kang et al. on the weights, head by head; sinks from the layer's input over the prompt."""
@@ -142,7 +135,7 @@ def test_var_equals_eager_attention_with_weights_redistributed_by_hand(tiny_mode
                                                                        family):
     loaded, knobs = tiny_models_f64[family], SETTINGS[family]
     method = VAR(**knobs)
-    dec, logits = _ours(loaded, photo, method)
+    dec, logits = decode_logits(TOKENS, loaded, photo, method)
     layers = chosen_layers(loaded.adapter.num_layers, knobs["first_layer"], knobs["last_layer"])
     ref, sinks = _reference(tiny_model_dirs[family], f"var-{family}", dec, knobs["tau"], layers)
     assert dec.token_ids == ref.argmax(-1).tolist()
@@ -154,13 +147,13 @@ def test_var_equals_eager_attention_with_weights_redistributed_by_hand(tiny_mode
     assert arrays["heads"].sum() > 0 and arrays["heads"].shape == (TOKENS, loaded.adapter.num_layers,
                                                                    loaded.adapter.num_heads)
     assert arrays["heads"][:, sorted(set(range(loaded.adapter.num_layers)) - layers)].sum() == 0
-    _, vanilla = _ours(loaded, photo, VAR(**knobs, p=0.0))
+    _, vanilla = decode_logits(TOKENS, loaded, photo, VAR(**knobs, p=0.0))
     assert (logits - vanilla).abs().max().item() > 1e-4
 
 
 def test_p_zero_is_vanilla(tiny_models_f64, photo):
     loaded = tiny_models_f64["llava-1.5"]
-    _, off = _ours(loaded, photo, VAR(**SETTINGS["llava-1.5"], p=0.0))
+    _, off = decode_logits(TOKENS, loaded, photo, VAR(**SETTINGS["llava-1.5"], p=0.0))
     spy = LogitSpy()
     Decoder(loaded, photo, "Describe.", [spy], max_new_tokens=TOKENS, stop_at_eos=False).run_to_end()
     torch.testing.assert_close(off, torch.cat(spy.logits), rtol=1e-10, atol=1e-10)
