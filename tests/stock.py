@@ -31,34 +31,9 @@ def assert_edit_acts(tokens, loaded, photo, logits):
     assert (logits - vanilla).abs().max().item() > 1e-4
 
 
-def edited_attention(hide):
-    """Eager attention where ``hide(layer, query_positions, kv_len)`` → bool (q, kv) or None says which logits are −inf."""
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        rep = query.shape[1] // key.shape[1]
-        k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
-        scores = torch.matmul(query, k.transpose(2, 3)) * (scaling or query.shape[-1] ** -0.5)
-        if attention_mask is not None:
-            scores = scores + attention_mask[..., : k.shape[2]]
-        q, kv = scores.shape[-2:]
-        mask = hide(module.layer_idx, torch.arange(kv - q, kv), kv)
-        if mask is not None:
-            scores = scores.masked_fill(mask, float("-inf"))
-        weights = torch.softmax(scores, -1)
-        return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights
-    return attention
-
-
-def stock_with_attention(folder, name, hide):
-    """A float64 stock model whose language model uses ``edited_attention(hide)``, registered as ``name``."""
-    AttentionInterface.register(name, edited_attention(hide))
-    AttentionMaskInterface.register(name, eager_mask)
-    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float64).eval()
-    model.set_attn_implementation({"text_config": name})
-    return model
-
-
-def weights_edited_attention(edit):
-    """Eager attention where ``edit(layer, query_positions, weights)`` → weights rewrites the softmax
+def edited_attention(hide=None, edit=None):
+    """Eager attention, edited by hand: ``hide(layer, query_positions, kv_len)`` → bool (q, kv) or None
+    says which logits are −inf; ``edit(layer, query_positions, weights)`` → weights rewrites the softmax
     output (batch, heads, q, kv) before it multiplies the values."""
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         rep = query.shape[1] // key.shape[1]
@@ -67,15 +42,31 @@ def weights_edited_attention(edit):
         if attention_mask is not None:
             scores = scores + attention_mask[..., : k.shape[2]]
         q, kv = scores.shape[-2:]
-        weights = edit(module.layer_idx, torch.arange(kv - q, kv), torch.softmax(scores, -1))
+        queries = torch.arange(kv - q, kv)
+        mask = hide(module.layer_idx, queries, kv) if hide is not None else None
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
+        weights = torch.softmax(scores, -1)
+        if edit is not None:
+            weights = edit(module.layer_idx, queries, weights)
         return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights
     return attention
 
 
-def stock_with_weights(folder, name, edit):
-    """A float64 stock model whose language model uses ``weights_edited_attention(edit)``."""
-    AttentionInterface.register(name, weights_edited_attention(edit))
+def _stock(folder, name, attention):
+    """A float64 stock model whose language model uses ``attention``, registered as ``name``."""
+    AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, eager_mask)
     model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float64).eval()
     model.set_attn_implementation({"text_config": name})
     return model
+
+
+def stock_with_attention(folder, name, hide):
+    """A stock model whose attention logits ``hide`` masks (see ``edited_attention``)."""
+    return _stock(folder, name, edited_attention(hide=hide))
+
+
+def stock_with_weights(folder, name, edit):
+    """A stock model whose attention weights ``edit`` rewrites after the softmax (see ``edited_attention``)."""
+    return _stock(folder, name, edited_attention(edit=edit))
