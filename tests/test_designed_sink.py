@@ -119,6 +119,12 @@ def test_training_keeps_the_sink_fixed_and_saves_a_stock_checkpoint(tmp_path):
     assert not math.isclose(float(model.model.language_model.layers[3].mlp.up_proj.weight.detach().std()), 0.02, rel_tol=1e-3)
 
 
+def test_the_two_sink_fallbacks_are_not_combined():
+    with pytest.raises(ValueError, match="one sink fallback"):
+        TrainConfig(null_bos_sink=True)
+    assert TrainConfig(null_bos_sink=True, designed_sink=False).sink() is None
+
+
 def test_a_decoder_without_biases_is_refused(parts):
     tokenizer, _, _ = parts
     with pytest.raises(ValueError, match="attention_bias"):

@@ -106,6 +106,10 @@ class TrainConfig:
     designed_sink: bool = True
     designed_sink_logit: float = DesignedSink.logit
 
+    def __post_init__(self):
+        if self.designed_sink and self.null_bos_sink:  # both would own BOS's embedding row
+            raise ValueError("choose one sink fallback: --no-designed-sink with --null-bos-sink")
+
     def sink(self) -> DesignedSink | None:
         return DesignedSink(logit=self.designed_sink_logit) if self.designed_sink else None
 
@@ -491,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    try:
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    except ValueError as exc:
+        parser.error(str(exc))
     info = train(args.out, cfg, threads=args.threads, ckpt=args.ckpt, resume=args.resume, max_steps=args.max_steps,
                  init_from=args.init_from)
     if info is None:
