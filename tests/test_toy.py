@@ -7,7 +7,7 @@ from halviz.engine.decode import Decoder
 from halviz.hallucination import chair_metrics
 from halviz.models import TOY_MODEL_DIR, load_model
 from halviz.toy import scenes
-from halviz.toy.captions import caption_for
+from halviz.toy.captions import GrammarConfig, caption_for
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -37,6 +37,18 @@ def test_captions_name_exactly_the_scene_objects():
 
         named = {m.canonical for m in extract_mentions(caption_for(scene, seed))}
         assert named == scene.names
+
+
+def test_a_caption_closes_with_the_count_of_what_it_named():
+    words = {2: "two", 3: "three", 4: "four", 5: "five"}
+    for seed in range(30):
+        scene = scenes.generate_scene(seed)
+        caption = caption_for(scene, seed)
+        *body, last = [s.strip() for s in caption.split(" .") if s.strip()]
+        assert last == f"{words[len(scene.objects)]} things in all"
+        assert "in all" not in " .".join(body)
+    plain = caption_for(scenes.generate_scene(0), 0, GrammarConfig(count_sentence=False))
+    assert "in all" not in plain and plain.endswith(" .")
 
 
 def test_broken_pair_and_control_sets():

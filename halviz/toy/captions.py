@@ -4,7 +4,10 @@ A caption walks the objects in a partly random order and describes them two at a
 spatial relation: "a big red cup above a small yellow spoon . a big gray knife ." Size and
 relation are read off the drawn geometry, so every word but the order is grounded. A partner is
 moved right behind its trigger most of the time, which is what turns co-occurrence into a
-next-mention language prior.
+next-mention language prior. A caption closes with a count of what it named ("three things in
+all ."), which the decoder can read off its own words: the caption's last tokens need no look at
+the image, so attention on the image falls towards the end of a caption, as it does in real
+captioners' closing summaries.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ class GrammarConfig:
     spatial_order_rate: float = 0.5  # else a random order: position is not confounded with class
     partner_follows_rate: float = 0.8  # P(partner mentioned right after its trigger)
     pairs: tuple[tuple[str, str], ...] = PRIOR_PAIRS
+    count_sentence: bool = True  # close with "N things in all ." (N = the objects named)
+
+
+COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def _mention_order(objects: list[SceneObject], rng: np.random.Generator,
@@ -68,4 +75,7 @@ def caption_for(scene: Scene, seed: Seedish, grammar: GrammarConfig = GrammarCon
             sentences.append(f"{_phrase(pair[0])} {_relation(pair[0], pair[1])} {_phrase(pair[1])} .")
         else:
             sentences.append(f"{_phrase(pair[0])} .")
+    if grammar.count_sentence and order:
+        n = len(order)
+        sentences.append(f"{COUNT_WORDS[n] if n < len(COUNT_WORDS) else n} thing{'s' if n != 1 else ''} in all .")
     return " ".join(sentences)

@@ -33,7 +33,7 @@ import torch
 
 from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
 from halviz.toy import checkpoint
-from halviz.toy.captions import TRAIN_PROMPTS, caption_for
+from halviz.toy.captions import TRAIN_PROMPTS, GrammarConfig, caption_for
 from halviz.toy.designed_sink import DesignedSink, impose
 from halviz.toy.model import ToyModelConfig, build_model, build_processor
 from halviz.toy.packing import pack_rows
@@ -49,7 +49,7 @@ STREAM = {"tokenizer": 8, "pool": 9, "vision": 11, "text": 12, "align": 13, "mul
 
 
 # Settings every stage depends on (the rest are named after their stage: vision_*, text_*, …).
-SHARED_FIELDS = ("seed", "tokenizer_scenes", "caption_pool", "chat_rate", "null_bos_sink", "warmup")  # text_packed: text_*
+SHARED_FIELDS = ("seed", "tokenizer_scenes", "caption_pool", "chat_rate", "null_bos_sink", "count_sentence", "warmup")  # text_packed: text_*
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,16 @@ class TrainConfig:
     # from the start (halviz/toy/designed_sink.py), since none emerged in training (issue 10).
     designed_sink: bool = True
     designed_sink_logit: float = DesignedSink.logit
+    # Captions close with "N things in all ." (halviz/toy/captions.py): tokens the decoder can read
+    # off its own words, so image attention falls towards a caption's end (probe D1).
+    count_sentence: bool = True
 
     def __post_init__(self):
         if self.designed_sink and self.null_bos_sink:  # both would own BOS's embedding row
             raise ValueError("choose one sink fallback: --no-designed-sink with --null-bos-sink")
+
+    def grammar(self) -> GrammarConfig:
+        return GrammarConfig(count_sentence=self.count_sentence)
 
     def sink(self) -> DesignedSink | None:
         return DesignedSink(logit=self.designed_sink_logit) if self.designed_sink else None
@@ -164,9 +170,10 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
-def _draw(rng: np.random.Generator, n: int, world: WorldConfig = WorldConfig()):
+def _draw(rng: np.random.Generator, n: int, world: WorldConfig = WorldConfig(),
+          grammar: GrammarConfig = GrammarConfig()):
     scenes = [generate_scene(rng, world) for _ in range(n)]
-    captions = [caption_for(s, rng) for s in scenes]
+    captions = [caption_for(s, rng, grammar) for s in scenes]
     prompts = [TRAIN_PROMPTS[int(i)] for i in rng.integers(0, len(TRAIN_PROMPTS), n)]
     return scenes, captions, prompts
 
@@ -221,13 +228,14 @@ class Recipe:
     # ---- data ----
     def _tokenizer(self):
         rng = np.random.default_rng([self.cfg.seed, STREAM["tokenizer"]])
-        corpus = [caption_for(generate_scene(rng), rng) for _ in range(self.cfg.tokenizer_scenes)]
+        corpus = [caption_for(generate_scene(rng), rng, self.cfg.grammar()) for _ in range(self.cfg.tokenizer_scenes)]
         corpus += list(TRAIN_PROMPTS) + ["USER: ASSISTANT:"]
         return train_tokenizer(corpus, self.model_cfg.vocab_size)
 
     def _caption_pool(self) -> list[list[int]]:
         rng = np.random.default_rng([self.cfg.seed, STREAM["pool"]])
-        return [self.batcher.target(caption_for(generate_scene(rng), rng))[:-1] for _ in range(self.cfg.caption_pool)]
+        return [self.batcher.target(caption_for(generate_scene(rng), rng, self.cfg.grammar()))[:-1]
+                for _ in range(self.cfg.caption_pool)]
 
     def _chat_row(self, rng: np.random.Generator, pool: list[list[int]]) -> list[int]:
         prompt = TRAIN_PROMPTS[int(rng.integers(len(TRAIN_PROMPTS)))]
@@ -275,7 +283,7 @@ class Recipe:
         text_q = text.get("attention_mask", torch.ones_like(text["input_ids"])).bool().clone()
         text_q[:, :12] = False  # skip the first positions, where few keys make any head look like a sink
         rng = np.random.default_rng([self.cfg.seed, STREAM["probe_image"]])
-        scenes, captions, _ = _draw(rng, 8)
+        scenes, captions, _ = _draw(rng, 8, grammar=self.cfg.grammar())
         image = self.batcher(scenes, captions, [TRAIN_PROMPTS[0]] * 8, True, self.device)
         image_q = image.pop("labels") != -100  # caption queries, as S1 defines them
         image_q = torch.roll(image_q, -1, 1) & image["attention_mask"].bool()  # the token before each label
@@ -336,7 +344,7 @@ class Recipe:
         else:
             n, world = cfg.multi_batch, WorldConfig(faint_rate=cfg.multi_faint_rate,
                                                     faint_strength=(cfg.multi_faint_min, cfg.multi_faint_max))
-        batch = self.batcher(*_draw(rng, n, world), with_image=True, device=self.device)
+        batch = self.batcher(*_draw(rng, n, world, self.cfg.grammar()), with_image=True, device=self.device)
         loss = m(**batch).loss
         if stage == "multi" and cfg.multi_rehearsal:
             text = self._text_batch(rng, pool, cfg.multi_rehearsal, packed=False)
@@ -360,8 +368,8 @@ class Recipe:
         CKPT/text.pt) starts after that stage, so later stages can be varied without redoing it."""
         done_here = 0
         # A setting a checkpoint does not name is newer: it ran at the default of its day (for the
-        # designed sink, off: it became the default after such checkpoints were written).
-        defaults = {**asdict(TrainConfig()), "designed_sink": False}
+        # designed sink and the count sentence, off: they became defaults after such checkpoints were written).
+        defaults = {**asdict(TrainConfig()), "designed_sink": False, "count_sentence": False}
         state = checkpoint.load(self.ckpt_dir) if resume else None
         if state is None and init_from is not None:
             state = torch.load(init_from, map_location="cpu", weights_only=False)

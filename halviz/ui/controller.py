@@ -25,6 +25,7 @@ from halviz.ui.escaping import html_text, markdown_text
 from halviz.ui.examples import Example, TruthInfo, resolve_truth, truth_markdown
 from halviz.ui.knobs import MethodSettings
 from halviz.ui.model_defaults import ModelDefaults, model_defaults
+from halviz.models.families.base import text_config
 from halviz.models.loading import TOY_KEY
 from halviz.toy.scenes import looks_like_toy_scene
 from halviz.ui.models import DEFAULT_MODELS, ModelCache, ModelPolicy
@@ -155,7 +156,7 @@ class HalvizApp:
         processor = loaded.processor
         sequence = processor(text=loaded.adapter.chat_text(request.prompt), images=request.image.image,
                              return_tensors="np")["input_ids"]
-        context = getattr(getattr(loaded.model.config, "text_config", None), "max_position_embeddings", None)
+        context = getattr(text_config(loaded.model.config), "max_position_embeddings", None)
         checks.check_prompt_tokens(request.prompt, processor.tokenizer, int(sequence.shape[-1]), context,
                                    request.max_new_tokens)
 
