@@ -406,9 +406,9 @@ class Controller:
             return self.ui.panel.show(runs, entry.key, step)
         return user_errors(jump)
 
-    def jump_from_tokens(self, runs, key, layer, head, selection, evt: gr.SelectData) -> dict:
+    def jump_from_tokens(self, runs, key, layer, head, selection, view, evt: gr.SelectData) -> dict:
         step = int(evt.index or 0)
-        return {self.ui.panel.step: step, **self.ui.panel.at_step(runs, key, step, layer, head, selection)}
+        return {self.ui.panel.step: step, **self.ui.panel.at_step(runs, key, step, layer, head, selection, view)}
 
     def replay(self, file, image, runs: Runs | None) -> dict:
         path = checks.image_path(file)
@@ -690,11 +690,11 @@ class Controller:
                            **private)
         whatif = panel.whatif
         step_inputs = [ui.runs, panel.choice, panel.step, panel.layer, panel.head, whatif.selection]
-        for trigger in (panel.step.input, panel.layer.input, panel.head.input):
-            trigger(user_errors(panel.at_step), inputs=step_inputs, outputs=panel.step_outputs,
+        for trigger in (panel.step.input, panel.layer.input, panel.head.input, panel.view.input):
+            trigger(user_errors(panel.at_step), inputs=[*step_inputs, panel.view], outputs=panel.step_outputs,
                     trigger_mode="always_last", **private)
         panel.caption.select(user_errors(self.jump_from_tokens),
-                             inputs=[ui.runs, panel.choice, panel.layer, panel.head, whatif.selection],
+                             inputs=[ui.runs, panel.choice, panel.layer, panel.head, whatif.selection, panel.view],
                              outputs=[panel.step, *panel.step_outputs], **private)
         picked = [whatif.selection, *whatif.view_outputs]
         whatif.patches.select(user_errors(self.pick_patch), inputs=[*step_inputs, whatif.mode], outputs=picked,

@@ -28,6 +28,17 @@ def parse_choice(value: Any) -> int | str:
         return "mean"
 
 
+def parse_view(value: Any) -> str:
+    """Dropdown value → a view name (the figures refuse names the trace lacks with a message)."""
+    return value if isinstance(value, str) and value else viz.PRIMARY
+
+
+def view_picker(trace: Trace) -> gr.Dropdown:
+    """The View picker, reset to the primary grid; shown only where the trace has several grids."""
+    choices = viz.view_choices(trace)
+    return gr.Dropdown(choices=choices, value=viz.PRIMARY, visible=len(choices) > 1)
+
+
 def head_layers(trace: Trace) -> list[int]:
     return [int(l) for l in trace.meta.get("head_layers") or []]
 
@@ -53,6 +64,7 @@ class DebuggerPanel:
     step: gr.Slider
     layer: gr.Dropdown
     head: gr.Dropdown
+    view: gr.Dropdown
     step_info: gr.Markdown
     overlay: gr.Plot
     mask_box: gr.Column
@@ -95,6 +107,9 @@ class DebuggerPanel:
                                 elem_id="hv-layer")
             head = gr.Dropdown(choices=[("all heads (mean)", "mean")], value="mean", label="Head", scale=1,
                                elem_id="hv-head")
+            view = gr.Dropdown(choices=[("primary grid", viz.PRIMARY)], value=viz.PRIMARY, label="View", scale=1,
+                               visible=False, elem_id="hv-view",
+                               info="which grid of image tokens the attention and kept-token maps draw")
         step_info = gr.Markdown(elem_classes=["hv-step-info"], latex_delimiters=[])
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
@@ -142,7 +157,7 @@ class DebuggerPanel:
                 with gr.Column():
                     var_moved = gr.Plot(show_label=False, elem_id="hv-var-moved")
                     help_text("var_moved")
-        return cls(choice, info, caption, step, layer, head, step_info, overlay, mask_box, mask, candidates,
+        return cls(choice, info, caption, step, layer, head, view, step_info, overlay, mask_box, mask, candidates,
                    entropy, shares, top_keys, prunehal_box, prunehal, vasparse_box, vasparse_logits,
                    vasparse_selection, vasparse_sink, vhr_box, vhd, tvhd, var_box, var_sinks, var_heads, var_moved,
                    whatif)
@@ -156,15 +171,15 @@ class DebuggerPanel:
 
     @property
     def trace_outputs(self) -> list:
-        return [self.choice, self.info, self.step, self.layer, self.prunehal_box, self.vasparse_box,
+        return [self.choice, self.info, self.step, self.layer, self.view, self.prunehal_box, self.vasparse_box,
                 self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, self.var_box, self.var_sinks,
                 self.whatif.selection,
                 *self.whatif.options, *self.step_outputs]
 
     # ---- rendering ------------------------------------------------------------------------------
     def show(self, runs: Runs | None, key: str | None, step: int = 0) -> dict:
-        """Everything for the trace ``key`` at ``step``, layer and head reset to the means, the
-        intervention pickers showing the trace's own interventions."""
+        """Everything for the trace ``key`` at ``step``, layer and head reset to the means, the view to
+        the primary grid, the intervention pickers showing the trace's own interventions."""
         runs = runs or {}
         choices = [(entry.title, k) for k, entry in runs.items()]
         if key not in runs:
@@ -193,6 +208,7 @@ class DebuggerPanel:
             self.info: trace_info(entry),
             self.step: slider,
             self.layer: gr.Dropdown(choices=layer_options, value="mean"),
+            self.view: view_picker(trace),
             self.prunehal_box: gr.Column(visible=viz.prunehal_figure(trace) is not None),
             self.vasparse_box: gr.Column(visible=any(f is not None for f in (
                 viz.vasparse_logits_figure(trace, 0), selection, sink))),
@@ -208,7 +224,7 @@ class DebuggerPanel:
             self.whatif.first_layer: chosen.first_layer,
             self.whatif.last_layer: chosen.last_layer,
         }
-        updates.update(self.at_step(runs, key, step, "mean", "mean", chosen))
+        updates.update(self.at_step(runs, key, step, "mean", "mean", chosen, viz.PRIMARY))
         return updates
 
     def whatif_view(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any,
@@ -223,8 +239,9 @@ class DebuggerPanel:
         return self.whatif.view(runs[key], viz.common.clamp_step(trace, int(step or 0)), layer, head, selection)
 
     def at_step(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any,
-                selection: Any = None) -> dict:
-        """The step-dependent panels (cheap: what the slider and pickers redraw)."""
+                selection: Any = None, view: Any = None) -> dict:
+        """The step-dependent panels (cheap: what the slider and pickers redraw); ``view`` is the grid
+        the patch maps draw (the overlay and the kept mask)."""
         if not runs or key not in runs:
             return {}
         entry = runs[key]
@@ -239,14 +256,15 @@ class DebuggerPanel:
             [(f"head {h}", str(h)) for h in range(int(trace.meta.get("num_heads", 0)))] if heads_here else [])
         head_info = (f"single heads recorded for layers {index_ranges(recorded)} only" if recorded
                      else "no single-head data recorded")
+        view = parse_view(view)
         masks = viz.kept_masks(trace, step, layer)
-        mask_figure = (viz.kept_mask_figure(trace, masks[0].kept, masks[0].title, entry.image, masks[0].details)
-                       if masks else None)
+        mask_figure = (viz.kept_mask_figure(trace, masks[0].kept, masks[0].title, entry.image, masks[0].details,
+                                            view=view) if masks else None)
         return {
             self.caption: caption_tokens(entry, step),
             self.head: gr.Dropdown(choices=head_options, value=str(head), interactive=heads_here, info=head_info),
             self.step_info: step_summary(trace, step, layer),
-            self.overlay: sized_plot(viz.attention_overlay(trace, step, layer, head, entry.image)),
+            self.overlay: sized_plot(viz.attention_overlay(trace, step, layer, head, entry.image, view=view)),
             self.mask_box: gr.Column(visible=bool(masks)),
             self.mask: sized_plot(mask_figure),
             self.candidates: sized_plot(viz.candidates_figure(trace, step)),

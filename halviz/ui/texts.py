@@ -21,7 +21,9 @@ DEBUGGER_INTRO = (
 
 HELP = {
     "overlay": ("Each cell is one image token (a patch of your picture); the colour is how much attention the "
-                "query predicting this step's token paid to it, averaged as the title says. " + NOT_WHY),
+                "query predicting this step's token paid to it, averaged as the title says. Models that cut the "
+                "picture into tiles plus a global view offer a **View** picker: one grid, or the tiles where they "
+                "sit in the upload with the other views beside, on one colour scale. " + NOT_WHY),
     "mask": ("Dark patches were removed from attention by the method at this step, clear ones kept (a "
              "first-edition VASparse trace shows the share of heads and layers that kept each one). " + NOT_WHY),
     "entropy": ("Entropy of one attention row: low means concentrated on a few tokens, high means spread out. "
