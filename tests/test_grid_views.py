@@ -105,7 +105,7 @@ def test_the_views_offered():
     meta, arrays = multigrid_trace()
     assert [v for _, v in viz.view_choices(Trace(meta, arrays))] == \
         ["primary", "tile r0 c0", "tile r0 c1", "tiles in place"]
-    assert "global 2×2" in viz.view_choices(Trace(meta, arrays))[0][0]
+    assert viz.view_choices(Trace(meta, arrays))[0][0] == "primary grid (global, 2×2 patches)"
     # Grids none of whose names says "tile": single views only, no mosaic.
     renamed = [dict(g, name=n) for g, n in ((GLOBAL, "global"), (TILE_LEFT, "crop a"), (TILE_RIGHT, "crop b"))]
     meta, arrays = multigrid_trace(grids=renamed, primary=renamed[0])
@@ -166,7 +166,7 @@ def test_the_title_gives_each_views_share_and_the_tokens_in_no_grid(trace):
     for part in ("global 21.0%", "tile r0 c0 5.0%", "tile r0 c1 13.0%", "no grid 10.0%",
                  "image tokens got 49% of the attention"):
         assert part in text, part
-    assert "attention on the tiles in place (tile r0 c0 2×2, tile r0 c1 2×2), global 2×2 beside" in text
+    assert "attention on the tiles in place (tile r0 c0: 2×2 patches; tile r0 c1: 2×2 patches), global 2×2 beside" in text
     # Every view of a multi-grid trace states the shares, the primary too.
     assert "tile r0 c0 5.0%" in viz.attention_overlay(trace, 1, layer=0).layout.title.text
 
@@ -187,7 +187,7 @@ def test_kept_masks_follow_the_view(trace):
     assert [grid_of(h)["name"] for h in heatmaps(fig)] == ["tile r0 c0", "tile r0 c1", "global"]
     for heatmap in heatmaps(fig):
         assert_cells_show_their_tokens(heatmap, grid_of(heatmap), kept)
-    assert "view: tiles in place (tile r0 c0 2×2, tile r0 c1 2×2)" in fig.layout.title.text
+    assert "view: tiles in place (tile r0 c0: 2×2 patches; tile r0 c1: 2×2 patches)" in fig.layout.title.text
     # A mask over the primary grid alone draws on the primary view and says why not on another.
     primary_only = np.array([0, 1, 1, 0], dtype=np.float64)
     np.testing.assert_allclose(heatmaps(viz.kept_mask_figure(trace, primary_only, "x"))[0].z, [[0, 1], [1, 0]])

@@ -128,12 +128,13 @@ def view_choices(trace: Trace) -> list[tuple[str, str]]:
     """(label, value) for a picker: the primary, every other grid by name, and the tiles in place."""
     grids = trace_grids(trace)
     primary = grids[0]
-    choices = [(f"primary grid ({primary.name} {primary.shape_text})" if len(grids) > 1 else "primary grid", PRIMARY)]
+    choices = [(f"primary grid ({primary.name}, {primary.shape_text} patches)" if len(grids) > 1 else "primary grid",
+                PRIMARY)]
     seen = {PRIMARY, TILES_IN_PLACE}
     for grid in grids[1:]:
         if grid.name not in seen:  # a repeated name (never written by the engine) is offered once
             seen.add(grid.name)
-            choices.append((f"{grid.name} {grid.shape_text}", grid.name))
+            choices.append((f"{grid.name} ({grid.shape_text} patches)", grid.name))
     if len(grids) > 1 and any(g.is_tile for g in grids):
         choices.append(("tiles in place, other views beside", TILES_IN_PLACE))
     return choices

@@ -144,7 +144,8 @@ def _view_text(trace: Trace, panels: list[list[GridView]]) -> tuple[str, list[st
     if not mosaic:
         return f"{grids[0].label} view's {grids[0].shape_text} patches", notes
     tiles = [g for p in panels if p[0].is_tile for g in p]
-    named = ", ".join(f"{g.label} {g.shape_text}" for g in tiles) if len(tiles) <= 3 else f"{len(tiles)} tile grids"
+    named = ("; ".join(f"{g.label}: {g.shape_text} patches" for g in tiles) if len(tiles) <= 3
+             else f"{len(tiles)} tile grids")
     beside = "".join(f", {p[0].label} {p[0].shape_text}" for p in panels[1:]) + (" beside" if len(panels) > 1 else "")
     return f"tiles in place ({named}){beside}", ["solid boxes: each tile grid's place in the upload", *notes]
 
