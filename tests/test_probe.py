@@ -167,6 +167,18 @@ def test_probe_cli_writes_a_consistent_report(tiny_model_dirs, tmp_path, capsys)
     assert report["M1"]["prunehal"]["params"]["r"] == 0.7 and report["config"]["defaults"] == "model"
     assert len(report["S1"]["per_layer"]) == 2 and report["S1"]["pass"] in (True, False)
     assert probe.main(["--model", str(tiny_model_dirs["llava-1.5"]), "--methods", "nonsense"]) == 2
+    assert report["config"]["seed"] == probe.PROBE_SEED
+
+
+def test_probe_cli_seed_draws_other_scenes(tiny_model_dirs, tmp_path, capsys):
+    """A validation run (--seed) captions other scenes than the probe's and says which seed it used."""
+    out = tmp_path / "validation.json"
+    assert probe.main(["--model", str(tiny_model_dirs["llava-1.5"]), "--n", "2", "--n-pair", "1", "--methods", "",
+                       "--max-new-tokens", "2", "--seed", "5000011", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["seed"] == 5000011 and "seed 5000011" in capsys.readouterr().out
+    assert report["examples"][0]["objects"] == sorted(scenes.heldout(1, seed=5000011)[0].names)
+    assert report["examples"][0]["objects"] != sorted(scenes.heldout(1, seed=probe.PROBE_SEED)[0].names)
 
 
 # The cheap acceptance check of issue 10 on the shipped model: S1 and R1 on 30 fixed probe scenes.

@@ -2,7 +2,7 @@
 
     python -m halviz.toy.probe [--model toy|PATH] [--json PATH] [--n 200] [--n-pair 170]
         [--methods prunehal,kvsmooth,vasparse,vhr] [--max-new-tokens 64] [--threads N]
-        [--paper-defaults] [--quick]
+        [--paper-defaults] [--quick] [--seed N]
 
 Scenes come from the seed stream ``PROBE_SEED``, which nothing else uses: training draws from
 small seeds, ``halviz.toy.tune`` from ``TUNING_SEED`` and ``halviz.eval`` from ``HELDOUT_SEED``.
@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, help=f"held-out-distribution scenes (S1-S3, D1, R1; default {ProbeConfig.n})")
     parser.add_argument("--n-pair", type=int, help="broken-pair and control scenes per planted pair; M1 pools the "
                         f"broken ones (default {ProbeConfig.n_pair})")
+    parser.add_argument("--seed", type=int, help=f"scene seed stream (default PROBE_SEED = {PROBE_SEED}); another "
+                        "seed is a validation set for choosing recipe settings without looking at the probe sets")
     parser.add_argument("--methods", default=",".join(PROBE_METHODS))
     parser.add_argument("--max-new-tokens", type=int, default=ProbeConfig.max_new_tokens)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, n=args.n)
     if args.n_pair is not None:
         cfg = replace(cfg, n_pair=args.n_pair)
+    if args.seed is not None:
+        cfg = replace(cfg, seed=args.seed)
     if cfg.n < 1 or cfg.n_pair < 1 or not 1 <= cfg.max_new_tokens <= 1024:
         print("halviz.toy.probe: --n and --n-pair must be ≥ 1 and --max-new-tokens in 1..1024", file=sys.stderr)
         return 2
