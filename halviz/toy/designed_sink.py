@@ -33,6 +33,7 @@ import torch
 class DesignedSink:
     # BOS's logit in every sink head, before the softmax. At 6 the heads learnt to outbid it and masking
     # BOS cost 0.01 nat (not necessary, issue 10's S3); at 10 they fall back to it (+0.84 nat, validation set).
+    # The recipe's own default (TrainConfig.designed_sink_logit) is 12 since the fourth edition's data.
     logit: float = 10.0
     first_layer: int = 2  # layers 0..first_layer-1 have no sink (S1 asks for none there)
     dim: int = 0  # the residual dimension only BOS uses
