@@ -6,8 +6,8 @@ relation are read off the drawn geometry, so every word but the order is grounde
 moved right behind its trigger most of the time, which is what turns co-occurrence into a
 next-mention language prior. A caption closes with a count of what it named ("three things in
 all ."), which the decoder can read off its own words: the caption's last tokens need no look at
-the image, so attention on the image falls towards the end of a caption, as it does in real
-captioners' closing summaries.
+the image, as real captioners' closing summaries need little (meant for the probe's D1 decay; on the
+shipped model the image attention still does not decay by that measure, see the README).
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ class TrainConfig:
     # at 14 BOS took 0.999 of every late head, leaving the image nothing (validation seed, issue 10).
     designed_sink_logit: float = 12.0
     # Captions close with "N things in all ." (halviz/toy/captions.py): tokens the decoder can read
-    # off its own words, so image attention falls towards a caption's end (probe D1).
+    # off its own words, meant to let image attention fall towards a caption's end (probe D1: ρ −0.44 at
+    # logit 10 on the validation seed, −0.01 at 12).
     count_sentence: bool = True
 
     def __post_init__(self):
