@@ -109,6 +109,7 @@ class TrainConfig:
     # 12, not the module's 10: with the count sentence, at 10 masking BOS cost 0.07 nat (S3 fails) and
     # at 14 BOS took 0.999 of every late head, leaving the image nothing (validation seed, issue 10).
     designed_sink_logit: float = 12.0
+    designed_sink_first_layer: int = DesignedSink.first_layer  # the sink's first layer (S1 asks for none in 0–1)
     # Captions close with "N things in all ." (halviz/toy/captions.py): tokens the decoder can read
     # off its own words, meant to let image attention fall towards a caption's end (probe D1: ρ −0.44 at
     # logit 10 on the validation seed, −0.01 at 12).
@@ -122,7 +123,8 @@ class TrainConfig:
         return GrammarConfig(count_sentence=self.count_sentence)
 
     def sink(self) -> DesignedSink | None:
-        return DesignedSink(logit=self.designed_sink_logit) if self.designed_sink else None
+        return (DesignedSink(logit=self.designed_sink_logit, first_layer=self.designed_sink_first_layer)
+                if self.designed_sink else None)
 
     def steps(self, stage: str) -> int:
         return getattr(self, f"{stage}_steps")
