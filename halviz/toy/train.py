@@ -235,13 +235,15 @@ class Recipe:
     # ---- data ----
     def _tokenizer(self):
         rng = np.random.default_rng([self.cfg.seed, STREAM["tokenizer"]])
-        corpus = [caption_for(generate_scene(rng), rng, self.cfg.grammar()) for _ in range(self.cfg.tokenizer_scenes)]
+        grammar = self.cfg.grammar()
+        corpus = [caption_for(generate_scene(rng), rng, grammar) for _ in range(self.cfg.tokenizer_scenes)]
         corpus += list(TRAIN_PROMPTS) + ["USER: ASSISTANT:"]
         return train_tokenizer(corpus, self.model_cfg.vocab_size)
 
     def _caption_pool(self) -> list[list[int]]:
         rng = np.random.default_rng([self.cfg.seed, STREAM["pool"]])
-        return [self.batcher.target(caption_for(generate_scene(rng), rng, self.cfg.grammar()))[:-1]
+        grammar = self.cfg.grammar()
+        return [self.batcher.target(caption_for(generate_scene(rng), rng, grammar))[:-1]
                 for _ in range(self.cfg.caption_pool)]
 
     def _chat_row(self, rng: np.random.Generator, pool: list[list[int]]) -> list[int]:

@@ -17,6 +17,7 @@ from halviz.viz.common import escape
 
 PRIMARY = "primary"
 TILES_IN_PLACE = "tiles in place"
+NO_GRID = "no grid"  # the image tokens that belong to no grid (row newlines)
 CROPPED_NOTE = "dotted box: the part the model saw (the processor cropped the rest)"
 
 
@@ -164,25 +165,26 @@ def is_mosaic(panels: list[list[GridView]]) -> bool:
     return len(panels) > 1 or len(panels[0]) > 1
 
 
-def attention_shares(trace: Trace, every: np.ndarray) -> list[tuple[str, float]]:
+def attention_shares(trace: Trace, every: np.ndarray) -> list[tuple[str, float, bool]]:
     """How much of the step's attention fell on each grid and on image tokens in none (named
-    "no grid", listed only if there are any), from ``every`` (one value per image token)."""
+    "no grid", listed only if there are any), from ``every`` (one value per image token): (label,
+    share, whether the grid is a tile)."""
     grids = trace_grids(trace)
     covered = np.zeros(every.shape[0], dtype=bool)
     shares = []
     for grid in grids:
         covered[grid.index] = True
-        shares.append((grid.label, float(np.nansum(every[grid.index]))))
+        shares.append((grid.label, float(np.nansum(every[grid.index])), grid.is_tile))
     if not covered.all():
-        shares.append(("no grid", float(np.nansum(every[~covered]))))
+        shares.append((NO_GRID, float(np.nansum(every[~covered])), False))
     return shares
 
 
-def shares_text(shares: list[tuple[str, float]], most: int = 6) -> str:
+def shares_text(shares: list[tuple[str, float, bool]], most: int = 6) -> str:
     """"global 3.0% · tiles 2×2 20.0% · no grid 1.0%"; past ``most`` entries the tiles are summed."""
     if len(shares) > most:
-        tiles = [s for s in shares if s[0].lower().startswith("tile")]
-        rest = [s for s in shares if not s[0].lower().startswith("tile") and s[0] != "no grid"]
-        together = [(f"{len(tiles)} tiles together", sum(v for _, v in tiles))] if tiles else []
-        shares = rest + together + [s for s in shares if s[0] == "no grid"]
-    return "share of the attention: " + " · ".join(f"{name} {share:.1%}" for name, share in shares)
+        tiles = [s for s in shares if s[2]]
+        rest = [s for s in shares if not s[2] and s[0] != NO_GRID]
+        together = [(f"{len(tiles)} tiles together", sum(s[1] for s in tiles), True)] if tiles else []
+        shares = rest + together + [s for s in shares if s[0] == NO_GRID]
+    return "share of the attention: " + " · ".join(f"{name} {share:.1%}" for name, share, _ in shares)

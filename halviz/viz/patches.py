@@ -171,8 +171,7 @@ def attention_overlay(trace: Trace, step: int, layer: Choice = "mean", head: Cho
              + ("attention on all image tokens" if several else "attention on the image"))
     cells = _view_cells(trace, panels, every, of_image, hover)
     what, notes = _view_text(trace, panels)
-    one_map = len(cells) == 1 and len(cells[0][1]) == 1
-    scale = (f"colour from 0 to this map's max, {zmax:.3g}" if one_map
+    scale = (f"colour from 0 to this map's max, {zmax:.3g}" if not is_mosaic(panels)
              else f"one colour scale for every view shown: 0 to their max, {zmax:.3g}")
     title = (f"Step {step} → {step_token(trace, step)}: attention on the {what}"
              + subtitle([layer_text(trace, layer), head_text(trace, head),
@@ -192,7 +191,7 @@ def kept_mask_figure(trace: Trace, kept: np.ndarray, title: str, image: Image.Im
     grid = patch_grid(trace)
     kept = np.clip(np.asarray(kept, dtype=np.float64).reshape(-1), 0.0, 1.0)
     primary_size, primary_index = grid.rows * grid.cols, trace.grid_index()
-    primary_view = len(panels) == 1 and len(panels[0]) == 1 and np.array_equal(panels[0][0].index, primary_index)
+    primary_view = not is_mosaic(panels) and np.array_equal(panels[0][0].index, primary_index)
     if kept.size == trace.image_tokens:
         every = kept
     elif kept.size == primary_size and primary_view:  # a mask of the primary grid alone, put on its tokens
