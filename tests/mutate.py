@@ -32,6 +32,7 @@ BATCH, RUN, T_BATCH = "halviz/engine/batch.py", "halviz/engine/run.py", "tests/t
 T_VCD = "tests/test_vcd.py"
 VAR, T_VAR = "halviz/methods/var.py", "tests/test_var.py"
 T_LISTS = "tests/test_list_knobs.py"
+SINK, T_SINK = "halviz/toy/designed_sink.py", "tests/test_designed_sink.py"
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,11 @@ MUTATIONS = (
     Mutation("vhr: T-VHD top-k ignores k", VHR,
              "return vhd.topk(min(k, vhd.shape[-1]), dim=-1).values.sum((-2, -1))",
              "return vhd.sum((-2, -1))", (T_VHR,), "new code"),
+    Mutation("toy sink: per-layer head counts ignored", SINK,
+             "count = self.heads[index] if index < len(self.heads) else num_heads", "count = num_heads",
+             (T_SINK,), "new code"),
+    Mutation("toy sink: the last heads carry it, not the first", SINK,
+             "return range(count)", "return range(num_heads - count, num_heads)", (T_SINK,), "new code"),
 )
 
 

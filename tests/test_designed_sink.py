@@ -54,14 +54,18 @@ def _attentions(model, inputs):
         return model(**inputs, output_attentions=True, output_hidden_states=True)
 
 
-def test_every_sink_head_adds_the_designed_logit_to_bos(parts):
+# (sink, the heads that carry it in layers 2 and 3 of TINY): every head, or one head in layer 2 and
+# (past the end of `heads`) every head in layer 3.
+@pytest.mark.parametrize("sink, carriers", [(SINK, {2: {0, 1}, 3: {0, 1}}),
+                                            (replace(SINK, heads=(1,)), {2: {0}, 3: {0, 1}})])
+def test_every_sink_head_adds_the_designed_logit_to_bos(parts, sink, carriers):
     tokenizer, _, inputs = parts
-    model = _model(tokenizer)
+    model = _model(tokenizer, sink)
     out = _attentions(model, inputs)
     hd = TINY.text_hidden // TINY.text_heads
     j0, _ = rotary_pair(hd)
     theta = 10000.0 ** (-2 * j0 / hd)  # the pair's rotary frequency (Llama's default schedule)
-    for layer in range(SINK.first_layer, TINY.text_layers):
+    for layer in sorted(carriers):
         # The same model with this layer's query bias removed: layers below see identical inputs.
         plain = copy.deepcopy(model)
         with torch.no_grad():
@@ -72,7 +76,8 @@ def test_every_sink_head_adds_the_designed_logit_to_bos(parts):
             # log-odds of BOS against every other visible key, with and without the bias
             odds = torch.log(a[h, q, :1] / a[h, q, 1:]) - torch.log(a0[h, q, :1] / a0[h, q, 1:])
             visible = torch.ones_like(odds, dtype=torch.bool).tril()
-            expected = SINK.logit * torch.cos(theta * q.double())[:, None].expand_as(odds)
+            logit = SINK.logit if h in carriers[layer] else 0.0
+            expected = logit * torch.cos(theta * q.double())[:, None].expand_as(odds)
             torch.testing.assert_close(odds[visible], expected[visible], rtol=2e-3, atol=1e-6)
 
 
@@ -117,6 +122,14 @@ def test_training_keeps_the_sink_fixed_and_saves_a_stock_checkpoint(tmp_path):
     assert bias[rotary_pair(hd)[0]] == 4.0 and torch.count_nonzero(bias) == TINY.text_heads
     # and the rest of the decoder did train
     assert not math.isclose(float(model.model.language_model.layers[3].mlp.up_proj.weight.detach().std()), 0.02, rel_tol=1e-3)
+
+
+def test_sink_head_counts_are_checked():
+    with pytest.raises(ValueError, match="3 sink heads in layer 2 of 2"):
+        DesignedSink(heads=(3,)).sink_heads(2, 2)
+    with pytest.raises(ValueError, match="head counts"):
+        TrainConfig(designed_sink_heads="3,half")
+    assert TrainConfig(designed_sink_heads="3, 4").sink().heads == (3, 4)
 
 
 def test_the_two_sink_fallbacks_are_not_combined():

@@ -38,11 +38,25 @@ class DesignedSink:
     first_layer: int = 2  # layers 0..first_layer-1 have no sink (S1 asks for none there)
     dim: int = 0  # the residual dimension only BOS uses
     magnitude: float = 1000.0  # BOS's value in that dimension
+    # How many heads (the first ones) carry the sink in each layer from first_layer on; a layer past
+    # the end of the tuple, or an empty tuple, has it in every head. Heads left without it must find
+    # their own default, and keep reading the image where the sink would have taken their attention.
+    heads: tuple[int, ...] = ()
+
+    def sink_heads(self, layer: int, num_heads: int) -> range:
+        """The heads of ``layer`` that carry the sink."""
+        if layer < self.first_layer:
+            return range(0)
+        index = layer - self.first_layer
+        count = self.heads[index] if index < len(self.heads) else num_heads
+        if not 0 <= count <= num_heads:
+            raise ValueError(f"the designed sink asks for {count} sink heads in layer {layer} of {num_heads}")
+        return range(count)
 
     def describe(self) -> dict:
         return {"kind": "designed sink (fallback, not learned)", **asdict(self),
                 "how": "BOS alone carries a massive activation in residual dimension `dim`; every head of "
-                       "layers >= first_layer reads it through a fixed key and query bias in its "
+                       "layers >= first_layer (or the first `heads[i]` heads of layer first_layer + i) reads it through a fixed key and query bias in its "
                        "lowest-frequency rotary pair, giving BOS a fixed attention logit `logit`; "
                        "no value weight reads it (halviz/toy/designed_sink.py)"}
 
@@ -83,9 +97,7 @@ def impose(model, bos_id: int, sink: DesignedSink) -> None:
         mlp.down_proj.weight[d] = 0.0
         for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
             lin.bias.zero_()
-        if index < sink.first_layer:
-            continue
-        for h in range(heads):
+        for h in sink.sink_heads(index, heads):
             rows = [h * hd + j0, h * hd + j1]
             attn.q_proj.weight[rows] = 0.0
             attn.k_proj.weight[rows] = 0.0

@@ -110,6 +110,8 @@ class TrainConfig:
     # at 14 BOS took 0.999 of every late head, leaving the image nothing (validation seed, issue 10).
     designed_sink_logit: float = 12.0
     designed_sink_first_layer: int = DesignedSink.first_layer  # the sink's first layer (S1 asks for none in 0–1)
+    # Sink heads per layer from the first sink layer on, e.g. "3,3" (DesignedSink.heads); "" = every head.
+    designed_sink_heads: str = ""
     # Captions close with "N things in all ." (halviz/toy/captions.py): tokens the decoder can read
     # off its own words, meant to let image attention fall towards a caption's end (probe D1: ρ −0.44 at
     # logit 10 on the validation seed, −0.01 at 12).
@@ -118,12 +120,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.designed_sink and self.null_bos_sink:  # both would own BOS's embedding row
             raise ValueError("choose one sink fallback: --no-designed-sink with --null-bos-sink")
+        if not all(h.strip().isdigit() for h in self.designed_sink_heads.split(",") if h.strip()):
+            raise ValueError(f"--designed-sink-heads takes head counts such as 3,3,6 (got {self.designed_sink_heads!r})")
 
     def grammar(self) -> GrammarConfig:
         return GrammarConfig(count_sentence=self.count_sentence)
 
     def sink(self) -> DesignedSink | None:
-        return (DesignedSink(logit=self.designed_sink_logit, first_layer=self.designed_sink_first_layer)
+        heads = tuple(int(h) for h in self.designed_sink_heads.split(",") if h.strip())
+        return (DesignedSink(logit=self.designed_sink_logit, first_layer=self.designed_sink_first_layer, heads=heads)
                 if self.designed_sink else None)
 
     def steps(self, stage: str) -> int:
@@ -384,7 +389,8 @@ class Recipe:
             state = torch.load(init_from, map_location="cpu", weights_only=False)
             done = STAGES[:state["stage_index"]]
             mismatch = [k for k, v in asdict(self.cfg).items()
-                        if state["config"].get(k, defaults[k]) != v and (k.split("_")[0] in done or k in SHARED_FIELDS)]
+                        if state["config"].get(k, defaults[k]) != v
+                        and (k.split("_")[0] in done or k in SHARED_FIELDS or (k.startswith("designed") and done[1:]))]
             if mismatch:
                 raise SystemExit(f"{init_from} was trained with other settings for {', '.join(mismatch)}")
             state["config"] = asdict(self.cfg)
