@@ -208,3 +208,25 @@ def test_tuning_criterion_on_hand_made_figures():
     assert choose(vanilla, [row(0.50, precision=0.5, name="paper"), row(0.49, name="ok")])[0]["params"]["name"] == "ok"
     best, how = choose(vanilla, [row(0.5, recall=0.1, name="paper"), row(0.1, recall=0.1, name="bad")])
     assert best["params"]["name"] == "paper" and "no setting" in how
+
+
+# The three "X without Y" examples must be what pick_examples' rule picks for the shipped weights (a
+# new model without re-picked examples fails here): same pixels, partner absent from the scene yet
+# named by greedy, and no smaller-index scene of at most three objects names it.
+@needs_toy
+@pytest.mark.parametrize("pair", scenes.PRIOR_PAIRS)
+def test_shipped_without_examples_follow_the_pick_rule(toy, pair):
+    from PIL import Image
+
+    from halviz.toy.pick_examples import first_prior_scene
+
+    trigger, partner = pair
+    index, scene, caption = first_prior_scene(toy, pair, max_objects=3)
+    shipped = Image.open(TOY_MODEL_DIR.parent / "examples" / f"toy-{trigger}-no-{partner}.png").convert("RGB")
+    assert np.array_equal(np.asarray(shipped), np.asarray(scene.image.convert("RGB")))
+    assert trigger in scene.names and partner not in scene.names and len(scene.names) <= 3
+    assert partner in caption.split()
+    for earlier in scenes.broken_pair(pair, index)[:index]:
+        if len(earlier.objects) <= 3:
+            text = probe.greedy_caption(toy, earlier.image, probe.DEFAULT_PROMPT, [], 64)[0].text
+            assert partner not in text.split()
