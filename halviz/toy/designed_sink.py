@@ -1,6 +1,8 @@
-"""The toy decoder's designed attention sink: a fixed default on BOS that every head from layer 2 on
-can fall back to. It is a fallback, named wherever the model is shown, because in the toy's short
-training no sink emerged (issue 10: five recipes, Sink^0.3 = 0 in the image layout).
+"""The toy decoder's designed attention sink: a fixed default on BOS that the sink heads from layer 2
+on can fall back to (every head, or the first ``heads[i]`` of a layer: the shipped model leaves half
+of layer 2's heads without it, free to read the image). It is a fallback, named wherever the model
+is shown, because in the toy's short training no sink emerged (issue 10: five recipes, Sink^0.3 = 0
+in the image layout).
 
 It is built from the parts a real sink is made of (Sun et al. 2024, "Massive Activations in Large
 Language Models"; Gu et al. 2025, "When Attention Sink Emerges"), so that every panel and probe
@@ -56,8 +58,9 @@ class DesignedSink:
     def describe(self) -> dict:
         return {"kind": "designed sink (fallback, not learned)", **asdict(self),
                 "how": "BOS alone carries a massive activation in residual dimension `dim`; every head of "
-                       "layers >= first_layer (or the first `heads[i]` heads of layer first_layer + i) reads it through a fixed key and query bias in its "
-                       "lowest-frequency rotary pair, giving BOS a fixed attention logit `logit`; "
+                       "layers >= first_layer (but only the first `heads[i]` heads of layer first_layer + i) "
+                       "reads it through a fixed key and query bias in its lowest-frequency rotary pair, "
+                       "giving BOS a fixed attention logit `logit`; "
                        "no value weight reads it (halviz/toy/designed_sink.py)"}
 
 

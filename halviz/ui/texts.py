@@ -31,9 +31,9 @@ HELP = {
     "sinks": ("Each bar splits one layer's attention over BOS, system text, image, prompt and generated tokens; "
               "the grid names the single tokens taking most. A sink takes a large share while carrying little "
               "content. On the bundled toy model the BOS sink is **designed**, not learned: built into its "
-              "weights (a massive activation on BOS that every head from layer 2 on reads through a fixed "
-              "key and query bias), because none grew in its short training; real models grow theirs in "
-              "training. " + NOT_WHY),
+              "weights (a massive activation on BOS that half the heads of layer 2 and every head of layers "
+              "3–5 read through a fixed key and query bias), because none grew in its short training; real "
+              "models grow theirs in training. The other heads of layer 2 have no sink and read the image. " + NOT_WHY),
     "candidates": ("The five most likely next tokens after every method acted; greedy decoding takes the first. "
                    "A hallucinated object often wins by a small margin."),
     "prunehal": ("A layer votes when its attention to the kept image tokens falls below √r × its running mean; "
