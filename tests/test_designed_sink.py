@@ -107,19 +107,22 @@ def test_training_keeps_the_sink_fixed_and_saves_a_stock_checkpoint(tmp_path):
     torch.set_num_threads(1)
     steps = TrainConfig(vision_steps=2, vision_batch=2, text_steps=3, text_batch=2, align_steps=2, align_batch=2,
                         multi_steps=3, multi_batch=2, warmup=1, probe_every=100, ckpt_every=100,
-                        tokenizer_scenes=30, caption_pool=30, designed_sink=True, designed_sink_logit=4.0)
+                        tokenizer_scenes=30, caption_pool=30, designed_sink=True, designed_sink_logit=4.0,
+                        designed_sink_heads="1")
     info = train(tmp_path / "toy", steps, TINY, threads=1, log_every=100, ckpt=tmp_path / "ckpt")
     assert info["sink_fallback"]["kind"].startswith("designed sink") and info["sink_fallback"]["logit"] == 4.0
     model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "toy")
     assert model.config.text_config.attention_bias
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tokenizer_bos = json.loads((tmp_path / "toy" / "config.json").read_text())["text_config"]["bos_token_id"]
-    impose(model, tokenizer_bos, DesignedSink(logit=4.0))
+    impose(model, tokenizer_bos, DesignedSink(logit=4.0, heads=(1,)))
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed == []  # every fixed parameter is still what impose sets
     hd = TINY.text_hidden // TINY.text_heads
-    bias = model.model.language_model.layers[2].self_attn.q_proj.bias
-    assert bias[rotary_pair(hd)[0]] == 4.0 and torch.count_nonzero(bias) == TINY.text_heads
+    layers = model.model.language_model.layers
+    bias = layers[2].self_attn.q_proj.bias  # one sink head of two in layer 2, both in layer 3
+    assert bias[rotary_pair(hd)[0]] == 4.0 and torch.count_nonzero(bias) == 1
+    assert torch.count_nonzero(layers[3].self_attn.q_proj.bias) == TINY.text_heads
     # and the rest of the decoder did train
     assert not math.isclose(float(model.model.language_model.layers[3].mlp.up_proj.weight.detach().std()), 0.02, rel_tol=1e-3)
 
