@@ -35,7 +35,8 @@ import torch
 class DesignedSink:
     # BOS's logit in every sink head, before the softmax. At 6 the heads learnt to outbid it and masking
     # BOS cost 0.01 nat (not necessary, issue 10's S3); at 10 they fall back to it (+0.84 nat, validation set).
-    # The recipe's own default (TrainConfig.designed_sink_logit) is 12 since the fourth edition's data.
+    # The recipe's own default (TrainConfig.designed_sink_logit) is 12 since the fourth edition's data
+    # (with the sink in half the heads of layer 2 since the fifth: TrainConfig.designed_sink_heads).
     logit: float = 10.0
     first_layer: int = 2  # layers 0..first_layer-1 have no sink (S1 asks for none there)
     dim: int = 0  # the residual dimension only BOS uses
