@@ -22,7 +22,8 @@ TINY = ToyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hi
                       text_heads=2, intermediate=64)
 STEPS = TrainConfig(vision_steps=3, vision_batch=4, text_steps=4, text_batch=2, text_len=32, align_steps=2,
                     align_batch=2, multi_steps=3, multi_batch=2, warmup=1, probe_every=2, ckpt_every=100,
-                    tokenizer_scenes=50, caption_pool=50, designed_sink_heads="1")  # half of TINY's layer-2 heads, as shipped
+                    tokenizer_scenes=50, caption_pool=50,
+                    designed_sink_heads="1")  # half of TINY's layer-2 heads carry the sink, as in the shipped model
 
 
 def _train(tmp_path: Path, name: str, **kw):

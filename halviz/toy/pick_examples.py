@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-from halviz.methods import build_stack
 from halviz.models import DEFAULT_PROMPT, load_model
 from halviz.toy import scenes as toy_scenes
 from halviz.toy.probe import greedy_caption, names_partner
@@ -30,7 +29,7 @@ def first_prior_scene(loaded, pair: tuple[str, str], max_objects: int, max_new_t
     for index, scene in enumerate(toy_scenes.broken_pair(pair, SEARCH)):
         if len(scene.objects) > max_objects:
             continue
-        caption, _ = greedy_caption(loaded, scene.image, DEFAULT_PROMPT, build_stack([], {}), max_new_tokens)
+        caption, _ = greedy_caption(loaded, scene.image, DEFAULT_PROMPT, [], max_new_tokens)
         if names_partner(caption.text, pair[1]):
             return index, scene, caption.text
     return None
@@ -47,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     listing = args.examples / "examples.json"
     entries = json.loads(listing.read_text(encoding="utf-8"))
     by_file = {e["file"]: e for e in entries["examples"]}
+    chosen = []  # every pair is searched before anything is written, so a failure leaves the files as they were
     for trigger, partner in toy_scenes.PRIOR_PAIRS:
-        name = f"toy-{trigger}-no-{partner}.png"
         found = first_prior_scene(loaded, (trigger, partner), args.max_objects)
         if found is None:
             print(f"{trigger}→{partner}: no scene among the first {SEARCH} names the {partner}", file=sys.stderr)
             return 1
-        index, scene, caption = found
+        chosen.append((trigger, partner, *found))
+    for trigger, partner, index, scene, caption in chosen:
+        name = f"toy-{trigger}-no-{partner}.png"
         print(f"{name}: scene {index}, objects {', '.join(sorted(scene.names))}; greedy: {caption.strip()}")
         if args.dry_run or name not in by_file:
             continue

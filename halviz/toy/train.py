@@ -125,7 +125,8 @@ class TrainConfig:
         if self.designed_sink and self.null_bos_sink:  # both would own BOS's embedding row
             raise ValueError("choose one sink fallback: --no-designed-sink with --null-bos-sink")
         if not all(h.strip().isdigit() for h in self.designed_sink_heads.split(",") if h.strip()):
-            raise ValueError(f"--designed-sink-heads takes head counts such as 3,3,6 (got {self.designed_sink_heads!r})")
+            raise ValueError("--designed-sink-heads takes head counts such as 3,3,6 "
+                             f"(got {self.designed_sink_heads!r})")
 
     def grammar(self) -> GrammarConfig:
         return GrammarConfig(count_sentence=self.count_sentence)

@@ -33,7 +33,8 @@ HELP = {
               "content. On the bundled toy model the BOS sink is **designed**, not learned: built into its "
               "weights (a massive activation on BOS that half the heads of layer 2 and every head of layers "
               "3–5 read through a fixed key and query bias), because none grew in its short training; real "
-              "models grow theirs in training. The other heads of layer 2 have no sink and read the image. " + NOT_WHY),
+              "models grow theirs in training. The other heads of layer 2 have no sink and read the image. "
+              + NOT_WHY),
     "candidates": ("The five most likely next tokens after every method acted; greedy decoding takes the first. "
                    "A hallucinated object often wins by a small margin."),
     "prunehal": ("A layer votes when its attention to the kept image tokens falls below √r × its running mean; "
