@@ -124,17 +124,21 @@ class TrainConfig:
     def __post_init__(self):
         if self.designed_sink and self.null_bos_sink:  # both would own BOS's embedding row
             raise ValueError("choose one sink fallback: --no-designed-sink with --null-bos-sink")
-        if not all(h.strip().isdigit() for h in self.designed_sink_heads.split(",") if h.strip()):
-            raise ValueError("--designed-sink-heads takes head counts such as 3,3,6 "
-                             f"(got {self.designed_sink_heads!r})")
+        self.sink_head_counts()  # refuse a malformed --designed-sink-heads before any training
 
     def grammar(self) -> GrammarConfig:
         return GrammarConfig(count_sentence=self.count_sentence)
 
+    def sink_head_counts(self) -> tuple[int, ...]:
+        parts = [h.strip() for h in self.designed_sink_heads.split(",") if h.strip()]
+        if not all(h.isdigit() for h in parts):
+            raise ValueError("--designed-sink-heads takes head counts such as 3,3,6 "
+                             f"(got {self.designed_sink_heads!r})")
+        return tuple(int(h) for h in parts)
+
     def sink(self) -> DesignedSink | None:
-        heads = tuple(int(h) for h in self.designed_sink_heads.split(",") if h.strip())
-        return (DesignedSink(logit=self.designed_sink_logit, first_layer=self.designed_sink_first_layer, heads=heads)
-                if self.designed_sink else None)
+        return (DesignedSink(logit=self.designed_sink_logit, first_layer=self.designed_sink_first_layer,
+                             heads=self.sink_head_counts()) if self.designed_sink else None)
 
     def steps(self, stage: str) -> int:
         return getattr(self, f"{stage}_steps")
@@ -394,9 +398,11 @@ class Recipe:
         if state is None and init_from is not None:
             state = torch.load(init_from, map_location="cpu", weights_only=False)
             done = STAGES[:state["stage_index"]]
+            decoder_trained = any(stage != "vision" for stage in done)  # the designed sink shapes every decoder stage
             mismatch = [k for k, v in asdict(self.cfg).items()
                         if state["config"].get(k, defaults[k]) != v
-                        and (k.split("_")[0] in done or k in SHARED_FIELDS or (k.startswith("designed") and done[1:]))]
+                        and (k.split("_")[0] in done or k in SHARED_FIELDS
+                             or (k.startswith("designed") and decoder_trained))]
             if mismatch:
                 raise SystemExit(f"{init_from} was trained with other settings for {', '.join(mismatch)}")
             state["config"] = asdict(self.cfg)
