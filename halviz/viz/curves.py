@@ -81,7 +81,8 @@ def entropy_figure(trace: Trace, layer: Choice = "mean", step: int | None = None
                 line=dict(color="#c026d3", width=2, dash="dash"), marker=dict(size=4),
                 hovertemplate="KVSmooth λ %{y:.2f} at step %{x}<extra></extra>",
             ))
-            fig.update_layout(yaxis2=dict(title="λ", overlaying="y", side="right", range=[0, 1.05], showgrid=False))
+            fig.update_layout(yaxis2=dict(title=dict(text="KVSmooth λ (0–1)"), overlaying="y", side="right",
+                                          range=[0, 1.05], showgrid=False))
             notes.append("dashed magenta: KVSmooth λ (right axis)")
         elif layer != "mean":
             notes.append(f"KVSmooth does not smooth layer {layer}")
@@ -94,6 +95,7 @@ def entropy_figure(trace: Trace, layer: Choice = "mean", step: int | None = None
         fig.add_vline(x=clamp_step(trace, step), line=dict(color="#2563eb", width=2))
         notes.append("blue: this step")
     fig.update_xaxes(title="step (generated token index)", range=[-0.5, max(len(steps) - 0.5, 0.5)])
-    fig.update_yaxes(title="entropy (nats)", rangemode="tozero")
+    # The left axis only: update_yaxes would also retitle λ's right axis (yaxis2) "entropy (nats)".
+    fig.update_layout(yaxis=dict(title=dict(text="entropy (nats)"), rangemode="tozero"))
     title = "Attention entropy per step, mean over heads" + subtitle([f"{layer_text(trace, layer)} in bold", *notes], 80)
     return base_layout(fig, title, height + 15 * title.count("<br>"), legend=dict(orientation="h", y=-0.3, x=0))
