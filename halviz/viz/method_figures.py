@@ -176,6 +176,14 @@ def candidates_figure(trace: Trace, step: int) -> go.Figure:
     ))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(range=[0, 1.12], tickformat=".0%", title="probability")
-    title = (f"Step {step} → {step_token(trace, step)}: next-token candidates after all methods"
-             "<br><span style='font-size:11px'>greedy decoding takes the top one (blue)</span>")
+    title = f"Step {step} → {step_token(trace, step)}: next-token candidates" + subtitle(
+        ["after all methods; greedy decoding takes the top one (blue)", candidate_margin(labels, probs)])
     return base_layout(fig, title, 260)
+
+
+def candidate_margin(labels: list[str], probs: np.ndarray) -> str:
+    """How far the chosen token led the runner-up at this step, in probability."""
+    if len(probs) < 2:
+        return f"p = {probs[0]:.2f}, no runner-up recorded" if len(probs) else ""
+    return (f"p = {probs[0]:.2f} vs runner-up {labels[1]} {probs[1]:.2f}: "
+            f"margin {probs[0] - probs[1]:.2f}")
