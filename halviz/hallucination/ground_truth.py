@@ -2,6 +2,10 @@
 
 Trust levels: "exact" (the toy world drew them), "annotation" (COCO files), "user" (typed by the
 user), "estimated" (an object detector). Object names are always canonical COCO names.
+
+How many of each object there are is known only where a source says so (``GroundTruth.counts``):
+the toy world draws each object class at most once, so its scenes know every count; COCO lists,
+typed lists and detectors give none here, and none is invented for them.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -41,6 +45,9 @@ class GroundTruth:
     objects: frozenset[str]
     source: str
     trust: Trust
+    # How many of each object the image holds, where the source knows (None: unknown, the default,
+    # so ground truths made or saved before counts existed mean what they meant). Not hashed: a dict.
+    counts: Mapping[str, int] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.trust not in TRUST_LEVELS:
@@ -49,6 +56,28 @@ class GroundTruth:
             raise TypeError("objects must be a collection of canonical object names (str)")
         # Accept any collection of names but store the immutable set the field promises.
         object.__setattr__(self, "objects", frozenset(self.objects))
+        if self.counts is not None:
+            object.__setattr__(self, "counts", checked_counts(self.counts, self.objects))
+
+    def count(self, name: str) -> int | None:
+        """How many ``name`` objects the image holds; None where the source does not say."""
+        return None if self.counts is None else self.counts.get(name, 0)
+
+
+def checked_counts(counts: Mapping[str, int], objects: frozenset[str]) -> dict[str, int]:
+    """``counts`` as a new dict, after checking it gives a count >= 1 to every object and nothing else."""
+    if not isinstance(counts, Mapping):
+        raise TypeError("counts must map object names to how many there are")
+    if set(counts) != objects:
+        raise ValueError(f"counts must name exactly the objects {sorted(objects)}, got {sorted(counts)}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts.values()):
+        raise ValueError("every count must be an integer >= 1")
+    return dict(counts)
+
+
+def one_of_each(objects: Iterable[str]) -> dict[str, int]:
+    """Counts for a toy scene's object list: the toy world draws each object class at most once."""
+    return dict.fromkeys(objects, 1)
 
 
 def canonicalise_objects(names: Iterable[str]) -> tuple[frozenset[str], list[str]]:

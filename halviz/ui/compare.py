@@ -20,16 +20,20 @@ from halviz.engine.batch import BatchDecoder
 from halviz.hallucination import (
     CORRECT,
     HALLUCINATED,
+    IN_LOOP,
+    OVER_COUNTED,
     UNVERIFIED,
     GroundTruth,
-    extract_mentions,
     highlight_spans,
-    label_mentions,
+    label_caption,
+    repetition_rate,
+    step_of_char,
 )
 from halviz.methods.base import Method
 from halviz.models import LoadedModel
 from halviz.trace import Trace
 from halviz.ui.escaping import markdown_text
+from halviz.ui.texts import CHAIR_BLIND_SPOTS, COUNTS_UNKNOWN, SPEED_NOTE
 
 log = logging.getLogger("halviz.ui")
 UPDATE_EVERY_S = 0.1  # at most 10 UI updates per second: each costs Gradio ~15 ms of the decode thread
@@ -43,10 +47,15 @@ class Progress:
     """What happened since the start, after one or more rounds (one token per running decoder)."""
 
     texts: list[list[str]]  # per column, the text piece of every step so far
-    compute_s: list[float]  # per column, time spent in its own forward passes
+    # Per column: its tokens × the batch's mean decode round. Every running column gets one token per
+    # round of one shared forward, so a column has no speed of its own: len(texts[i]) / compute_s[i]
+    # is the batch's decode rate, the same for every column. The shared prefill is left out (in
+    # prefill_s): spread over each column's own length it made short columns look slow.
+    compute_s: list[float]
     finish: list[str | None]  # per column: "eos", "length", "error: ..." or None while running
     traces: list[Trace | None] | None = None  # at checkpoints and at the end; None for a column that failed early
     tokens: list[list[int]] | None = None  # per column, the token id of every step so far
+    prefill_s: float = 0.0  # the batch's one prefill forward (it also gives every column its first token)
 
 
 def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: Sequence[Sequence[Method]],
@@ -60,13 +69,13 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
     count = len(stacks)
     texts: list[list[str]] = [[] for _ in range(count)]
     tokens: list[list[int]] = [[] for _ in range(count)]
-    compute = [0.0] * count
+    timing = BatchTiming()
     finish: list[str | None] = [None] * count
     try:
         decoder = BatchDecoder(loaded, image, prompt, [list(s) for s in stacks], max_new_tokens)
     except Exception as exc:  # bad input for every column: each reports it
         finish = [column_error(i, exc) for i in range(count)]
-        yield Progress(texts, compute, finish, [None] * count)
+        yield Progress(texts, [0.0] * count, finish, [None] * count)
         return
     last_update = last_checkpoint = time.perf_counter()
     checkpoint_cost = 0.0
@@ -80,11 +89,11 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
                 if finish[i] is None:
                     finish[i] = column_error(i, exc)
         if steps is not None:
+            timing.add_round(steps)
             for i, step in enumerate(steps):
                 if step is not None:
                     texts[i].append(step.text)
                     tokens[i].append(step.token_id)
-                    compute[i] += step.elapsed_ms / 1e3
         for i, column in enumerate(decoder.columns):
             if finish[i] is None and column.finish is not None:
                 finish[i] = column_error(i, column.error) if column.error is not None else column.finish
@@ -98,10 +107,36 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
                 started = time.perf_counter()
                 traces = [safe_trace(decoder, i, loaded, finish[i]) for i in range(count)]
                 checkpoint_cost, last_checkpoint = time.perf_counter() - started, time.perf_counter()
-            yield Progress([list(t) for t in texts], list(compute), list(finish), traces, [list(t) for t in tokens])
+            yield Progress([list(t) for t in texts], timing.compute_s(texts), list(finish), traces,
+                           [list(t) for t in tokens], timing.prefill_s or 0.0)
             last_update = time.perf_counter()
         if done:
             return
+
+
+@dataclass
+class BatchTiming:
+    """The batch's prefill and decode rounds; each round's time is shared by every column in it."""
+
+    prefill_s: float | None = None  # None until the prefill round has come
+    decode_s: float = 0.0
+    decode_rounds: int = 0
+
+    def add_round(self, steps: Sequence[Any]) -> None:
+        ran = [s for s in steps if s is not None]
+        if not ran:
+            return
+        seconds = ran[0].elapsed_ms / 1e3  # the round's forward, the same for every column in it
+        if self.prefill_s is None:  # the first round is the prefill
+            self.prefill_s = seconds
+        else:
+            self.decode_s += seconds
+            self.decode_rounds += 1
+
+    def compute_s(self, texts: Sequence[Sequence[str]]) -> list[float]:
+        """Progress.compute_s: each column's tokens at the batch's mean decode round (0 before one)."""
+        per_round = self.decode_s / self.decode_rounds if self.decode_rounds else 0.0
+        return [len(t) * per_round for t in texts]
 
 
 def column_error(index: int, exc: BaseException) -> str:
@@ -141,6 +176,9 @@ def finished_trace(decoder: BatchDecoder, index: int, loaded: LoadedModel) -> Tr
 
 # ---- what a column shows ------------------------------------------------------------------------
 
+LOOP_BLOCK_CHARS = 40  # the card quotes at most this much of a loop's block
+
+
 @dataclass
 class ColumnResult:
     method: str
@@ -148,22 +186,44 @@ class ColumnResult:
     caption: str
     spans: list[tuple[str, str | None]]
     objects: dict[str, list[str]]  # label → distinct canonical objects, in order of first mention
-    counts: dict[str, int]  # label → mentions, repeats included (as CHAIR_i counts them)
+    counts: dict[str, int]  # label → counted mentions, repeats included (as CHAIR_i counts them)
     tokens: int
-    tokens_per_s: float
+    tokens_per_s: float  # the batch's decode rate: one figure for every column of one batch
     finish: str | None
     baseline: str | None = None  # the first column's title, which this one is diffed against
     diverges_at: int | None = None  # first step whose token differs from the baseline's (None: none yet)
+    loops_from: int | None = None  # the step (token index) where the looping tail begins; None: no loop
+    loop_block: str = ""  # one copy of the loop's block, as the caption writes it
+    loop_copies: float = 0.0
+    repetition: float = 0.0  # seq-rep-4 of the caption (hallucination.repetition)
+    in_loop: int = 0  # mentions in the loop's repeats: shown, not counted
+    over_counted: dict[str, int] | None = None  # object → mentions beyond its count; None: counts unknown
+    checked: bool = False  # a ground truth was given
 
     @property
     def error(self) -> str | None:
         """What went wrong in this column, if its method raised."""
         return self.finish[len(ERROR_PREFIX):] if self.finish and self.finish.startswith(ERROR_PREFIX) else None
 
+    def chair_i(self) -> float | None:
+        """Hallucinated / counted mentions (over-counted ones are of present objects, so CHAIR counts
+        them as correct); None without a ground truth or a counted mention."""
+        c = self.counts
+        checked = c[CORRECT] + c[HALLUCINATED] + sum((self.over_counted or {}).values())
+        return c[HALLUCINATED] / checked if self.checked and checked else None
+
     def summary_json(self) -> dict[str, Any]:
+        """The API's per-column summary. Besides the caption, the distinct objects per label and the
+        speed (``tokens_per_s``: the batch's decode rate, shared by every column), it gives
+        ``loops_from_step`` (the step where the caption starts looping, or null), ``repetition_rate``
+        (seq-rep-4, 0–1), ``mentions_in_loop`` (mentions in the loop's repeats, not counted) and
+        ``over_counted`` ({object: mentions beyond its count}, or null where the ground truth gives no
+        counts)."""
         summary = {"caption": self.caption, **{label: self.objects[label] for label in LABELS},
                    "tokens_per_s": round(self.tokens_per_s, 2), "tokens": self.tokens,
-                   "finish_reason": self.finish or "running"}
+                   "finish_reason": self.finish or "running", "loops_from_step": self.loops_from,
+                   "repetition_rate": round(self.repetition, 3), "mentions_in_loop": self.in_loop,
+                   "over_counted": self.over_counted}
         if self.error:
             summary["error"] = self.error
         if self.baseline is not None:
@@ -172,13 +232,28 @@ class ColumnResult:
 
     def summary_markdown(self) -> str:
         c = self.counts
-        parts = [f"**{self.tokens}** tokens", f"{self.tokens_per_s:.0f} tok/s"]
-        if sum(c.values()):
-            parts.append(f"<span class='hv-ok'>✔ {c[CORRECT]}</span> <span class='hv-bad'>✘ {c[HALLUCINATED]}</span>"
-                         f" <span class='hv-unk'>? {c[UNVERIFIED]}</span> mentions")
-            checked = c[CORRECT] + c[HALLUCINATED]
-            if checked:
-                parts.append(f"CHAIRᵢ {c[HALLUCINATED] / checked:.0%}")
+        parts = []
+        if self.loops_from is not None:  # first, so a loop is seen before any score
+            block = self.loop_block if len(self.loop_block) <= LOOP_BLOCK_CHARS else \
+                self.loop_block[:LOOP_BLOCK_CHARS - 1] + "…"
+            parts.append(f"<span class='hv-bad'>⚠ **loops from token {self.loops_from}**: "
+                         f"“{markdown_text(block)}” ×{self.loop_copies:.1f}</span>")
+        if self.repetition > 0:
+            parts.append(f"repetition {self.repetition:.0%}")
+        parts += [f"**{self.tokens}** tokens", f"{self.tokens_per_s:.0f} tok/s (shared batch)"]
+        over = sum((self.over_counted or {}).values())
+        if sum(c.values()) + over + self.in_loop:
+            marks = (f"<span class='hv-ok'>✔ {c[CORRECT]}</span> <span class='hv-bad'>✘ {c[HALLUCINATED]}</span>"
+                     + (f" <span class='hv-bad'>⧉ {over} over-counted</span>" if over else "")
+                     + f" <span class='hv-unk'>? {c[UNVERIFIED]}</span> mentions")
+            if self.in_loop:
+                marks += f" (+{self.in_loop} in the loop, not counted)"
+            parts.append(marks)
+            chair_i = self.chair_i()
+            if chair_i is not None:
+                warn = [w for w, on in (("before the loop only", self.in_loop or self.loops_from is not None),
+                                        (f"{over} over-counted", over)) if on]
+                parts.append(f"CHAIRᵢ {chair_i:.0%}" + (f" ⚠ {'; '.join(warn)}" if warn else ""))
         else:
             parts.append("no object mentions")
         if self.error:
@@ -189,7 +264,11 @@ class ColumnResult:
                          else f"differs from {markdown_text(self.baseline)} from step {self.diverges_at}")
         state = {"eos": "finished", "length": "hit max tokens", "stopped": "stopped", None: "running…"}
         parts.append(state.get(self.finish, markdown_text(self.finish)))
-        return " · ".join(parts)
+        text = " · ".join(parts)
+        if self.chair_i() is not None:  # what the score on this card cannot see
+            notes = [CHAIR_BLIND_SPOTS] + ([COUNTS_UNKNOWN] if self.over_counted is None else [])
+            text += f"  \n<small>{' '.join(notes)} {SPEED_NOTE}</small>"
+        return text
 
 
 LABELS = (CORRECT, HALLUCINATED, UNVERIFIED)
@@ -197,17 +276,33 @@ LABELS = (CORRECT, HALLUCINATED, UNVERIFIED)
 
 def column_result(method: str, title: str, texts: Sequence[str], compute_s: float, finish: str | None,
                   truth: GroundTruth | None) -> ColumnResult:
+    """What column ``method`` shows. ``compute_s`` is its entry of :attr:`Progress.compute_s`, so that
+    ``len(texts) / compute_s`` is the batch's decode rate (one figure for every column)."""
     caption = "".join(texts)
-    labelled = label_mentions(extract_mentions(caption), truth)
+    labels = label_caption(caption, truth)
     objects: dict[str, list[str]] = {label: [] for label in LABELS}
     counts = dict.fromkeys(LABELS, 0)
-    for item in labelled:
-        counts[item.label] += 1
-        if item.mention.canonical not in objects[item.label]:
-            objects[item.label].append(item.mention.canonical)
+    over: dict[str, int] = {}
+    in_loop = 0
+    for item in labels.labelled:
+        name = item.mention.canonical
+        if item.label == IN_LOOP:
+            in_loop += 1
+        elif item.label == OVER_COUNTED:  # the object is present: its first mentions were correct
+            over[name] = over.get(name, 0) + 1
+        else:
+            counts[item.label] += 1
+            if name not in objects[item.label]:
+                objects[item.label].append(name)
     speed = len(texts) / compute_s if compute_s > 0 else 0.0
-    return ColumnResult(method, title, caption, highlight_spans(caption, labelled), objects, counts,
-                        len(texts), speed, finish)
+    loop = labels.loop
+    return ColumnResult(
+        method, title, caption, highlight_spans(caption, labels.labelled), objects, counts, len(texts), speed,
+        finish, loops_from=None if loop is None else step_of_char(texts, loop.start_char),
+        loop_block="" if loop is None else loop.block, loop_copies=0.0 if loop is None else loop.copies,
+        repetition=repetition_rate(caption), in_loop=in_loop,
+        over_counted=over if truth is not None and truth.counts is not None else None,
+        checked=truth is not None)
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -226,4 +321,5 @@ def with_divergence(results: list[ColumnResult], tokens: Sequence[Sequence[int]]
 
 
 def mention_ranges(caption: str, truth: GroundTruth | None) -> list[tuple[int, int, str]]:
-    return [(m.mention.start, m.mention.end, m.label) for m in label_mentions(extract_mentions(caption), truth)]
+    """Every mention's characters and label, labelled as the caption cards label them."""
+    return [(m.mention.start, m.mention.end, m.label) for m in label_caption(caption, truth).labelled]
