@@ -49,3 +49,69 @@ def test_help_texts_shown_as_html_carry_no_markdown():
     for key, text in {**HELP, "patch_tokens": PATCH_TOKENS_HELP}.items():
         assert "**" not in text and "__" not in text and "`" not in text, key
         assert text.count("<b>") == text.count("</b>"), key
+
+
+def plain(text: str) -> str:
+    """A plotly title as read: lines joined by spaces, tags dropped, entities decoded."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]*>", "", text.replace("<br>", " ")))
+
+
+def prunehal_trace(votes: np.ndarray, triggers: list[int], t: int, forced_step: int = 2):
+    trace = make_trace(steps=votes.shape[0])
+    trace.arrays["method/prunehal/votes"] = votes
+    trace.arrays["method/prunehal/trigger_steps"] = np.array(triggers, np.int32)
+    trace.arrays["method/prunehal/retained"] = np.ones((len(triggers), votes.shape[1], 6), bool)
+    trace.meta["methods"] = [{"name": "prunehal", "title": "PruneHal",
+                              "params": {"r": 0.8, "t": t, "forced_step": forced_step}}]
+    return trace
+
+
+def test_prunehal_panel_states_its_budget_and_when_it_ran_out():
+    # 8 steps, 3 layers: majorities (2 of 3 votes) at steps 4, 5 and 7; the forced prune after step 2
+    # spent the budget of one, so none of them pruned.
+    votes = np.zeros((8, 3), bool)
+    votes[[4, 5, 7], :2] = True
+    votes[6, 0] = True  # one vote of three: no majority
+    fig = viz.prunehal_figure(prunehal_trace(votes, [2], t=1), step=3)
+    text = plain(fig.layout.title.text)
+    assert "budget t = 1 prune max" in text and "forced step 2 included" in text
+    assert "budget spent at step 2" in text and "the 3 later majorities" in text
+    marks = {t.name: list(t.x) for t in fig.data if isinstance(t, go.Scatter)}
+    assert marks == {"prune": [2], "majority, no prune": [4, 5, 7]}
+    assert "spent at step 2" in next(t for t in fig.data if t.name == "majority, no prune").hovertext[0]
+    # The steps after the budget ran out are shaded: from 2.5 to the last step's edge.
+    (shade,) = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert (shade.x0, shade.x1) == (2.5, 7.5)
+    # Budget left: no shading, the title counts what is left.
+    fig = viz.prunehal_figure(prunehal_trace(votes[:4], [2], t=3))
+    assert "2 left at the end" in plain(fig.layout.title.text)
+    assert not [s for s in fig.layout.shapes if s.type == "rect"]
+    assert "never prunes" in plain(viz.prunehal_figure(prunehal_trace(votes, [], t=0)).layout.title.text)
+
+
+def test_prunehal_panel_on_a_toy_decode(toy):
+    """The toy model's defaults (r = 0.8, t = 1) on its cup-without-spoon example: the forced prune spends
+    the budget, and every later majority is drawn as one that could not prune."""
+    from PIL import Image
+
+    from halviz.engine.decode import Decoder
+    from halviz.methods.prunehal import PruneHal
+
+    image = Image.open("assets/examples/toy-cup-no-spoon.png")
+    trace = Decoder(toy, image, methods=[PruneHal(r=0.8, t=1)], max_new_tokens=32).run_to_end()
+    mass = trace.method_array("prunehal", "mass").astype(np.float64)
+    reference = trace.method_array("prunehal", "reference").astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        majority = np.flatnonzero(2 * (mass < np.sqrt(0.8) * reference).sum(1) > mass.shape[1])
+    triggers = [int(s) for s in trace.method_array("prunehal", "trigger_steps")]
+    assert triggers == [2]  # the forced step, the budget's only prune
+    later = [int(s) for s in majority if s > 2]
+    assert later, "the example should show majorities after the budget ran out"
+    fig = viz.prunehal_figure(trace)
+    text = plain(fig.layout.title.text)
+    assert "budget t = 1 prune max" in text and "budget spent at step 2" in text
+    assert f"the {len(later)} later majorities" in text
+    assert list(next(t for t in fig.data if t.name == "majority, no prune").x) == later

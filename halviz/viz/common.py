@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from typing import Literal, Union
 
 import numpy as np
@@ -99,21 +100,73 @@ def clamp_step(trace: Trace, step: int) -> int:
     return int(min(max(int(step), 0), max(trace.num_steps - 1, 0)))
 
 
-def subtitle(parts: list[str], max_chars: int = 92) -> str:
+# Plotly titles never wrap: a line longer than its panel is cut at the edge. The debugger's narrowest
+# panels are about 430 px wide on a 1024 px page; these counts of visible characters fit there (13 px
+# title font, 11 px subtitles), and base_layout breaks every title line to them.
+TITLE_CHARS = 56
+SUBTITLE_CHARS = 70
+SUBTITLE_OPEN, SUBTITLE_CLOSE = "<span style='font-size:11px'>", "</span>"
+_TAG = re.compile(r"<[^>]*>")
+_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
+
+
+def visible_length(text: str) -> int:
+    """Characters a reader sees in a plotly label: tags dropped, each entity one character."""
+    return len(_ENTITY.sub("x", _TAG.sub("", text)))
+
+
+def _wrap(text: str, width: int, separator: str = " ") -> list[str]:
+    """``text`` broken at ``separator`` (then at spaces, for a piece still too long) into lines of at most
+    ``width`` visible characters where possible."""
+    pieces = text.split(separator)
+    if separator != " ":
+        pieces = [line for piece in pieces for line in
+                  (_wrap(piece, width) if visible_length(piece) > width else [piece])]
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and visible_length(lines[-1]) + len(separator) + visible_length(piece) <= width:
+            lines[-1] += separator + piece
+        else:
+            lines.append(piece)
+    return lines
+
+
+def fit_title(title: str) -> str:
+    """Every line of ``title`` broken to at most TITLE_CHARS (SUBTITLE_CHARS for subtitle lines) visible
+    characters; subtitles break at " · " first. Tags other than a whole-line subtitle span never hold a
+    space, so breaking at spaces never splits one."""
+    out: list[str] = []
+    for line in title.split("<br>"):
+        if line.startswith(SUBTITLE_OPEN) and line.endswith(SUBTITLE_CLOSE):
+            inner = line[len(SUBTITLE_OPEN):-len(SUBTITLE_CLOSE)]
+            out += [SUBTITLE_OPEN + part + SUBTITLE_CLOSE for part in _wrap(inner, SUBTITLE_CHARS, " · ")]
+        else:
+            out += _wrap(line, TITLE_CHARS)
+    return "<br>".join(out)
+
+
+def subtitle(parts: list[str], max_chars: int = SUBTITLE_CHARS) -> str:
     """Small second title lines: ``parts`` joined by " · ", broken into lines (plotly titles never wrap)."""
     lines: list[str] = []
     for part in (p for p in parts if p):
-        if lines and len(lines[-1]) + 3 + len(part) <= max_chars:
+        if lines and visible_length(lines[-1]) + 3 + visible_length(part) <= min(max_chars, SUBTITLE_CHARS):
             lines[-1] += " · " + part
         else:
             lines.append(part)
-    return "".join(f"<br><span style='font-size:11px'>{line}</span>" for line in lines)
+    return "".join(f"<br>{SUBTITLE_OPEN}{line}{SUBTITLE_CLOSE}" for line in lines)
 
 
 def base_layout(fig: go.Figure, title: str, height: int, **extra) -> go.Figure:
-    """House style; the top margin grows with the title's lines so subtitles never overlap the plot."""
+    """House style; the title's lines are fitted to the narrowest panel (:func:`fit_title`) and the top margin
+    and height grow with them, so subtitles never overlap the plot nor squeeze it."""
+    fitted = fit_title(title)
+    added = 15 * (fitted.count("<br>") - title.count("<br>"))  # lines the fitting added: the plot keeps its room
+    title, height = fitted, height + added
     margin = dict(l=10, r=10, t=0, b=10)
-    margin.update(extra.pop("margin", {}))
+    asked = extra.pop("margin", {})
+    margin.update(asked)
+    if "t" in asked:
+        margin["t"] += added
     margin["t"] = max(margin["t"], 24 + 15 * (title.count("<br>") + 1)) if title else max(margin["t"], 10)
     settings = dict(template="plotly_white", paper_bgcolor="white")
     settings.update(extra)

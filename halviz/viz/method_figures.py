@@ -3,6 +3,8 @@ and the final next-token candidates."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -11,38 +13,118 @@ from plotly.subplots import make_subplots
 
 from halviz.viz.common import (SEGMENT_COLOURS, SEGMENT_NAMES, base_layout, clamp_step, index_ranges, key_label,
                                message_figure, position_segments, readable, step_token, subtitle)
-from halviz.viz.method_data import (method_params, prunehal_votes, token_string, vasparse_logits, vasparse_selection,
-                                    vasparse_sink)
+from halviz.viz.method_data import (method_params, prune_steps, prunehal_votes, token_string, vasparse_logits,
+                                    vasparse_selection, vasparse_sink)
+
+
+@dataclass(frozen=True)
+class PruneBudget:
+    """What PruneHal's gate allowed: at most ``t`` prunes, the forced one included."""
+
+    t: int | None  # None: not recorded in the trace
+    forced_step: int | None
+    triggers: np.ndarray  # the steps after which it pruned
+    spent_at: int | None  # the step whose prune used the last of the budget (None: budget left)
+
+    def reason(self, step: int) -> str:
+        return "forced" if self.forced_step and step == self.forced_step else "majority"
+
+
+def prune_budget(trace: Trace) -> PruneBudget:
+    params = method_params(trace, "prunehal")
+    triggers = prune_steps(trace)
+    triggers = np.zeros(0, dtype=int) if triggers is None else triggers.astype(int)
+
+    def whole(key: str) -> int | None:
+        try:
+            return int(params[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    t, forced = whole("t"), whole("forced_step")
+    spent = None
+    if t is not None and len(triggers) >= t:
+        spent = int(triggers[t - 1]) if t > 0 else -1  # t = 0: spent before the first step
+    return PruneBudget(t, forced, triggers, spent)
 
 
 def prunehal_figure(trace: Trace, step: int | None = None) -> go.Figure | None:
-    """Which layers voted "attention to the image collapsed" (A < √r·Ā) at each step, and the prunes."""
+    """Which layers voted "attention to the image collapsed" (A < √r·Ā) at each step, which steps had a
+    majority, and the gate that decided whether a majority pruned: the budget of t prunes."""
     data = prunehal_votes(trace)
     if data is None:
         return None
     votes, mass, reference = data
     steps, layers = votes.shape
-    hover = "step %{x}, layer %{y}<br>vote: %{z}"
+    budget = prune_budget(trace)
+    hover = "step %{x}, layer %{y}<br>votes “collapsed”: %{text}"
     custom = None
     if mass is not None and reference is not None:
         custom = np.stack([mass.T, reference.T], axis=-1)
         hover += "<br>A = %{customdata[0]:.3f}, Ā = %{customdata[1]:.3f}"
     fig = go.Figure(go.Heatmap(
         z=votes.T.astype(int), x=list(range(steps)), y=list(range(layers)), customdata=custom,
-        colorscale=[[0, "#f1f5f9"], [1, "#f97316"]], zmin=0, zmax=1, showscale=False, xgap=1, ygap=1,
-        hovertemplate=hover + "<extra></extra>",
+        text=np.where(votes.T, "yes", "no"), colorscale=[[0, "#f1f5f9"], [1, "#f97316"]], zmin=0, zmax=1,
+        showscale=False, xgap=1, ygap=1, hovertemplate=hover + "<extra></extra>",
     ))
-    triggers = trace.method_array("prunehal", "trigger_steps")
-    for t in ([] if triggers is None else triggers):
+    majority = 2 * votes.sum(1) > layers
+    pruned = set(int(t) for t in budget.triggers)
+    unpruned = [i for i in np.flatnonzero(majority) if int(i) not in pruned]
+    after_budget = [i for i in unpruned if budget.spent_at is not None and i > budget.spent_at]
+    size = max(7, min(13, 600 // max(steps, 1)))
+    if pruned:
+        xs = sorted(pruned)
+        fig.add_trace(go.Scatter(
+            x=xs, y=[-1] * len(xs), mode="markers", name="prune", showlegend=False,
+            marker=dict(symbol="triangle-down", size=size, color="#0f172a"),
+            hovertext=[f"step {x}: prune {k + 1}" + (f" of {budget.t}" if budget.t is not None else "")
+                       + f" ({budget.reason(x)}), acting from step {x + 1}" for k, x in enumerate(xs)],
+            hovertemplate="%{hovertext}<extra></extra>"))
+    if unpruned:
+        why = (f"the budget of {budget.t} prunes was spent at step {budget.spent_at}"
+               if budget.spent_at is not None else "no prune")
+        fig.add_trace(go.Scatter(
+            x=unpruned, y=[-1] * len(unpruned), mode="markers", name="majority, no prune", showlegend=False,
+            marker=dict(symbol="circle-open", size=size, color="#64748b", line=dict(width=2)),
+            hovertext=[f"step {x}: a majority voted “collapsed”, no prune: {why}" for x in unpruned],
+            hovertemplate="%{hovertext}<extra></extra>"))
+    for t in budget.triggers:
         fig.add_vline(x=float(t) + 0.5, line=dict(color="#0f172a", width=2, dash="dash"))
+    if budget.spent_at is not None and budget.spent_at + 1 < steps:
+        fig.add_vrect(x0=max(budget.spent_at, -1) + 0.5, x1=steps - 0.5, fillcolor="#94a3b8", opacity=0.18,
+                      line_width=0, layer="above")
     if step is not None:
         fig.add_vline(x=clamp_step(trace, step), line=dict(color="#2563eb", width=2))
-    fig.update_yaxes(title="layer", autorange="reversed", dtick=1 if layers <= 16 else None)
-    fig.update_xaxes(title="step")
-    title = ("PruneHal: orange = layer votes that attention to the image collapsed (A < √r·Ā)"
-             "<br><span style='font-size:11px'>a majority of votes (or the forced step) prunes; dashed = "
-             "prune, acting from the next step · blue: this step</span>")
+    every = 1 if layers <= 16 else max(1, layers // 16)
+    fig.update_yaxes(title="layer", autorange="reversed", tickmode="array",
+                     tickvals=[-1, *range(0, layers, every)], ticktext=["prune?", *map(str, range(0, layers, every))])
+    fig.update_xaxes(title="step", range=[-0.5, steps - 0.5])
+    r = method_params(trace, "prunehal").get("r")
+    title = "PruneHal: orange = layer votes image attention collapsed" + subtitle(
+        [f"A &lt; √r·Ā{'' if r is None else f' (r = {r})'}", *budget_text(budget, after_budget),
+         "top row: ▼ prune (dashed: acts from the next step)", "○ majority without a prune", "blue: this step"])
     return base_layout(fig, title, int(min(max(180 + 12 * layers, 280), 640)))
+
+
+def budget_text(budget: PruneBudget, after_budget: list[int]) -> list[str]:
+    """The gate in words: the budget, the prunes it allowed, when it ran out and what that silenced."""
+    if budget.t is None:
+        return [f"{len(budget.triggers)} prunes", "budget t not recorded in this trace"]
+    forced = f", forced step {budget.forced_step} included" if budget.forced_step else ""
+    head = f"budget t = {budget.t} prune{'s' if budget.t != 1 else ''} max{forced}"
+    if budget.t == 0:
+        return [head, "PruneHal never prunes"]
+    done = (f"pruned after step{'s' if len(budget.triggers) != 1 else ''} {index_list(budget.triggers)}"
+            if len(budget.triggers) else "no prune")
+    if budget.spent_at is None:
+        return [head, done, f"{budget.t - len(budget.triggers)} left at the end"]
+    shaded = (f"the {len(after_budget)} later majorit{'ies' if len(after_budget) != 1 else 'y'} (grey) "
+              "could not prune" if after_budget else "later steps (grey) cannot prune")
+    return [head, done, f"budget spent at step {budget.spent_at}: {shaded}"]
+
+
+def index_list(values) -> str:
+    return ", ".join(str(int(v)) for v in values)
 
 
 def phi_reading(trace: Trace) -> str:
