@@ -518,3 +518,60 @@ def test_chair_metrics_zero_denominators_give_zero():
 def test_chair_metrics_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="2 captions but 1"):
         chair_metrics(["a", "b"], [frozenset()])
+
+
+# --- what CHAIR cannot see: counts, loops ----------------------------------------------------
+
+ONE_CLOCK = GroundTruth(frozenset({"clock"}), source="toy scene", trust="exact", counts={"clock": 1})
+KNIFE_LOOP = "a big gray knife ." + " next to a big gray knife" * 10
+
+
+def test_ground_truth_counts_are_optional_checked_and_keep_old_truths_equal():
+    assert GroundTruth(frozenset({"dog"}), "x", "user").counts is None  # made as before: counts unknown
+    assert GroundTruth(frozenset({"dog"}), "x", "user").count("dog") is None
+    assert ONE_CLOCK.count("clock") == 1 and ONE_CLOCK.count("cat") == 0
+    assert hash(ONE_CLOCK) == hash(GroundTruth(frozenset({"clock"}), "toy scene", "exact"))  # still hashable
+    with pytest.raises(ValueError, match="exactly the objects"):
+        GroundTruth(frozenset({"clock"}), "x", "exact", counts={"clock": 1, "cup": 2})
+    with pytest.raises(ValueError, match=">= 1"):
+        GroundTruth(frozenset({"clock"}), "x", "exact", counts={"clock": 0})
+    assert ground_truth.one_of_each(["clock", "knife"]) == {"clock": 1, "knife": 1}
+
+
+def test_a_second_clock_on_a_one_clock_scene_is_over_counted():
+    text = "a big black clock next to a small black clock ."
+    labelled = label_mentions(extract_mentions(text), ONE_CLOCK)
+    assert [item.label for item in labelled] == ["correct", "over-counted"]
+    # Without counts (a typed list, a photo) nothing is invented: both are correct, as CHAIR says.
+    typed = GroundTruth(frozenset({"clock"}), "typed", "user")
+    assert [item.label for item in label_mentions(extract_mentions(text), typed)] == ["correct", "correct"]
+    assert labels.beyond_count(["cup", "cup", "cup", "dog"], {"cup": 2}) == [False, False, True, False]
+
+
+def test_label_caption_does_not_count_a_loops_repeats():
+    # The knife loop: one knife before the loop, one in its first copy (over the count of 1), nine repeats.
+    found = labels.label_caption(KNIFE_LOOP, GroundTruth(frozenset({"knife"}), "toy", "exact", counts={"knife": 1}))
+    assert found.loop is not None and found.loop.block == "next to a big gray knife"
+    assert [item.label for item in found.labelled] == ["correct", "over-counted"] + ["in loop"] * 9
+    spans = highlight_spans(KNIFE_LOOP, found.labelled)
+    assert "".join(piece for piece, _ in spans) == KNIFE_LOOP
+
+
+def test_chair_metrics_report_loops_repetition_and_over_counting_by_hand():
+    # 1: the knife loop (11 knife mentions, all of a present knife; 1 over-counted before the loop)
+    # 2: two clocks on a one-clock scene (1 over-counted), no loop
+    # 3: a clean caption whose counts are unknown (not checked)
+    captions = [KNIFE_LOOP, "a big black clock next to a small black clock .", "a cat and a dog ."]
+    truths = [frozenset({"knife"}), frozenset({"clock"}), frozenset({"cat", "dog"})]
+    result = chair_metrics(captions, truths, [{"knife": 1}, {"clock": 1}, None])
+    assert result.chair_i == 0.0  # CHAIR as the script counts it: every copy a correct mention
+    assert result.looping == pytest.approx(1 / 3)
+    # seq-rep-4: 1 - 10/62 for the loop (test_repetition), 0 for the others.
+    assert result.repetition == pytest.approx((1 - 10 / 62) / 3)
+    # over-counted / mentions of the captions with counts: (1 + 1) / (11 + 2)
+    assert result.over_counted == pytest.approx(2 / 13)
+    assert [item.over_counted for item in result.per_caption] == [("knife",), ("clock",), None]
+    assert result.per_caption[0].loop is not None and result.per_caption[1].loop is None
+    assert chair_metrics(captions, truths).over_counted is None  # no counts anywhere: not measured
+    with pytest.raises(ValueError, match="object counts"):
+        chair_metrics(captions, truths, [None])
