@@ -100,11 +100,12 @@ def clamp_step(trace: Trace, step: int) -> int:
     return int(min(max(int(step), 0), max(trace.num_steps - 1, 0)))
 
 
-# Plotly titles never wrap: a line longer than its panel is cut at the edge. The debugger's narrowest
-# panels are about 430 px wide on a 1024 px page; these counts of visible characters fit there (13 px
-# title font, 11 px subtitles), and base_layout breaks every title line to them.
-TITLE_CHARS = 56
-SUBTITLE_CHARS = 70
+# Plotly titles never wrap: a line longer than its panel is cut at the edge. On a 1024 px page the
+# debugger's half-row panels are about 430 px wide, the overlay's column about 540 px, a full row about
+# 990 px; these counts of visible characters (13 px title font, 11 px subtitles) fit each, and
+# base_layout breaks every title line to its panel's.
+PANEL_CHARS = {"half": (56, 70), "column": (72, 88), "full": (120, 140)}
+TITLE_CHARS, SUBTITLE_CHARS = PANEL_CHARS["half"]
 SUBTITLE_OPEN, SUBTITLE_CLOSE = "<span style='font-size:11px'>", "</span>"
 _TAG = re.compile(r"<[^>]*>")
 _ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
@@ -131,17 +132,18 @@ def _wrap(text: str, width: int, separator: str = " ") -> list[str]:
     return lines
 
 
-def fit_title(title: str) -> str:
-    """Every line of ``title`` broken to at most TITLE_CHARS (SUBTITLE_CHARS for subtitle lines) visible
-    characters; subtitles break at " · " first. Tags other than a whole-line subtitle span never hold a
-    space, so breaking at spaces never splits one."""
+def fit_title(title: str, panel: str = "half", main: bool = True) -> str:
+    """Every line of ``title`` broken to its ``panel``'s width in visible characters (PANEL_CHARS);
+    subtitles break at " · " first. ``main=False`` leaves the 13 px lines as they are. Tags other than a
+    whole-line subtitle span never hold a space, so breaking at spaces never splits one."""
+    title_chars, subtitle_chars = PANEL_CHARS[panel]
     out: list[str] = []
     for line in title.split("<br>"):
         if line.startswith(SUBTITLE_OPEN) and line.endswith(SUBTITLE_CLOSE):
             inner = line[len(SUBTITLE_OPEN):-len(SUBTITLE_CLOSE)]
-            out += [SUBTITLE_OPEN + part + SUBTITLE_CLOSE for part in _wrap(inner, SUBTITLE_CHARS, " · ")]
+            out += [SUBTITLE_OPEN + part + SUBTITLE_CLOSE for part in _wrap(inner, subtitle_chars, " · ")]
         else:
-            out += _wrap(line, TITLE_CHARS)
+            out += _wrap(line, title_chars) if main else [line]
     return "<br>".join(out)
 
 
@@ -156,10 +158,12 @@ def subtitle(parts: list[str], max_chars: int = SUBTITLE_CHARS) -> str:
     return "".join(f"<br>{SUBTITLE_OPEN}{line}{SUBTITLE_CLOSE}" for line in lines)
 
 
-def base_layout(fig: go.Figure, title: str, height: int, **extra) -> go.Figure:
-    """House style; the title's lines are fitted to the narrowest panel (:func:`fit_title`) and the top margin
-    and height grow with them, so subtitles never overlap the plot nor squeeze it."""
-    fitted = fit_title(title)
+def base_layout(fig: go.Figure, title: str, height: int, panel: str = "half", fit_main: bool = True,
+                **extra) -> go.Figure:
+    """House style; the title's lines are fitted to the width of the ``panel`` the figure is shown in
+    (:func:`fit_title`), and the top margin and height grow with them, so subtitles never overlap the plot
+    nor squeeze it."""
+    fitted = fit_title(title, panel, fit_main)
     added = 15 * (fitted.count("<br>") - title.count("<br>"))  # lines the fitting added: the plot keeps its room
     title, height = fitted, height + added
     margin = dict(l=10, r=10, t=0, b=10)

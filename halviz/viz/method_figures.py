@@ -103,7 +103,7 @@ def prunehal_figure(trace: Trace, step: int | None = None) -> go.Figure | None:
     title = "PruneHal: orange = layer votes image attention collapsed" + subtitle(
         [f"A &lt; √r·Ā{'' if r is None else f' (r = {r})'}", *budget_text(budget, after_budget),
          "top row: ▼ prune (dashed: acts from the next step)", "○ majority without a prune", "blue: this step"])
-    return base_layout(fig, title, int(min(max(180 + 12 * layers, 280), 640)))
+    return base_layout(fig, title, int(min(max(180 + 12 * layers, 280), 640)), panel="full")
 
 
 def budget_text(budget: PruneBudget, after_budget: list[int]) -> list[str]:
@@ -240,7 +240,7 @@ def vasparse_sink_figure(trace: Trace, top: int = 3) -> go.Figure | None:
              + subtitle(["W = softmax over all columns of the layer's accumulated head-mean attention",
                          "the penalty multiplies each column's logit by 1 + β − β·W",
                          f"dashed: uniform 1/{count}"]))
-    return base_layout(fig, title, 340, bargap=0, legend=dict(orientation="h", y=-0.25, x=0))
+    return base_layout(fig, title, 340, panel="full", bargap=0, legend=dict(orientation="h", y=-0.25, x=0))
 
 
 def candidates_figure(trace: Trace, step: int) -> go.Figure:

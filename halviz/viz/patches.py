@@ -105,7 +105,8 @@ def _patch_figure(panels: list[tuple[str, list[Cells]]], image: Image.Image | No
                            x=0.5, y=-0.02, xref="paper", yref="paper", showarrow=False,
                            font=dict(size=11, color="#6b7280"))
     margin = dict(b=22, t=42 + 15 * (title.count("<br>") + 1)) if several else dict(b=22)  # room for panel names
-    return base_layout(fig, title, height, plot_bgcolor="#f1f5f9", margin=margin)
+    # The patch maps fill the debugger's wide column; their first line names the view and stays whole.
+    return base_layout(fig, title, height, panel="column", fit_main=False, plot_bgcolor="#f1f5f9", margin=margin)
 
 
 def _cell_ids(grid: PatchGrid) -> np.ndarray:

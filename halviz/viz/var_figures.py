@@ -86,8 +86,8 @@ def var_sinks_figure(trace: Trace, record: VarRecord | None = None) -> go.Figure
         found, f"searched layers {index_ranges(record.layers)}" if record.layers else "no layer searched",
         f"visual sinks (image tokens that are sinks) in layers {index_ranges(visual)}" if visual else
         "no visual sink: no head can be image-centric", "grey: layers VAR leaves alone"])
-    return base_layout(fig, title, int(min(max(200 + 14 * layers, 320), 760)), plot_bgcolor=NOT_SEARCHED,
-                       margin=dict(t=90), legend=dict(orientation="h", y=-0.2, x=0))
+    return base_layout(fig, title, int(min(max(200 + 14 * layers, 320), 760)), panel="full",
+                       plot_bgcolor=NOT_SEARCHED, margin=dict(t=90), legend=dict(orientation="h", y=-0.2, x=0))
 
 
 def var_heads_figure(trace: Trace, step: int, record: VarRecord | None = None) -> go.Figure | None:
