@@ -6,8 +6,11 @@ CAPS.json: [{"image_id": ..., "caption": "..."}, ...]
 GT.json:   {"IMAGE_ID": ["object", ...], ...}  (names go through the COCO synonyms; "men" works)
 
 Prints the metrics x100 (Len in words) and, with --json, writes them as fractions plus the
-per-caption mentions. Any input problem prints one line naming the file to stderr, exits with
-status 2 and writes nothing.
+per-caption mentions. Beside CHAIR (which counts a loop's every repeat as new mentions) it reports
+Looping, the share of captions that end in a loop, and Rep-4, their mean seq-rep-4 (see
+halviz.hallucination.repetition); per caption, the loop (where it starts, its block, how many copies)
+and the repetition rate. Object lists carry no counts, so over-counted mentions are not checked here.
+Any input problem prints one line naming the file to stderr, exits with status 2 and writes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from halviz.hallucination import ChairResult, canonicalise_objects, chair_metrics
+from halviz.hallucination import ChairResult, Loop, canonicalise_objects, chair_metrics
 from halviz.hallucination.ground_truth import GroundTruthError, read_json
 
 USAGE_ERROR = 2
@@ -75,6 +78,13 @@ def read_ground_truth(path: Path) -> tuple[dict[str, frozenset[str]], list[str]]
     return truths, unknown
 
 
+def loop_json(loop: Loop | None) -> dict[str, Any] | None:
+    """Where a caption's loop starts (a character offset), its block and how many copies it holds."""
+    if loop is None:
+        return None
+    return {"start_char": loop.start_char, "block": loop.block, "copies": loop.copies}
+
+
 def result_json(result: ChairResult, image_ids: list[int | str]) -> dict[str, Any]:
     return {
         "chair_s": result.chair_s,
@@ -83,9 +93,12 @@ def result_json(result: ChairResult, image_ids: list[int | str]) -> dict[str, An
         "precision": result.precision,
         "f1": result.f1,
         "len": result.len,
+        "looping": result.looping,
+        "repetition": result.repetition,
         "per_caption": [
             {"image_id": image_id, "mentions": list(item.mentions),
-             "hallucinated": list(item.hallucinated)}
+             "hallucinated": list(item.hallucinated), "loop": loop_json(item.loop),
+             "repetition": item.repetition}
             for image_id, item in zip(image_ids, result.per_caption)
         ],
     }
@@ -97,7 +110,10 @@ def format_table(result: ChairResult, captions: int) -> str:
     lines = [f"{'metric':<10} {'value':>6}"]
     lines += [f"{name:<10} {100 * value:>6.1f}" for name, value in rows]
     lines.append(f"{'Len':<10} {result.len:>6.1f}")
-    lines.append(f"({captions} captions; CHAIR/Recall/Precision/F1 x100, Len in words)")
+    lines.append(f"{'Looping':<10} {100 * result.looping:>6.1f}")
+    lines.append(f"{'Rep-4':<10} {100 * result.repetition:>6.1f}")
+    lines.append(f"({captions} captions; CHAIR/Recall/Precision/F1/Looping/Rep-4 x100, Len in words; "
+                 "CHAIR counts a loop's repeats as new mentions, Looping says how many captions loop)")
     return "\n".join(lines)
 
 

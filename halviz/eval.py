@@ -13,8 +13,15 @@ override it.
 Toy scenes (the default) carry their exact object lists; for real images the ground truth is a
 COCO-format annotation file. Prints one row per method (the papers' table) and writes
 ``{"config": {...}, "methods": {NAME: {"chair_s", "chair_i", "recall", "precision", "f1", "len",
-"ms_per_token", ...}}}`` with metrics as fractions. On broken-pair and control sets the row adds
-``partner_rate``: the share of captions naming the absent partner object.
+"looping", "repetition", "over_counted", "ms_per_token", ...}}}`` with metrics as fractions. On
+broken-pair and control sets the row adds ``partner_rate``: the share of captions naming the absent
+partner object.
+
+CHAIR counts a loop's every repeat as a new mention, so a method whose captions loop can look clean;
+``looping`` (captions that end in a loop), ``repetition`` (mean seq-rep-4) and, on toy scenes, whose
+object counts are exact, ``over_counted`` (mentions of a present object beyond its count / mentions;
+null for COCO folders, whose counts are not used) are reported beside it
+(:mod:`halviz.hallucination.metrics`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +48,11 @@ from halviz.models import DEFAULT_PROMPT, ModelLoadError, load_model
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-def toy_sample(spec: str, n: int, seed: int) -> tuple[list[tuple[str, Image.Image, frozenset[str]]], str | None]:
-    """(id, image, objects) for n toy scenes, and the partner object for broken/control sets."""
+Sample = list[tuple[str, Image.Image, frozenset[str], dict[str, int] | None]]  # id, image, objects, counts
+
+
+def toy_sample(spec: str, n: int, seed: int) -> tuple[Sample, str | None]:
+    """(id, image, objects, counts) for n toy scenes, and the partner object for broken/control sets."""
     from halviz.toy import scenes
 
     kind, _, pair_text = spec.partition(":")
@@ -58,10 +69,12 @@ def toy_sample(spec: str, n: int, seed: int) -> tuple[list[tuple[str, Image.Imag
         partner = pair[1]
     else:
         raise InputError(f"--scenes {spec}: expected heldout, broken:A,B or control:A,B")
-    return [(f"{kind}-{i}", s.image, frozenset(s.names)) for i, s in enumerate(chosen)], partner
+    return [(f"{kind}-{i}", s.image, frozenset(s.names), dict(Counter(o.name for o in s.objects)))
+            for i, s in enumerate(chosen)], partner
 
 
-def folder_sample(images: Path, annotations: Path, captions: Path | None, n: int, seed: int):
+def folder_sample(images: Path, annotations: Path, captions: Path | None, n: int, seed: int) -> Sample:
+    """(file name, image, objects, None) for up to n images: COCO lists give no counts here."""
     truths = load_coco_annotations(annotations, captions)
     if not images.is_dir():
         raise InputError(f"{images}: not a folder")
@@ -76,7 +89,7 @@ def folder_sample(images: Path, annotations: Path, captions: Path | None, n: int
                 image = img.convert("RGB")
         except (OSError, UnidentifiedImageError) as exc:
             raise InputError(f"{path}: not a readable image ({exc})") from None
-        sample.append((path.name, image, truths[path.name].objects))
+        sample.append((path.name, image, truths[path.name].objects, None))
     return sample
 
 
@@ -105,17 +118,19 @@ def evaluate(loaded, sample, method_names, params, max_new_tokens: int, prompt: 
              partner: str | None, progress: bool = True, system: str | None = None) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for name in method_names:
-        captions, truths, tokens, seconds = [], [], 0, 0.0
-        for image_id, image, objects in tqdm(sample, desc=name, disable=not progress, leave=False):
+        captions, truths, counts, tokens, seconds = [], [], [], 0, 0.0
+        for image_id, image, objects, known in tqdm(sample, desc=name, disable=not progress, leave=False):
             trace, spent = timed_decode(loaded, image, prompt, build_stack([name], params), max_new_tokens,
                                         system=system)
             seconds += spent
             tokens += trace.num_steps
             captions.append(trace.caption)
             truths.append(objects)
-        result = chair_metrics(captions, truths)
+            counts.append(known)
+        result = chair_metrics(captions, truths, counts)
         row = {"chair_s": result.chair_s, "chair_i": result.chair_i, "recall": result.recall,
-               "precision": result.precision, "f1": result.f1, "len": result.len,
+               "precision": result.precision, "f1": result.f1, "len": result.len, "looping": result.looping,
+               "repetition": result.repetition, "over_counted": result.over_counted,
                "ms_per_token": 1e3 * seconds / max(tokens, 1), "captions": len(captions)}
         if partner is not None:
             row["partner_rate"] = sum(any(m.canonical == partner for m in extract_mentions(c))
@@ -125,12 +140,18 @@ def evaluate(loaded, sample, method_names, params, max_new_tokens: int, prompt: 
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """One row per method, x100 but Len (words) and ms/tok. Loop% and Rep-4 say what CHAIR cannot:
+    a looping caption's repeats count as correct mentions. Over (toy scenes only) is over-counted
+    mentions; "-" where counts are unknown."""
     partner = any("partner_rate" in r for r in rows.values())
-    head = f"{'method':<12}{'CHAIR_s':>9}{'CHAIR_i':>9}{'Recall':>8}{'Prec':>8}{'F1':>8}{'Len':>7}{'ms/tok':>8}"
+    head = (f"{'method':<12}{'CHAIR_s':>9}{'CHAIR_i':>9}{'Recall':>8}{'Prec':>8}{'F1':>8}{'Len':>7}"
+            f"{'Loop%':>7}{'Rep-4':>7}{'Over':>7}{'ms/tok':>8}")
     lines = [head + (f"{'partner':>9}" if partner else "")]
     for name, r in rows.items():
+        over = "-" if r.get("over_counted") is None else f"{100 * r['over_counted']:.1f}"
         line = (f"{name:<12}{100 * r['chair_s']:9.1f}{100 * r['chair_i']:9.1f}{100 * r['recall']:8.1f}"
-                f"{100 * r['precision']:8.1f}{100 * r['f1']:8.1f}{r['len']:7.1f}{r['ms_per_token']:8.2f}")
+                f"{100 * r['precision']:8.1f}{100 * r['f1']:8.1f}{r['len']:7.1f}{100 * r['looping']:7.1f}"
+                f"{100 * r['repetition']:7.1f}{over:>7}{r['ms_per_token']:8.2f}")
         lines.append(line + (f"{100 * r['partner_rate']:9.1f}" if partner else ""))
     return "\n".join(lines)
 

@@ -63,14 +63,36 @@ def test_cli_prints_table_and_writes_fractions(tmp_path, inputs):
     assert report["precision"] == pytest.approx(7 / 9, rel=1e-12)
     assert report["f1"] == pytest.approx(14 / 19, rel=1e-12)
     assert report["len"] == pytest.approx(37 / 4, rel=1e-12)
+    no_loop = {"loop": None, "repetition": 0.0}  # no caption repeats a 4-gram
     assert report["per_caption"] == [
-        {"image_id": 1, "mentions": ["person", "horse", "dog"], "hallucinated": ["dog"]},
-        {"image_id": 2, "mentions": ["dog", "dog", "frisbee", "person"], "hallucinated": []},
+        {"image_id": 1, "mentions": ["person", "horse", "dog"], "hallucinated": ["dog"], **no_loop},
+        {"image_id": 2, "mentions": ["dog", "dog", "frisbee", "person"], "hallucinated": [], **no_loop},
         {"image_id": "3", "mentions": ["hot dog", "cat", "cat", "bench"],
-         "hallucinated": ["cat", "cat"]},
-        {"image_id": 4, "mentions": [], "hallucinated": []},
+         "hallucinated": ["cat", "cat"], **no_loop},
+        {"image_id": 4, "mentions": [], "hallucinated": [], **no_loop},
     ]
+    assert (report["looping"], report["repetition"]) == (0.0, 0.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["caps.json", "chair.json", "gt.json"]
+
+
+def test_cli_reports_a_looping_caption_that_chair_scores_zero(tmp_path):
+    # The measured defect: a knife loop scores CHAIR 0 (11 correct mentions); a clean caption of the
+    # same scene too. Looping (1 of 2 captions) and Rep-4 (1 - 10/62 for the loop, see
+    # tests/test_repetition.py, 0 for the other; mean 26/62 = 41.9 %) tell them apart.
+    loop = "a big gray knife ." + " next to a big gray knife" * 10
+    captions = write(tmp_path / "caps.json", [{"image_id": 1, "caption": loop},
+                                              {"image_id": 2, "caption": "a big gray knife ."}])
+    truth = write(tmp_path / "gt.json", {"1": ["knife"], "2": ["knife"]})
+    out = tmp_path / "chair.json"
+    result = run_chair("--captions", captions, "--ground-truth", truth, "--json", out)
+    assert result.returncode == 0, result.stderr
+    rows = dict(line.split() for line in result.stdout.splitlines()[1:9])
+    assert (rows["CHAIR_I"], rows["Looping"], rows["Rep-4"]) == ("0.0", "50.0", "41.9")
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["looping"] == 0.5 and report["repetition"] == pytest.approx(26 / 62)
+    assert report["per_caption"][0]["loop"] == {"start_char": 19, "block": "next to a big gray knife",
+                                                "copies": 10.0}
+    assert report["per_caption"][1]["loop"] is None
 
 
 def test_cli_without_json_writes_nothing(tmp_path, inputs):

@@ -21,12 +21,28 @@ def test_eval_on_toy_scenes_matches_independent_chair(tiny_model_dirs, tiny_mode
     assert result["config"]["n"] == 3 and result["config"]["max_new_tokens"] == 4
     sample = scenes.heldout(3, seed=0)
     captions = [Decoder(tiny_models["llava-1.5"], s.image, max_new_tokens=4).run_to_end().caption for s in sample]
-    expected = chair_metrics(captions, [frozenset(s.names) for s in sample])
+    # Toy scenes know their counts (each class drawn at most once): over-counting is measured.
+    expected = chair_metrics(captions, [frozenset(s.names) for s in sample], [dict.fromkeys(s.names, 1) for s in sample])
     row = result["methods"]["vanilla"]
-    for key in ("chair_s", "chair_i", "recall", "precision", "f1", "len"):
+    for key in ("chair_s", "chair_i", "recall", "precision", "f1", "len", "looping", "repetition", "over_counted"):
         assert row[key] == pytest.approx(getattr(expected, key))
         assert 0 <= row[key] <= (1 if key != "len" else 1e9)
     assert row["ms_per_token"] > 0
+
+
+def test_eval_table_puts_looping_and_repetition_beside_chair():
+    # Two methods with the same CHAIR; the second loops. Hand rows, as evaluate() writes them.
+    base = {"chair_s": 0.5, "chair_i": 0.1, "recall": 0.8, "precision": 0.9, "f1": 0.85, "len": 12.0,
+            "ms_per_token": 2.0, "captions": 4}
+    rows = {"vanilla": {**base, "looping": 0.0, "repetition": 0.0, "over_counted": 0.0},
+            "kvsmooth": {**base, "looping": 0.75, "repetition": 0.42, "over_counted": 0.125},
+            "photos": {**base, "looping": 0.25, "repetition": 0.05, "over_counted": None}}
+    lines = heval.format_table(rows).splitlines()
+    assert lines[0].split() == ["method", "CHAIR_s", "CHAIR_i", "Recall", "Prec", "F1", "Len", "Loop%", "Rep-4",
+                                "Over", "ms/tok"]
+    assert lines[1].split()[7:10] == ["0.0", "0.0", "0.0"]
+    assert lines[2].split()[7:10] == ["75.0", "42.0", "12.5"]
+    assert lines[3].split()[7:10] == ["25.0", "5.0", "-"]  # counts unknown: not measured
 
 
 def test_eval_on_a_coco_folder(tiny_model_dirs, tmp_path):
@@ -45,7 +61,9 @@ def test_eval_on_a_coco_folder(tiny_model_dirs, tmp_path):
     code = heval.main(["--model", str(tiny_model_dirs["llava-1.5"]), "--methods", "vanilla", "--n", "5",
                        "--max-new-tokens", "3", "--images", str(images), "--annotations",
                        str(tmp_path / "instances.json"), "--json", str(out), "--no-progress"])
-    assert code == 0 and json.loads(out.read_text())["config"]["n"] == 2
+    report = json.loads(out.read_text())
+    assert code == 0 and report["config"]["n"] == 2
+    assert report["methods"]["vanilla"]["over_counted"] is None  # COCO lists: no counts, none invented
 
 
 @pytest.mark.parametrize("args", [

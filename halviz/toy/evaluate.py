@@ -2,7 +2,8 @@
 
     python -m halviz.toy.evaluate [--model toy] [--n 200] [--max-new-tokens 64] [--methods vanilla,...] [--json PATH]
 
-Prints: caption precision/recall and CHAIR on held-out scenes; CHAIR and the partner rate on
+Prints: caption precision/recall and CHAIR on held-out scenes, with what CHAIR cannot see (looping
+captions, seq-rep-4, mentions beyond a scene's object counts); CHAIR and the partner rate on
 each broken-pair set (trigger present, partner absent) and the partner rate on the matching
 control set (neither present); hallucination rate by mention position; the attention share of
 BOS, system text, image and prompt per decoder layer for the last prompt token (from the
@@ -30,15 +31,16 @@ from halviz.toy.scenes import PRIOR_PAIRS
 
 def vanilla_report(loaded, n: int, max_new_tokens: int, prompt: str) -> dict:
     sample, _ = toy_sample("heldout", n, seed=0)
-    captions, truths, shares, tokens, seconds = [], [], [], 0, 0.0
-    for _, image, objects in sample:
+    captions, truths, counts, shares, tokens, seconds = [], [], [], [], 0, 0.0
+    for _, image, objects, known in sample:
         trace, spent = timed_decode(loaded, image, prompt, [], max_new_tokens, record=True)
         seconds += spent
         tokens += trace.num_steps
         captions.append(trace.caption)
         truths.append(objects)
+        counts.append(known)
         shares.append(trace.arrays["segment_share"][0])  # step 0: the last prompt token's query
-    chair = chair_metrics(captions, truths)
+    chair = chair_metrics(captions, truths, counts)
     by_position: dict[int, list[int]] = defaultdict(list)
     for caption, truth in zip(captions, truths):
         for i, mention in enumerate(extract_mentions(caption)):
@@ -46,7 +48,8 @@ def vanilla_report(loaded, n: int, max_new_tokens: int, prompt: str) -> dict:
     share = np.mean(shares, axis=0)  # (L, segments)
     return {
         "heldout": {"precision": chair.precision, "recall": chair.recall, "chair_s": chair.chair_s,
-                    "chair_i": chair.chair_i, "f1": chair.f1, "len": chair.len},
+                    "chair_i": chair.chair_i, "f1": chair.f1, "len": chair.len, "looping": chair.looping,
+                    "repetition": chair.repetition, "over_counted": chair.over_counted},
         "by_position": {str(p): {"rate": float(np.mean(v)), "mentions": len(v)} for p, v in sorted(by_position.items())},
         "attention_share_last_prompt_token": {
             seg: [round(float(x), 4) for x in share[:, i]] for i, seg in enumerate(SEGMENTS) if seg != "generated"},
@@ -86,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"toy model {loaded.source}: n={args.n} held-out scenes, max_new_tokens={args.max_new_tokens}, prompt={prompt!r}")
     h = v["heldout"]
     print(f"held-out: precision {h['precision']:.3f}  recall {h['recall']:.3f}  CHAIR_s {h['chair_s']:.3f}  "
-          f"CHAIR_i {h['chair_i']:.3f}  Len {h['len']:.1f} words  speed {v['tokens_per_s']:.0f} tokens/s (traced)")
+          f"CHAIR_i {h['chair_i']:.3f}  Len {h['len']:.1f} words  looping {h['looping']:.3f}  "
+          f"rep-4 {h['repetition']:.3f}  over-counted {h['over_counted']:.3f}  "
+          f"speed {v['tokens_per_s']:.0f} tokens/s (traced)")
     print("hallucination rate by mention position: " + "  ".join(
         f"#{p}: {r['rate']:.3f} (n={r['mentions']})" for p, r in v["by_position"].items()))
     print("attention share of the last prompt token's query, per layer:")
