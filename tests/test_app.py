@@ -169,18 +169,58 @@ def test_columns_label_mentions_against_the_ground_truth():
 
 
 def test_example_lists_keep_their_source_until_edited():
-    from halviz.ui.examples import load_examples, resolve_truth
+    from halviz.ui.examples import image_truth, load_examples, resolve_truth
 
     examples = load_examples(EXAMPLES)
     assert {e.trust for e in examples} == {"exact", "annotation"} and len(examples) >= 6
     toy = next(e for e in examples if e.trust == "exact")
-    info = resolve_truth(toy.objects, toy.digest, examples)
+    own = image_truth(toy.path, examples)
+    assert own.objects == toy.objects
+    info = resolve_truth(toy.objects, own)
     assert info.truth.trust == "exact" and "toy scene generator" in info.truth.source
-    edited = resolve_truth(toy.objects + ", unicorn", toy.digest, examples)
+    edited = resolve_truth(toy.objects + ", unicorn", own)
     assert edited.truth.trust == "user" and edited.unknown == ["unicorn"]
-    other_image = resolve_truth(toy.objects, "not-the-example", examples)
-    assert other_image.truth.trust == "user"
-    assert resolve_truth("  ", toy.digest, examples).truth is None
+    assert resolve_truth(toy.objects, None).truth.trust == "user"  # a picture nobody knows: the text was typed
+    assert resolve_truth("  ", own).truth is None
+
+
+def test_every_picture_brings_its_own_ground_truth(tmp_path):
+    """Issue 24 (1): an example's file gives its list; the same toy scene saved anew is read from its
+    pixels (exact); a photo nobody listed, or a toy scene resized, gives nothing (the box is emptied)."""
+    from halviz.toy.scenes import broken_pair
+    from halviz.ui.examples import RECOGNISED_SOURCE, image_truth, load_examples
+
+    examples = load_examples(EXAMPLES)
+    photo = next(e for e in examples if e.trust == "annotation")
+    assert image_truth(photo.path, examples).objects == photo.objects
+    scene = broken_pair(("knife", "fork"), 3)[2]
+    fresh = tmp_path / "scene.png"
+    scene.image.save(fresh)
+    own = image_truth(fresh, examples)
+    assert own.source == RECOGNISED_SOURCE and own.trust == "exact"
+    assert set(own.objects.split(", ")) == scene.names
+    unknown = tmp_path / "cat-cropped.png"
+    Image.open(photo.path).crop((0, 0, 96, 96)).save(unknown)
+    assert image_truth(unknown, examples) is None
+    resized = tmp_path / "scene-big.png"
+    scene.image.resize((192, 192)).save(resized)
+    assert image_truth(resized, examples) is None
+
+
+def test_toy_scenes_are_read_back_exactly_from_their_pixels():
+    """The recogniser against the generator's own object lists, on every set the app and probe draw
+    from (faint partners included), and never on a photo."""
+    from halviz.toy.recognise import recognise_scene
+    from halviz.toy.scenes import PRIOR_PAIRS, broken_pair, control, heldout
+
+    scenes = heldout(150) + [s for pair in PRIOR_PAIRS for s in broken_pair(pair, 30) + control(pair, 20)]
+    faint = sum(o.faint for s in scenes for o in s.objects)
+    assert faint > 10  # the hard case is in the set
+    wrong = [(sorted(s.names), recognise_scene(s.image)) for s in scenes
+             if set(recognise_scene(s.image) or ["<none>"]) != s.names]
+    assert wrong == []
+    for example in EXAMPLES.glob("*.jpg"):
+        assert recognise_scene(Image.open(example).convert("RGB").resize((96, 96))) is None
 
 
 BAD_REQUESTS = {

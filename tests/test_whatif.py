@@ -3,6 +3,7 @@
 the patch → token figures show the trace's numbers (checked with numpy indexing of their own), and a
 re-run on the toy model adds a column whose diff step is the first differing token of the two traces."""
 
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -305,6 +306,17 @@ def test_rerun_adds_a_column_diffed_against_the_original(controller):
     assert opened[whatif.selection].box == (0, rows - 1, 0, cols - 1)  # the pickers show the column's own mask
 
 
+def refused_rerun(ctl, updates, match: str) -> None:
+    """A refused re-run says why on its status line first, then raises the same sentence as a toast."""
+    import gradio as gr
+
+    first = next(updates)
+    said = first[ctl.ui.panel.whatif.status].replace("\\", "")  # Markdown-escaped
+    assert said.startswith("✗ ") and re.search(match, said), said
+    with pytest.raises(gr.Error, match=match):
+        next(updates)
+
+
 def test_bad_clicks_and_requests_are_sentences_not_stack_traces(controller):
     ctl, gr = controller
     runs = run_greedy(ctl, tokens=2)
@@ -315,23 +327,16 @@ def test_bad_clicks_and_requests_are_sentences_not_stack_traces(controller):
                            gr.SelectData(None, {"index": index, "value": None}))
         with pytest.raises(gr.Error, match="not on a head"):
             ctl.pick_head(runs, "vanilla", 0, "mean", "mean", None, gr.SelectData(None, {"index": index, "value": None}))
-    with pytest.raises(gr.Error, match="Choose what to change"):
-        next(ctl.rerun(runs, "vanilla", Selection(), []))
-    with pytest.raises(gr.Error, match="Run a comparison"):
-        next(ctl.rerun({}, None, Selection(sink=True), []))
-    with pytest.raises(gr.Error, match="layers 0"):
-        next(ctl.rerun(runs, "vanilla", Selection(heads=frozenset({(0, 0), (99, 0)})), []))
-    with pytest.raises(gr.Error, match="must lie on this trace's"):
-        next(ctl.rerun(runs, "vanilla", Selection(patches=frozenset({(0, 0), (99, 0)})), []))
-    with pytest.raises(gr.Error, match="layers to mask in"):
-        next(ctl.rerun(runs, "vanilla", Selection(sink=True, first_layer=4, last_layer=2), []))
-    with pytest.raises(gr.Error, match="layers to mask in"):
-        next(ctl.rerun(runs, "vanilla", Selection(sink=True, first_layer=99), []))
+    refused_rerun(ctl, ctl.rerun(runs, "vanilla", Selection(), []), "Choose what to change")
+    refused_rerun(ctl, ctl.rerun({}, None, Selection(sink=True), []), "Run a comparison")
+    refused_rerun(ctl, ctl.rerun(runs, "vanilla", Selection(heads=frozenset({(0, 0), (99, 0)})), []), "layers 0")
+    refused_rerun(ctl, ctl.rerun(runs, "vanilla", Selection(patches=frozenset({(0, 0), (99, 0)})), []), "must lie on this trace's")
+    refused_rerun(ctl, ctl.rerun(runs, "vanilla", Selection(sink=True, first_layer=4, last_layer=2), []), "layers to mask in")
+    refused_rerun(ctl, ctl.rerun(runs, "vanilla", Selection(sink=True, first_layer=99), []), "layers to mask in")
     with pytest.raises(gr.Error, match="Pick one layer and one head"):
         ctl.take_head(runs, "vanilla", 0, "mean", "mean", None)
     uploaded = {"upload:x": runs["vanilla"].__class__("upload:x", "uploaded: x", runs["vanilla"].trace, None, None)}
-    with pytest.raises(gr.Error, match="uploaded trace"):
-        next(ctl.rerun(uploaded, "upload:x", Selection(sink=True), []))
+    refused_rerun(ctl, ctl.rerun(uploaded, "upload:x", Selection(sink=True), []), "uploaded trace")
     assert ctl.set_options(runs, "vanilla", 0, "mean", "mean", None, True, "junk", float("nan"), None)[
         whatif.selection] == Selection(sink=True, head_scale=0.0, first_layer=0, last_layer=-1)
 

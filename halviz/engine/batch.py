@@ -29,7 +29,7 @@ from halviz.engine.rows import MAIN, SEGMENTS, Column, Pass
 from halviz.engine.run import BatchRun, ColumnRows, Forward
 from halviz.methods.base import Method
 from halviz.models.families import DEFAULT_PROMPT
-from halviz.models.loading import LoadedModel
+from halviz.models.loading import LoadedModel, public_name
 from halviz.trace import Step, Trace
 
 TOP_K = 5
@@ -300,8 +300,8 @@ class BatchDecoder:
                 extras[f"{method.name}/{key}"] = value
         prompt_ids = column.prompt_ids[0].tolist()
         meta = {
-            "model": loaded.name,
-            "source": loaded.source,
+            "model": public_name(loaded.name),
+            "source": public_name(loaded.source),
             "family": self.adapter.family,
             "prompt": self.prompt,
             "prompt_tokens": tokenizer.convert_ids_to_tokens(prompt_ids),

@@ -61,6 +61,12 @@ def _family(config: dict, where: str) -> type[Family]:
     return family
 
 
+def public_name(name: str) -> str:
+    """What a trace or report may say about a model: a hub id as it is, a local folder by its own name
+    only (a server's install path is nobody else's business)."""
+    return Path(name.rstrip("/\\")).name if looks_like_path(name) else name
+
+
 def looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
@@ -114,10 +120,12 @@ def _read_config(source: str, local: bool) -> dict:
     except (LocalEntryNotFoundError, EntryNotFoundError, FileNotFoundError, OSError):
         pass
     if not _hub_reachable():
-        raise ModelLoadError(
+        error = ModelLoadError(
             f"{source!r} is not in the local Hugging Face cache and the hub ({HUB_HOST}) cannot be reached; "
             "use the bundled 'toy' model or a local folder"
         )
+        error.offline = True  # callers that allow no local folders give their own advice
+        raise error
     try:
         return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
     except RepositoryNotFoundError:

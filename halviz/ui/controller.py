@@ -22,7 +22,7 @@ from halviz.ui.compare import (UPDATE_EVERY_S, ColumnResult, Progress, column_re
 from halviz.ui.gpu import build_spec_stacks, gpu_decoder, gpu_stack_decoder
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.escaping import html_text, markdown_text
-from halviz.ui.examples import Example, TruthInfo, resolve_truth, truth_markdown
+from halviz.ui.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
 from halviz.ui.knobs import MethodSettings
 from halviz.ui.model_defaults import ModelDefaults, model_defaults
 from halviz.models.families.base import text_config
@@ -141,7 +141,7 @@ class HalvizApp:
             raise checks.InputError("The ground-truth objects must be text, such as “cat, cup”.")
         checks.check_text_characters(truth_text or "", "The ground-truth box")
         picture = checks.load_image(image)
-        truth = resolve_truth(truth_text, picture.digest, self.examples)
+        truth = resolve_truth(truth_text, image_truth(None, self.examples, picture.digest, picture.image))
         return Request(picture, prompt, names, stacks, knobs, tokens, truth, model, self.image_notice(model, picture))
 
     def image_notice(self, model: str, picture: checks.ImageInput) -> str:
@@ -193,19 +193,23 @@ class HalvizApp:
         try:
             return self.cache.get(name)
         except ModelLoadError as exc:
+            if getattr(exc, "offline", False):  # the loader's advice may name a local folder this page refuses
+                folder = " or a local model folder" if self.policy.allow_local else ""
+                raise ui_error(f"{name} is not cached on this server and the Hugging Face hub cannot be reached; "
+                               f"pick the toy model{folder} instead.", title="Model not available") from None
             raise ui_error(f"Could not load the model: {exc}", title="Model not available") from None
         except Exception as exc:  # still the user's model choice failing, whatever the loader raised
             log.exception("loading %s failed", name)
             raise ui_error(f"Could not load the model {name!r}; the details are in the server log.",
                            title="Model not available") from None
 
+    def own_truth(self, image) -> ImageTruth | None:
+        """The ground truth that belongs to the picture in the Image box (None: nobody knows it)."""
+        return image_truth(checks.image_path(image), self.examples)
+
     def truth_note(self, image, truth_text) -> str:
-        path = checks.image_path(image)
-        try:
-            digest = checks.file_digest(path) if path else ""
-        except OSError:
-            digest = ""
-        return truth_markdown(resolve_truth(truth_text if isinstance(truth_text, str) else "", digest, self.examples))
+        text = truth_text if isinstance(truth_text, str) else ""
+        return truth_markdown(resolve_truth(text, self.own_truth(image) if text.strip() else None))
 
 
 def toy_photo_notice(real_models: Sequence[str]) -> str:
@@ -246,6 +250,23 @@ def user_errors(fn: Callable) -> Callable:
     return wrapped
 
 
+def file_paths(files) -> list[str]:
+    """The paths of a File component's value as the page sends it (FileData dicts, paths, or None)."""
+    if not isinstance(files, (list, tuple)):
+        files = [files] if files else []
+    return [p for p in (checks.image_path(f) for f in files) if p]
+
+
+def rerun_refused(message: str) -> gr.Error:
+    return ui_error(message, title="Cannot re-run this column")
+
+
+def refused_status(reason: str, shown: bool) -> str:
+    """The status line when a comparison is refused: why, and whose captions are still on the page."""
+    kept = " The columns below still show the previous comparison." if shown else ""
+    return f"✗ Not run: {markdown_text(reason)}{kept}"
+
+
 def with_notice(status: str, request: Request) -> str:
     return f"{status}  \n{request.notice}" if request.notice else status
 
@@ -277,11 +298,17 @@ class Controller:
         try:
             request = self.app.check(image, prompt, methods, max_new_tokens, ground_truth, model, settings)
         except checks.InputError as exc:
-            raise ui_error(str(exc), title="Please check the inputs") from None
+            refusal = str(exc)
         except Exception:  # a check that failed in an unforeseen way is still the input's fault
             log.exception("checking the inputs failed")
-            raise ui_error("These inputs could not be used; please check them.",
-                           title="Please check the inputs") from None
+            refusal = "These inputs could not be used; please check them."
+        else:
+            refusal = None
+        if refusal is not None:
+            log.info("comparison refused: %s", refusal)
+            yield {self.ui.status: refused_status(refusal, shown=any(not k.startswith(UPLOAD_PREFIX)
+                                                                      for k in (runs or {})))}
+            raise ui_error(refusal, title="Please check the inputs")
         owner = session_of(caller)
         runs = {k: v for k, v in (runs or {}).items() if k.startswith(UPLOAD_PREFIX)}  # drop the last run's traces
         yield {**self._start(request), self.ui.runs: runs}
@@ -372,6 +399,8 @@ class Controller:
              caller: gr.Request = None) -> dict:
         ui = self.ui
         runs, live = runs or {}, live or []
+        if live and all(r.finish is not None for r in live):
+            return {}  # the run had already finished: its "✓ Done" stays true
         for result in live:
             result.finish = result.finish or "stopped"
         recorded = {k: v for k, v in runs.items() if k in (slot_methods or [])}
@@ -384,6 +413,37 @@ class Controller:
         for slot, result in zip(ui.slots, live):
             updates[slot.summary] = result.summary_markdown()
         return updates
+
+    def image_changed(self, image, slot_methods, runs, choice) -> dict:
+        """A new picture (upload, paste, example, cleared): the ground-truth box takes that picture's own
+        list and the note says where it comes from; captions still shown are said to be of the previous
+        picture; a replayed trace recorded on this very picture is drawn on it."""
+        ui = self.ui
+        own = self.app.own_truth(image)
+        text = own.objects if own is not None else ""
+        updates: dict = {ui.truth: text, ui.truth_note: truth_markdown(resolve_truth(text, own))}
+        if slot_methods:
+            updates[ui.status] = ("The picture changed: the captions below are of the previous picture. "
+                                  "Press **Compare** to caption this one.")
+        entry = (runs or {}).get(choice) if isinstance(choice, str) else None
+        if entry is not None and entry.image is None and entry.key.startswith(UPLOAD_PREFIX):
+            picture = self._recorded_picture(image, entry.trace)
+            if picture is not None:
+                runs = {**runs, entry.key: replace(entry, image=picture)}
+                updates.update({ui.runs: runs, **ui.panel.show(runs, entry.key)})
+        return updates
+
+    @staticmethod
+    def _recorded_picture(image, trace: Trace):
+        """A display copy of ``image`` if it is the very file ``trace`` was recorded on, else None."""
+        digest = trace.meta.get("image_digest")
+        if not digest or not checks.image_path(image):
+            return None
+        try:
+            loaded = checks.load_image(image)
+        except checks.InputError:
+            return None
+        return display_copy(loaded.image) if loaded.digest == digest else None
 
     def knobs_for_model(self, model, shown, *values) -> list:
         """The knobs show the chosen model's defaults; values the user set stay."""
@@ -421,14 +481,7 @@ class Controller:
             trace = Trace.load(path)
         except (checks.InputError, TraceFormatError) as exc:
             raise ui_error(f"Could not open the trace: {exc}", title="Not a halviz trace") from None
-        picture = None
-        image_file = checks.image_path(image)
-        if image_file and trace.meta.get("image_digest"):
-            try:  # draw on the picture only if it is the very image the trace was recorded on
-                loaded = checks.load_image(image)
-                picture = display_copy(loaded.image) if loaded.digest == trace.meta["image_digest"] else None
-            except checks.InputError:
-                picture = None
+        picture = self._recorded_picture(image, trace)  # drawn on only if it is the very image recorded
         key = f"{UPLOAD_PREFIX}{name}"
         entry = RunEntry(key, f"uploaded: {name}", trace, picture, truth_from_meta(trace.meta))
         runs = {k: v for k, v in (runs or {}).items() if k != key}  # a re-upload counts as the newest
@@ -512,7 +565,8 @@ class Controller:
     @property
     def rerun_outputs(self) -> list:
         ui = self.ui
-        return [ui.panel.whatif.status, ui.runs, ui.whatif, *(c for s in ui.whatif_slots for c in s.parts)]
+        return [ui.panel.whatif.status, ui.runs, ui.whatif, ui.trace_files,
+                *(c for s in ui.whatif_slots for c in s.parts)]
 
     def _show_whatif(self, runs: Runs, shown: list[dict]) -> dict:
         """Every re-run column drawn from the session's list (oldest first)."""
@@ -538,46 +592,57 @@ class Controller:
 
     def _rerun_request(self, runs, key, selection):
         """Checked inputs of a re-run: the entry, its stack, the new stack, the title (cheap checks only)."""
-        entry = self._entry(runs, key)
+        if not runs or key not in runs:
+            raise rerun_refused("Run a comparison (or open a trace) first; then choose patches or heads on its maps.")
+        entry = runs[key]
         selection = as_selection(selection)
         if selection.empty:
-            raise ui_error("Choose what to change first: click patches on the map, a cell of the head map, "
-                           "or tick “remove the sink”.")
+            raise rerun_refused("Choose what to change first: click patches on the map, a cell of the head map, "
+                                "or tick “remove the sink”.")
         if entry.source is None or not entry.model:
-            raise ui_error("Only a column run in this session can be re-run (an uploaded trace has no image "
-                           "and model behind it): put its image in the Image box and press Compare.")
+            raise rerun_refused("Only a column run in this session can be re-run (an uploaded trace has no image "
+                                "and model behind it): put its image in the Image box and press Compare.")
         trace = entry.trace
         layers, heads = int(trace.meta.get("num_layers", 0)), int(trace.meta.get("num_heads", 0))
         if any(not (0 <= l < layers and 0 <= h < heads) for l, h in selection.heads):
-            raise ui_error(f"This model has layers 0–{layers - 1} and heads 0–{heads - 1}.")
+            raise rerun_refused(f"This model has layers 0–{layers - 1} and heads 0–{heads - 1}.")
         rows, cols = (int(v) for v in trace.meta.get("grid", (0, 0)))
         if any(not (0 <= r < rows and 0 <= c < cols) for r, c in selection.patches):
-            raise ui_error(f"The patches to mask must lie on this trace's {rows}×{cols} grid.")
+            raise rerun_refused(f"The patches to mask must lie on this trace's {rows}×{cols} grid.")
         last = layers - 1 if selection.last_layer < 0 else selection.last_layer
         if (selection.patches or selection.sink) and not 0 <= selection.first_layer <= last < layers:
-            raise ui_error(f"The layers to mask in must run from a first to a last layer within 0–{layers - 1}.")
+            raise rerun_refused(f"The layers to mask in must run from a first to a last layer within 0–{layers - 1}.")
         try:
             original = stack_specs(trace.meta.get("methods"))
             changed = with_intervention(original, intervention_specs(selection), list(self.app.registry))
             for stack in build_spec_stacks([original, changed], self.app.registry):
                 check_compatible(stack)
         except (ValueError, TypeError, KeyError) as exc:
-            raise ui_error(f"This intervention cannot run on {entry.title}: {exc}") from None
+            raise rerun_refused(f"This intervention cannot run on {entry.title}: {exc}") from None
         return entry, original, changed, f"{entry.title} + {short_title(selection)}"
 
-    def rerun(self, runs, key, selection, shown, caller: gr.Request = None) -> Iterator[dict]:
+    def rerun(self, runs, key, selection, shown, files=None, caller: gr.Request = None) -> Iterator[dict]:
         """Decode the column ``key`` again, as it was and with the intervention, as two rows of one batch;
         the new column appears beside the others, diffed token by token against the original."""
         ui, status = self.ui, self.ui.panel.whatif.status
         runs, shown = dict(runs or {}), list(shown or [])
-        entry, original, changed, title = self._rerun_request(runs, key, selection)
+        try:
+            entry, original, changed, title = self._rerun_request(runs, key, selection)
+        except gr.Error as error:
+            log.info("re-run refused: %s", getattr(error, "plain", error.message))
+            yield {status: f"✗ {markdown_text(getattr(error, 'plain', error.message))}"}
+            raise
         new_key = f"{WHATIF_PREFIX}{uuid.uuid4().hex[:8]}"
         shown = [*shown, {"key": new_key, "title": title, "original": entry.title,
-                          "summary": "waiting for the model…", "step": None}][-MAX_WHATIF:]
+                          "summary": "waiting for the model…", "step": None}]
+        replaced = ", ".join(f"“{markdown_text(item['title'])}”" for item in shown[:-MAX_WHATIF])
+        replaced = (f" It replaces the oldest re-run column ({replaced}): at most {MAX_WHATIF} are shown."
+                    if replaced else "")
+        shown = shown[-MAX_WHATIF:]
         kept = {item["key"] for item in shown}
         runs = {k: v for k, v in runs.items() if not k.startswith(WHATIF_PREFIX) or k in kept}
         tokens = int(entry.trace.meta.get("max_new_tokens") or max(entry.trace.num_steps, 1))
-        yield {status: f"Re-running **{markdown_text(title)}**…", ui.runs: runs, ui.whatif: shown,
+        yield {status: f"Re-running **{markdown_text(title)}**…{replaced}", ui.runs: runs, ui.whatif: shown,
                **self._show_whatif(runs, shown)}
         item = shown[-1]
         try:
@@ -603,11 +668,14 @@ class Controller:
                                              entry.model)
                     item["summary"] += self._baseline_note(entry, progress.tokens[0] if progress.tokens else None)
                 updates = {ui.runs: runs, ui.whatif: shown, **self._show_whatif(runs, shown)}
+                if new_key in runs:  # its trace joins the downloads, beside the comparison's files
+                    updates[ui.trace_files] = [*(p for p in file_paths(files) if self.app.files.owns(p)),
+                                               *self.app.files.save({new_key: runs[new_key]}, session_of(caller))]
                 if done:
                     where = ("the same tokens as the original" if results[1].diverges_at is None else
                              f"differs from the original from step {results[1].diverges_at}")
                     updates[status] = (f"✓ Re-ran **{markdown_text(title)}** with {model_line(loaded)}: {where}. "
-                                       "Press its **Open in the debugger** button to look at that step.")
+                                       f"Press its **Open in the debugger** button to look at that step.{replaced}")
                 yield updates
         except gr.Error as error:
             plain = getattr(error, "plain", None)
@@ -667,8 +735,12 @@ class Controller:
             .then(ui.knobs.settings_json, inputs=settings_inputs, outputs=ui.settings, queue=False, **private)
         ui.methods.change(ui.knobs.visibility, inputs=ui.methods, outputs=list(ui.knobs.accordions.values()),
                           queue=False, **private)
-        gr.on([ui.image.change, ui.truth.change], user_errors(self.app.truth_note), inputs=[ui.image, ui.truth],
-              outputs=ui.truth_note, preprocess=False, trigger_mode="always_last", **private)
+        # Ground truth belongs to a picture: every change of picture resets the box to the picture's own list.
+        ui.image.change(user_errors(self.image_changed), inputs=[ui.image, ui.slot_methods, ui.runs, panel.choice],
+                        outputs=[ui.truth, ui.truth_note, ui.status, ui.runs, *panel.trace_outputs],
+                        preprocess=False, trigger_mode="always_last", **private)
+        ui.truth.change(user_errors(self.app.truth_note), inputs=[ui.image, ui.truth], outputs=ui.truth_note,
+                       preprocess=False, trigger_mode="always_last", **private)
 
         run_event = ui.run.click(
             self.compare,
@@ -708,8 +780,9 @@ class Controller:
                           outputs=picked, trigger_mode="always_last", **private)
         ui.run.click(self.clear_whatif, outputs=[*(s.column for s in ui.whatif_slots), ui.whatif], queue=False,
                      **private)
-        rerun_event = whatif.rerun.click(self.rerun, inputs=[ui.runs, panel.choice, whatif.selection, ui.whatif],
-                                         outputs=self.rerun_outputs, show_progress="minimal",
+        rerun_event = whatif.rerun.click(self.rerun, inputs=[ui.runs, panel.choice, whatif.selection, ui.whatif,
+                                                             ui.trace_files],
+                                         outputs=self.rerun_outputs, show_progress="minimal", preprocess=False,
                                          api_visibility="private")
         ui.stop.click(None, cancels=[rerun_event], **private)  # Stop ends a re-run too
         for index, slot in enumerate(ui.whatif_slots):

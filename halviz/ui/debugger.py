@@ -15,6 +15,9 @@ from halviz.ui.escaping import markdown_text as md
 from halviz.ui.state import RunEntry, Runs
 from halviz.ui.style import height_class
 from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
+
+EMPTY_DEBUGGER = ("**Nothing to inspect yet.** Run a comparison above (or replay a saved trace at the bottom of "
+                  "the page), then click any word of a caption to open its step here.")
 from halviz.ui.selection import selection_of
 from halviz.ui.whatif import InterventionPanel
 from halviz.viz.common import index_ranges
@@ -60,6 +63,8 @@ class DebuggerPanel:
 
     choice: gr.Radio
     info: gr.Markdown
+    empty: gr.Markdown  # what the debugger says before there is any trace to show
+    body: gr.Column  # everything else, hidden until there is a trace
     caption: gr.HighlightedText
     step: gr.Slider
     layer: gr.Dropdown
@@ -97,67 +102,69 @@ class DebuggerPanel:
                 choice = gr.Radio(label="Trace", choices=[], elem_id="hv-trace-choice")
             with gr.Column(scale=3, min_width=320):
                 info = gr.Markdown(elem_classes=["hv-trace-info"], latex_delimiters=[], elem_id="hv-trace-info")
-        caption = gr.HighlightedText(
-            label="Caption, one span per token: click a token to jump to its step",
-            color_map=CAPTION_COLOURS, combine_adjacent=False, show_legend=False, show_inline_category=False,
-            elem_id="hv-debug-caption", elem_classes=["hv-caption"])
-        with gr.Row(equal_height=True):
-            step = gr.Slider(0, 1, value=0, step=1, label="Step", scale=4, interactive=False, elem_id="hv-step")
-            layer = gr.Dropdown(choices=[("all layers (mean)", "mean")], value="mean", label="Layer", scale=1,
-                                elem_id="hv-layer")
-            head = gr.Dropdown(choices=[("all heads (mean)", "mean")], value="mean", label="Head", scale=1,
-                               elem_id="hv-head")
-            view = gr.Dropdown(choices=[("primary grid", viz.PRIMARY)], value=viz.PRIMARY, label="View", scale=1,
-                               visible=False, elem_id="hv-view",
-                               info="which grid of image tokens the attention and kept-token maps draw")
-        step_info = gr.Markdown(elem_classes=["hv-step-info"], latex_delimiters=[])
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=5):
-                overlay = gr.Plot(label="Where the model looked", elem_id="hv-overlay", show_label=False)
-                help_text("overlay")
-                with gr.Column(visible=False) as mask_box:
-                    mask = gr.Plot(label="Kept and removed image tokens", show_label=False, elem_id="hv-mask")
-                    help_text("mask")
-            with gr.Column(scale=4):
-                candidates = gr.Plot(label="Next-token candidates", show_label=False, elem_id="hv-candidates")
-                help_text("candidates")
-                entropy = gr.Plot(label="Attention entropy", show_label=False, elem_id="hv-entropy")
-                help_text("entropy")
-        whatif = InterventionPanel.build()
-        gr.Markdown("### Attention sinks", elem_classes=["hv-subsection"])
-        with gr.Row(equal_height=False):
-            shares = gr.Plot(label="Segment shares", show_label=False, elem_id="hv-shares")
-            top_keys = gr.Plot(label="Most-attended tokens", show_label=False, elem_id="hv-topkeys")
-        help_text("sinks")
-        with gr.Column(visible=False) as prunehal_box:
-            gr.Markdown("### PruneHal: when it pruned", elem_classes=["hv-subsection"])
-            prunehal = gr.Plot(show_label=False)
-            help_text("prunehal")
-        with gr.Column(visible=False) as vasparse_box:
-            gr.Markdown("### VASparse: kept generated tokens, contrast and sinks", elem_classes=["hv-subsection"])
+        empty = gr.Markdown(EMPTY_DEBUGGER, elem_classes=["hv-note"], elem_id="hv-debugger-empty")
+        with gr.Column(visible=False, elem_id="hv-debugger-body") as body:  # shown once there is a trace
+            caption = gr.HighlightedText(
+                label="Caption, one span per token: click a token to jump to its step",
+                color_map=CAPTION_COLOURS, combine_adjacent=False, show_legend=False, show_inline_category=False,
+                elem_id="hv-debug-caption", elem_classes=["hv-caption"])
+            with gr.Row(equal_height=True):
+                step = gr.Slider(0, 1, value=0, step=1, label="Step", scale=4, interactive=False, elem_id="hv-step")
+                layer = gr.Dropdown(choices=[("all layers (mean)", "mean")], value="mean", label="Layer", scale=1,
+                                    elem_id="hv-layer")
+                head = gr.Dropdown(choices=[("all heads (mean)", "mean")], value="mean", label="Head", scale=1,
+                                   elem_id="hv-head")
+                view = gr.Dropdown(choices=[("primary grid", viz.PRIMARY)], value=viz.PRIMARY, label="View", scale=1,
+                                   visible=False, elem_id="hv-view",
+                                   info="which grid of image tokens the attention and kept-token maps draw")
+            step_info = gr.Markdown(elem_classes=["hv-step-info"], latex_delimiters=[])
             with gr.Row(equal_height=False):
-                vasparse_selection = gr.Plot(show_label=False, elem_id="hv-vasparse-selection")
-                vasparse_logits = gr.Plot(show_label=False, elem_id="hv-vasparse-logits")
-            vasparse_sink = gr.Plot(show_label=False, elem_id="hv-vasparse-sink")
-            help_text("vasparse")
-        with gr.Column(visible=False) as vhr_box:
-            gr.Markdown("### VHR: vision-sensitive heads", elem_classes=["hv-subsection"])
+                with gr.Column(scale=5):
+                    overlay = gr.Plot(label="Where the model looked", elem_id="hv-overlay", show_label=False)
+                    help_text("overlay")
+                    with gr.Column(visible=False) as mask_box:
+                        mask = gr.Plot(label="Kept and removed image tokens", show_label=False, elem_id="hv-mask")
+                        help_text("mask")
+                with gr.Column(scale=4):
+                    candidates = gr.Plot(label="Next-token candidates", show_label=False, elem_id="hv-candidates")
+                    help_text("candidates")
+                    entropy = gr.Plot(label="Attention entropy", show_label=False, elem_id="hv-entropy")
+                    help_text("entropy")
+            whatif = InterventionPanel.build()
+            gr.Markdown("### Attention sinks", elem_classes=["hv-subsection"])
             with gr.Row(equal_height=False):
-                vhd = gr.Plot(show_label=False, elem_id="hv-vhd")
-                tvhd = gr.Plot(show_label=False)
-            help_text("vhr")
-        with gr.Column(visible=False, elem_id="hv-var-box") as var_box:
-            gr.Markdown("### VAR: sink tokens and the heads it redistributed", elem_classes=["hv-subsection"])
-            var_sinks = gr.Plot(show_label=False, elem_id="hv-var-sinks")
-            help_text("var_sinks")
-            with gr.Row(equal_height=False):
-                with gr.Column():
-                    var_heads = gr.Plot(show_label=False, elem_id="hv-var-heads")
-                    help_text("var_heads")
-                with gr.Column():
-                    var_moved = gr.Plot(show_label=False, elem_id="hv-var-moved")
-                    help_text("var_moved")
-        return cls(choice, info, caption, step, layer, head, view, step_info, overlay, mask_box, mask, candidates,
+                shares = gr.Plot(label="Segment shares", show_label=False, elem_id="hv-shares")
+                top_keys = gr.Plot(label="Most-attended tokens", show_label=False, elem_id="hv-topkeys")
+            help_text("sinks")
+            with gr.Column(visible=False) as prunehal_box:
+                gr.Markdown("### PruneHal: when it pruned", elem_classes=["hv-subsection"])
+                prunehal = gr.Plot(show_label=False)
+                help_text("prunehal")
+            with gr.Column(visible=False) as vasparse_box:
+                gr.Markdown("### VASparse: kept generated tokens, contrast and sinks", elem_classes=["hv-subsection"])
+                with gr.Row(equal_height=False):
+                    vasparse_selection = gr.Plot(show_label=False, elem_id="hv-vasparse-selection")
+                    vasparse_logits = gr.Plot(show_label=False, elem_id="hv-vasparse-logits")
+                vasparse_sink = gr.Plot(show_label=False, elem_id="hv-vasparse-sink")
+                help_text("vasparse")
+            with gr.Column(visible=False) as vhr_box:
+                gr.Markdown("### VHR: vision-sensitive heads", elem_classes=["hv-subsection"])
+                with gr.Row(equal_height=False):
+                    vhd = gr.Plot(show_label=False, elem_id="hv-vhd")
+                    tvhd = gr.Plot(show_label=False)
+                help_text("vhr")
+            with gr.Column(visible=False, elem_id="hv-var-box") as var_box:
+                gr.Markdown("### VAR: sink tokens and the heads it redistributed", elem_classes=["hv-subsection"])
+                var_sinks = gr.Plot(show_label=False, elem_id="hv-var-sinks")
+                help_text("var_sinks")
+                with gr.Row(equal_height=False):
+                    with gr.Column():
+                        var_heads = gr.Plot(show_label=False, elem_id="hv-var-heads")
+                        help_text("var_heads")
+                    with gr.Column():
+                        var_moved = gr.Plot(show_label=False, elem_id="hv-var-moved")
+                        help_text("var_moved")
+        return cls(choice, info, empty, body, caption, step, layer, head, view, step_info, overlay, mask_box, mask, candidates,
                    entropy, shares, top_keys, prunehal_box, prunehal, vasparse_box, vasparse_logits,
                    vasparse_selection, vasparse_sink, vhr_box, vhd, tvhd, var_box, var_sinks, var_heads, var_moved,
                    whatif)
@@ -171,9 +178,9 @@ class DebuggerPanel:
 
     @property
     def trace_outputs(self) -> list:
-        return [self.choice, self.info, self.step, self.layer, self.view, self.prunehal_box, self.vasparse_box,
+        return [self.choice, self.info, self.empty, self.body, self.step, self.layer, self.view, self.prunehal_box, self.vasparse_box,
                 self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, self.var_box, self.var_sinks,
-                self.whatif.selection,
+                self.whatif.selection, self.whatif.rerun, self.whatif.status,
                 *self.whatif.options, *self.step_outputs]
 
     # ---- rendering ------------------------------------------------------------------------------
@@ -185,8 +192,8 @@ class DebuggerPanel:
         if key not in runs:
             key = next(iter(runs), None)
         if key is None:
-            return {self.choice: gr.Radio(choices=[], value=None),
-                    self.info: "Run a comparison or upload a trace to inspect it here."}
+            return {self.choice: gr.Radio(choices=[], value=None), self.info: "",
+                    self.empty: gr.Markdown(visible=True), self.body: gr.Column(visible=False)}
         entry = runs[key]
         trace = entry.trace
         steps = trace.num_steps
@@ -206,6 +213,8 @@ class DebuggerPanel:
         updates = {
             self.choice: gr.Radio(choices=choices, value=key),
             self.info: trace_info(entry),
+            self.empty: gr.Markdown(visible=False),
+            self.body: gr.Column(visible=True),
             self.step: slider,
             self.layer: gr.Dropdown(choices=layer_options, value="mean"),
             self.view: view_picker(trace),
@@ -219,6 +228,9 @@ class DebuggerPanel:
             self.var_box: gr.Column(visible=var is not None),
             self.var_sinks: sized_plot(viz.var_sinks_figure(trace, var) if var is not None else None),
             self.whatif.selection: chosen,
+            # Only a column decoded in this session has an image and a model behind it to decode again.
+            self.whatif.rerun: gr.Button(interactive=rerunnable(entry)),
+            self.whatif.status: "" if rerunnable(entry) else REPLAY_RERUN_NOTE,
             self.whatif.sink: chosen.sink,
             self.whatif.scale: chosen.head_scale,
             self.whatif.first_layer: chosen.first_layer,
@@ -278,6 +290,14 @@ class DebuggerPanel:
             self.var_moved: sized_plot(viz.var_moved_figure(trace, step)),
             **self.whatif.view(entry, step, layer, head, selection),
         }
+
+
+REPLAY_RERUN_NOTE = ("Re-running needs the picture and the model: this trace was replayed from a file, so "
+                     "put its picture in the Image box and press **Compare** to decode it here first.")
+
+
+def rerunnable(entry: RunEntry) -> bool:
+    return entry.source is not None and bool(entry.model)
 
 
 def caption_tokens(entry: RunEntry, step: int) -> list[tuple[str, str | None]]:

@@ -6,7 +6,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from halviz.hallucination import TRUST_LEVELS, GroundTruth, ground_truth_from_text, parse_object_list
+from halviz.toy.recognise import recognise_scene
+from halviz.toy.scenes import IMAGE_SIZE
 from halviz.ui.escaping import markdown_text
 from halviz.ui.inputs import file_digest
 
@@ -47,16 +51,63 @@ class TruthInfo:
     unknown: list[str]
 
 
-def resolve_truth(text: str | None, image_digest: str, examples: list[Example]) -> TruthInfo:
-    """The example's own list (with its source and trust) when the image and the text are an
-    example's, untouched; otherwise what the user typed, trusted as "user"."""
+@dataclass(frozen=True)
+class ImageTruth:
+    """The ground truth that belongs to one picture: what the box is set to when that picture is put in."""
+
+    objects: str  # the text for the ground-truth box ("" for a picture nobody knows)
+    source: str
+    trust: str
+
+
+RECOGNISED_SOURCE = "recognised from the pixels: a toy scene (every glyph class has its own flat colour)"
+MAX_RECOGNISED_BYTES = 256 * 2**10  # a generator PNG is ~20 KB; larger files are not read at all
+
+
+def image_truth(path: str | Path | None, examples: list[Example], digest: str | None = None,
+                picture: Image.Image | None = None) -> ImageTruth | None:
+    """The picture's own ground truth: an example's list (by the file's digest), else a toy scene's
+    exact objects read from its pixels, else None (an upload nobody knows: the box is emptied).
+    ``digest`` and ``picture`` skip reading the file again when the caller has them."""
+    if digest is None and path:
+        try:
+            digest = file_digest(path)
+        except OSError:
+            return None
+    for example in examples:
+        if digest and example.digest == digest:
+            return ImageTruth(example.objects, example.source, example.trust)
+    names = _recognised(path, picture)
+    if names is None:
+        return None
+    return ImageTruth(", ".join(names), RECOGNISED_SOURCE, "exact")
+
+
+def _recognised(path: str | Path | None, picture: Image.Image | None) -> list[str] | None:
+    """``recognise_scene`` on a small PNG only: reading the header alone decides (a few hundred bytes)."""
+    try:
+        if picture is None:
+            if not path or Path(path).stat().st_size > MAX_RECOGNISED_BYTES:
+                return None
+            with Image.open(path, formats=("PNG",)) as opened:
+                if opened.size != (IMAGE_SIZE, IMAGE_SIZE) or getattr(opened, "is_animated", False):
+                    return None
+                picture = opened.convert("RGB")
+        return recognise_scene(picture)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def resolve_truth(text: str | None, own: ImageTruth | None) -> TruthInfo:
+    """The picture's own list (with its source and trust) when the box holds it untouched;
+    otherwise what the user typed, trusted as "user". The box is set to the picture's own list
+    whenever the picture changes, so text that differs from it was typed."""
     text = (text or "").strip()
     if not text:
         return TruthInfo(None, [])
-    for example in examples:
-        if example.digest == image_digest and text == example.objects.strip():
-            objects, unknown = parse_object_list(text)
-            return TruthInfo(GroundTruth(objects, example.source, example.trust), unknown)
+    objects, unknown = parse_object_list(text)
+    if own is not None and text == own.objects.strip():
+        return TruthInfo(GroundTruth(objects, own.source, own.trust), unknown)
     truth, unknown = ground_truth_from_text(text)
     return TruthInfo(truth, unknown)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from halviz.hallucination import TRUST_LEVELS, GroundTruth
+from halviz.models.loading import public_name
 from halviz.trace import Trace
 
 DISPLAY_SIDE = 512  # pictures kept for drawing are downscaled; patch boxes stay in original pixels
@@ -80,6 +81,13 @@ def keep_uploads(runs: Runs, prefix: str, max_bytes: int = MAX_SESSION_UPLOAD_BY
     return {k: v for k, v in runs.items() if k not in dropped}
 
 
+def download_stem(entry: RunEntry, stamp: str) -> str:
+    """A download's file name without suffix: model, column and time, so two runs never share a name
+    in a downloads folder (``halviz-toy-llava-vanilla-20261207-101502``)."""
+    model = public_name(entry.model) if entry.model else "trace"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in f"halviz-{model}-{entry.key}-{stamp}")
+
+
 class TraceFiles:
     """Trace files written for download, one folder per save, in one private folder.
 
@@ -106,9 +114,9 @@ class TraceFiles:
         folder = self.root / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         paths: list[str] = []
+        stamp = time.strftime("%Y%m%d-%H%M%S")
         for entry in runs.values():
-            stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in entry.key)
-            npz, meta = entry.trace.save(folder / f"halviz-trace-{stem}")
+            npz, meta = entry.trace.save(folder / download_stem(entry, stamp))
             paths += [str(npz), str(meta)]
         with self._lock:
             self._owners.setdefault(owner, deque()).append((time.time(), folder))
@@ -117,6 +125,13 @@ class TraceFiles:
         for old in stale:
             shutil.rmtree(old, ignore_errors=True)
         return paths
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether ``path`` is a file this object wrote (a client may send any path back)."""
+        try:
+            return Path(path).resolve().is_relative_to(self.root.resolve()) and Path(path).is_file()
+        except (OSError, ValueError):
+            return False
 
     def folders(self, owner: str | None = None) -> list[Path]:
         with self._lock:
