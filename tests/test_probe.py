@@ -156,9 +156,13 @@ def test_probe_cli_writes_a_consistent_report(tiny_model_dirs, tmp_path, capsys)
     assert code == 0
     table = capsys.readouterr().out
     assert "[r=0.7, t=1]" in table
-    for row in ("S1 sink", "S2 value norm", "S3 necessity", "D1 decay", "H1 prior", "R1 recognition", "M1 prunehal"):
+    for row in ("S1 sink", "S2 value norm", "S3 necessity", "D1 decay", "H1 prior", "R1 recognition", "M1 prunehal",
+                "beside CHAIR"):
         assert row in table
     report = json.loads(out.read_text())
+    assert {"looping", "repetition", "over_counted"} <= set(report["R1"])  # toy scenes: counts known
+    assert report["R1"]["over_counted"] is not None
+    assert {"looping", "repetition"} <= set(report["M1"]["prunehal"]) and "looping" in table
     m1 = report["M1"]
     assert m1["scenes"] == 2 * len(scenes.WorldConfig().pairs)
     row = m1["prunehal"]
@@ -230,3 +234,15 @@ def test_shipped_without_examples_follow_the_pick_rule(toy, pair):
         if len(earlier.objects) <= 3:
             text = probe.greedy_caption(toy, earlier.image, probe.DEFAULT_PROMPT, [], 64)[0].text
             assert partner not in text.split()
+
+
+def test_scene_chair_sees_loops_and_over_counts_that_chair_scores_zero():
+    # A one-clock scene captioned with two clocks, and a one-knife scene with the measured knife loop:
+    # CHAIR_I 0 for both; 1 of 2 captions loops; (1 + 1) over-counted of (2 + 11) mentions.
+    def scene(name):
+        return scenes.Scene(image=None, objects=[scenes.SceneObject(name, (0, 0, 9, 9), "gray", "big", (0, 0, 0))])
+
+    captions = ["a big black clock next to a small black clock .", "a big gray knife ." + " next to a big gray knife" * 10]
+    result = probe.scene_chair(captions, [scene("clock"), scene("knife")])
+    assert result.chair_i == 0.0 and result.looping == 0.5
+    assert result.over_counted == pytest.approx(2 / 13)
