@@ -115,3 +115,83 @@ def test_prunehal_panel_on_a_toy_decode(toy):
     assert "budget t = 1 prune max" in text and "budget spent at step 2" in text
     assert f"the {len(later)} later majorities" in text
     assert list(next(t for t in fig.data if t.name == "majority, no prune").x) == later
+
+
+def numpy_selection(vhd: np.ndarray, text_norm: np.ndarray) -> np.ndarray:
+    """VHR's head choice in one layer, from methods.md §4: outliers (VHD and TA both above their mean +
+    population std) zeroed, then the heads strictly above the median."""
+    outliers = (vhd > vhd.mean() + vhd.std()) & (text_norm > text_norm.mean() + text_norm.std())
+    filtered = np.where(outliers, 0.0, vhd)
+    return filtered > np.median(filtered)
+
+
+def vhr_trace(layers=(1, 3), alpha=2.0):
+    """4 layers × 4 heads; VHR acts on ``layers``; layer 2 (skipped) holds the largest VHD."""
+    trace = make_trace()
+    vhd = np.array([[1.0, 2, 3, 4], [5, 6, 7, 8], [30, 0.5, 20, 0.1], [0.001, 0.002, 0.003, 0.004]], np.float32)
+    selected = np.zeros((4, 4), bool)
+    selected[1, 2:] = selected[3, 2:] = True
+    selected[0, 3] = True  # a stray record outside VHR's layers: it reinforced nothing there
+    trace.meta.update(num_layers=4, num_heads=4)
+    trace.meta["methods"] = [{"name": "vhr", "title": "VHR", "params": {"alpha": alpha, "tvhd_top_k": 3},
+                              "layers": list(layers)}]
+    trace.arrays.update({"method/vhr/vhd": vhd, "method/vhr/selected": selected,
+                         "method/vhr/outlier": np.zeros((4, 4), bool),
+                         "method/vhr/layers": np.array(layers, np.int32)})
+    return trace, vhd, selected
+
+
+def outlined(fig) -> set:
+    marks = next((t for t in fig.data if t.name == "reinforced"), None)
+    return set() if marks is None else {(int(y), int(x)) for y, x in zip(marks.y, marks.x)}
+
+
+def test_vhr_map_greys_the_layers_its_rule_skips_and_outlines_only_its_choice():
+    trace, vhd, selected = vhr_trace()
+    fig = viz.vhd_figure(trace)
+    coloured, grey = fig.data[0], next(t for t in fig.data if t.name == "skipped layers")
+    z = np.asarray(coloured.z, dtype=np.float64)
+    assert np.isnan(z[[0, 2]]).all()  # skipped layers carry no colour
+    np.testing.assert_allclose(z[[1, 3]], vhd[[1, 3]])
+    assert coloured.zmax == pytest.approx(8.0)  # the scale spans VHR's layers only
+    grey_z = np.asarray(grey.z, dtype=np.float64)
+    assert np.isfinite(grey_z[[0, 2]]).all() and np.isnan(grey_z[[1, 3]]).all()
+    np.testing.assert_allclose(np.asarray(grey.customdata, dtype=np.float64), vhd)  # VHD 30 on hover
+    assert "%{customdata" in grey.hovertemplate and "%{z" in coloured.hovertemplate
+    assert outlined(fig) == {(1, 2), (1, 3), (3, 2), (3, 3)}  # not the stray (0, 3)
+    text = plain(fig.layout.title.text)
+    assert "others are 0" not in text
+    assert "VHR's layers: 1, 3" in text and "grey: layers 0, 2" in text
+    assert "the largest VHD, 30 (layer 2 head 0), is outside VHR's layers" in text
+    assert "layer 3: every VHD left after the filter is ≈ 0" in text
+    assert "4 heads VHR chose, output ×2" in text
+    assert "unchanged (α = 1)" in plain(viz.vhd_figure(vhr_trace(alpha=1.0)[0]).layout.title.text)
+    assert "top-3 head VHDs" in plain(viz.tvhd_figure(trace).layout.title.text)
+
+
+def test_vhr_map_on_a_toy_decode(toy):
+    """The toy model (6 layers × 6 heads) under VHR: the coloured rows are exactly those of the paper's
+    layer rule, each outline is a head the rule re-implemented in numpy picks, and the skipped rows
+    show their (real) VHD on hover."""
+    from PIL import Image
+
+    from halviz.engine.decode import Decoder
+    from halviz.methods.vhr import VHR
+
+    image = Image.open("assets/examples/toy-cup-no-spoon.png")
+    trace = Decoder(toy, image, methods=[VHR(alpha=1.5)], max_new_tokens=2).run_to_end()
+    vhd = trace.method_array("vhr", "vhd").astype(np.float64)
+    text_norm = trace.method_array("vhr", "text_norm").astype(np.float64)
+    depth, heads = vhd.shape
+    rule = {1} | set(range(depth - int(np.floor(14 * depth / 32 + 0.5)), depth))  # {1} ∪ the last round(14L/32)
+    assert rule == {1, 3, 4, 5}
+    fig = viz.vhd_figure(trace)
+    z = np.asarray(fig.data[0].z, dtype=np.float64)
+    assert {l for l in range(depth) if np.isfinite(z[l]).all()} == rule
+    assert {l for l in range(depth) if np.isnan(z[l]).all()} == set(range(depth)) - rule
+    grey = next(t for t in fig.data if t.name == "skipped layers")
+    np.testing.assert_allclose(np.asarray(grey.customdata, dtype=np.float64), vhd, rtol=1e-6)
+    expected = {(l, h) for l in rule for h in np.flatnonzero(numpy_selection(vhd[l], text_norm[l]))}
+    assert outlined(fig) == expected
+    assert "others are 0" not in plain(fig.layout.title.text)
+    assert "grey: layers 0, 2" in plain(fig.layout.title.text)
