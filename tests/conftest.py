@@ -86,6 +86,33 @@ def toy():
     return load_model("toy")
 
 
+@pytest.fixture(scope="module")
+def controller(toy):
+    """The app's callbacks on the bundled toy model, called directly (no server): ``(controller, gr)``."""
+    import gradio as gr
+
+    from halviz.ui import build_app
+    from halviz.ui.controller import Controller
+
+    demo = build_app(models=["toy"], default_model="toy", loader=lambda name: toy, preload=[])
+    found = [getattr(fn.fn, "__self__", None) for fn in demo.fns.values()]
+    controller = next(c for c in found if isinstance(c, Controller))
+    yield controller, gr
+    demo.halviz.files.close()
+
+
+def run_greedy(controller, tokens=16):
+    """Greedy on the cup-without-spoon example through ``Controller.compare``; the session's runs after it."""
+    from halviz.ui.examples import EXAMPLES_DIR, load_examples
+
+    scene = next(e for e in load_examples(EXAMPLES_DIR) if e.path.name == "toy-cup-no-spoon.png")
+    last = None
+    for last in controller.compare(str(scene.path), "Describe the image.", ["vanilla"], tokens, scene.objects,
+                                   "toy", "", {}):
+        pass
+    return last[controller.ui.runs]
+
+
 @pytest.fixture(scope="session")
 def toy_app(toy):
     """halviz.stress's LocalApp serving the toy model (test_fuzz and test_reliability)."""

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_greedy
 from halviz.methods.mask_patches import MaskPatches, box_positions, patch_positions
 from halviz.methods.scale_heads import ScaleHeads
 from halviz.trace import FORMAT, Trace
@@ -244,32 +245,7 @@ def test_the_new_figures_import_without_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# ---- the callbacks on the toy model -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def controller(toy):
-    import gradio as gr
-
-    from halviz.ui import build_app
-    from halviz.ui.controller import Controller
-
-    demo = build_app(models=["toy"], default_model="toy", loader=lambda name: toy, preload=[])
-    found = [getattr(fn.fn, "__self__", None) for fn in demo.fns.values()]
-    controller = next(c for c in found if isinstance(c, Controller))
-    yield controller, gr
-    demo.halviz.files.close()
-
-
-def run_greedy(controller, tokens=16):
-    from halviz.ui.examples import EXAMPLES_DIR, load_examples
-
-    scene = next(e for e in load_examples(EXAMPLES_DIR) if e.path.name == "toy-cup-no-spoon.png")
-    last = None
-    for last in controller.compare(str(scene.path), "Describe the image.", ["vanilla"], tokens, scene.objects,
-                                   "toy", "", {}):
-        pass
-    return last[controller.ui.runs]
-
+# ---- the callbacks on the toy model (conftest's ``controller`` and ``run_greedy``) -------------------------------
 
 def test_rerun_adds_a_column_diffed_against_the_original(controller):
     ctl, gr = controller
