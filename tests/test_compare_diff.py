@@ -1,9 +1,14 @@
-"""The original-vs-intervention diff of the comparison columns, against solo decodes compared by hand."""
+"""The comparison columns: the original-vs-intervention diff (against solo decodes compared by hand), and
+what each caption card shows (loops, over-counted mentions, CHAIR's blind spots, the batch's speed)."""
+
+from types import SimpleNamespace
 
 import pytest
 
 from halviz.engine.decode import Decoder
+from halviz.hallucination import GroundTruth, ground_truth_from_text
 from halviz.methods import build_stack
+from halviz.ui import compare
 from halviz.ui.compare import column_result, decode_rounds, first_divergence, with_divergence
 
 
@@ -35,11 +40,6 @@ def test_columns_are_diffed_against_the_first(tiny_models, photo):
 
 
 # ---- the caption card: loops, over-counting, what CHAIR cannot see, speed --------------------------
-
-from types import SimpleNamespace  # noqa: E402
-
-from halviz.hallucination import GroundTruth, ground_truth_from_text  # noqa: E402
-from halviz.ui import compare  # noqa: E402
 
 KNIFE_PIECES = ["a", " big", " gray", " knife", " ."] + [" next", " to", " a", " big", " gray", " knife"] * 10
 ONE_KNIFE = GroundTruth(frozenset({"knife"}), "toy scene", "exact", counts={"knife": 1})

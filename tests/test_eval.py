@@ -22,7 +22,8 @@ def test_eval_on_toy_scenes_matches_independent_chair(tiny_model_dirs, tiny_mode
     sample = scenes.heldout(3, seed=0)
     captions = [Decoder(tiny_models["llava-1.5"], s.image, max_new_tokens=4).run_to_end().caption for s in sample]
     # Toy scenes know their counts (each class drawn at most once): over-counting is measured.
-    expected = chair_metrics(captions, [frozenset(s.names) for s in sample], [dict.fromkeys(s.names, 1) for s in sample])
+    expected = chair_metrics(captions, [frozenset(s.names) for s in sample],
+                             [dict.fromkeys(s.names, 1) for s in sample])
     row = result["methods"]["vanilla"]
     for key in ("chair_s", "chair_i", "recall", "precision", "f1", "len", "looping", "repetition", "over_counted"):
         assert row[key] == pytest.approx(getattr(expected, key))

@@ -242,7 +242,8 @@ def test_scene_chair_sees_loops_and_over_counts_that_chair_scores_zero():
     def scene(name):
         return scenes.Scene(image=None, objects=[scenes.SceneObject(name, (0, 0, 9, 9), "gray", "big", (0, 0, 0))])
 
-    captions = ["a big black clock next to a small black clock .", "a big gray knife ." + " next to a big gray knife" * 10]
+    captions = ["a big black clock next to a small black clock .",
+                "a big gray knife ." + " next to a big gray knife" * 10]
     result = probe.scene_chair(captions, [scene("clock"), scene("knife")])
     assert result.chair_i == 0.0 and result.looping == 0.5
     assert result.over_counted == pytest.approx(2 / 13)
