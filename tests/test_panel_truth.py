@@ -195,3 +195,108 @@ def test_vhr_map_on_a_toy_decode(toy):
     assert outlined(fig) == expected
     assert "others are 0" not in plain(fig.layout.title.text)
     assert "grey: layers 0, 2" in plain(fig.layout.title.text)
+
+
+# ---- f: titles fit their panel at 1024 px, labels do not overlap ---------------------------------------
+# On a 1024 px page a half-row panel is about 430 px wide, a full row about 990 px. Inter's characters
+# average under 0.55 em: 13 px title lines then fit 430 / (0.55·13) ≈ 60 characters, 11 px subtitles 71.
+PANEL_PX = {"half": 430, "full": 990}
+
+
+def title_lines(fig) -> list[tuple[str, int]]:
+    """(visible text, font px) of every line of a figure's title."""
+    import html
+    import re
+
+    out = []
+    for line in fig.layout.title.text.split("<br>"):
+        size = 11 if "font-size:11px" in line else 13
+        out.append((html.unescape(re.sub(r"<[^>]*>", "", line)), size))
+    return out
+
+
+def assert_fits(fig, panel: str, name: str) -> None:
+    for text, size in title_lines(fig):
+        assert len(text) * 0.55 * size <= PANEL_PX[panel], f"{name}: {text!r} is cut at {PANEL_PX[panel]} px"
+
+
+def long_token_trace():
+    trace = make_trace()
+    trace.meta["texts"] = ["A", " rather long token text here", ""]
+    trace.meta["vocab_strings"] = {"7": " cat", "8": " an extremely long candidate token", "10": "</s>"}
+    return trace
+
+
+def test_figure_titles_fit_their_panels():
+    trace = long_token_trace()
+    votes = np.zeros((3, 2), bool)
+    votes[2] = True
+    ph = prunehal_trace(votes, [0], t=1)
+    figures = {
+        "candidates": (viz.candidates_figure(trace, 1), "half"),
+        "entropy": (viz.entropy_figure(trace, "mean", 1), "half"),
+        "segment shares": (viz.segment_share_figure(trace, 1), "half"),
+        "top tokens": (viz.top_keys_figure(trace, 1), "half"),
+        "VASparse selection": (viz.vasparse_selection_figure(trace), "half"),
+        "VHR map": (viz.vhd_figure(vhr_trace()[0]), "half"),
+        "T-VHD": (viz.tvhd_figure(trace, 1), "half"),
+        "PruneHal": (viz.prunehal_figure(ph, 1), "full"),
+        "VASparse sinks": (viz.vasparse_sink_figure(trace), "full"),
+    }
+    for name, (fig, panel) in figures.items():
+        assert_fits(fig, panel, name)
+    # The patch maps name their view on one first line; their subtitles fit the overlay's column.
+    for fig in (viz.attention_overlay(trace, 1), viz.kept_mask_figure(trace, np.ones(6), "PruneHal at step 1")):
+        for text, size in title_lines(fig)[1:]:
+            assert len(text) * 0.55 * size <= 540, text
+
+
+def test_fitted_titles_keep_every_word_and_grow_the_figure():
+    trace = long_token_trace()
+    fig = viz.segment_share_figure(trace, 1)
+    lines = [text for text, _ in title_lines(fig)]
+    joined = " ".join(lines)
+    assert len(lines) >= 3 and joined.endswith("typically the BOS token")
+    # was one line, cut at "…(mean over heads"
+    assert "where each layer's attention went" in joined and "mean over heads" in joined
+    # the plot keeps its room: the height grows by a line for each line the fitting added
+    assert fig.layout.margin.t >= 24 + 15 * len(lines)
+
+
+def test_top_token_cells_hold_short_labels_on_rows_tall_enough():
+    trace = make_trace()
+    trace.meta["prompt_tokens"][9] = "ĠASSISTANT_WITH_A_VERY_LONG_NAME"
+    fig = viz.top_keys_figure(trace, 0)
+    import html
+
+    cells = np.asarray(fig.data[0].customdata)[..., 1]
+    names = np.asarray(fig.data[0].text)
+    assert names[0][3].startswith("␣ASSISTANT_WITH")  # the full name stays on hover
+    assert all(len(html.unescape(str(label))) <= 10 for label in cells.ravel())  # 10 characters of 10 px fit a 70 px cell
+    assert str(cells[0][3]).endswith("…") and str(cells[0][1]) == "img r0 c1"
+    assert str(cells[0][0]) == "&lt;s&gt; @0"  # an entity counts as one character and is never split
+    # 32 layers: rows under 26 px get one line (the name), not two
+    deep = make_trace()
+    for key in ("top_key_pos", "top_key_attn"):
+        deep.arrays[key] = np.repeat(deep.arrays[key], 16, axis=1)
+    deep.meta["num_layers"] = 32
+    fig = viz.top_keys_figure(deep, 0)
+    row_px = (fig.layout.height - fig.layout.margin.t - fig.layout.margin.b - 30) / 32  # less the x axis
+    assert row_px < 26 and "<br>" not in fig.data[0].texttemplate
+    assert "<br>" in viz.top_keys_figure(trace, 0).data[0].texttemplate  # 2 layers: room for the share
+
+
+def test_sink_weight_labels_sit_on_separate_levels():
+    trace = make_trace()
+    weights = np.full(13, 0.05)
+    weights[[4, 5, 6]] = [0.2, 0.19, 0.18]  # three neighbours of about one height: labels placed by offset overlap
+    trace.arrays["method/vasparse/sink_w"] = np.stack([weights, weights]).astype(np.float32)
+    fig = viz.vasparse_sink_figure(trace)
+    labels = [a for a in fig.layout.annotations if a.showarrow]
+    assert sorted(a.x for a in labels) == [4, 5, 6]
+    levels = sorted(a.ay for a in labels)
+    gaps = np.diff(levels)
+    axis_px = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b - 60  # less the legend
+    px_per_unit = axis_px / fig.layout.yaxis.range[1]
+    assert (gaps * px_per_unit >= 14).all()  # a 10 px label per level
+    assert levels[-1] < fig.layout.yaxis.range[1]

@@ -230,9 +230,14 @@ def vasparse_sink_figure(trace: Trace, top: int = 3) -> go.Figure | None:
             customdata=[names[i] for i in where], hovertemplate="%{customdata} (position %{x}): W = %{y:.4f}<extra></extra>",
         ))
     fig.add_hline(y=1.0 / count, line=dict(color="#475569", width=1, dash="dash"))
-    for i in np.argsort(-weights, kind="stable")[:top]:
+    # The top positions are often neighbours: each label gets its own level above the highest bar (axis units),
+    # so no two overlap whatever their bars' heights.
+    highest = float(weights.max()) if count else 1.0
+    for rank, i in enumerate(np.argsort(-weights, kind="stable")[:top]):
         fig.add_annotation(x=int(positions[i]), y=float(weights[i]), text=names[i], showarrow=True, arrowhead=0,
-                           ax=20, ay=-18, font=dict(size=10))
+                           ax=20, ayref="y", ay=highest * (1.12 + 0.14 * rank), font=dict(size=10),
+                           xanchor="left", bgcolor="rgba(255,255,255,0.85)")
+    fig.update_yaxes(range=[0, highest * (1.2 + 0.14 * min(top, count))])
     fig.update_xaxes(title="sequence position (all columns)")
     fig.update_yaxes(title="W")
     span = f"layers {index_ranges(data.layers)}" if data.layers is not None and len(data.layers) else "its layers"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -16,6 +18,8 @@ from halviz.viz.common import (
     message_figure,
     num_layers,
     step_token,
+    subtitle,
+    visible_length,
 )
 
 
@@ -45,9 +49,8 @@ def segment_share_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.
                       legend=dict(orientation="h", y=-0.08, yanchor="top", x=0, font=dict(size=11), traceorder="normal"))
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
-    title = (f"Step {step} → {step_token(trace, step)}: where each layer's attention went (mean over heads)"
-             "<br><span style='font-size:11px'>a sink is a segment taking far more than its share, "
-             "typically the BOS token</span>")
+    title = f"Step {step} → {step_token(trace, step)}: where each layer's attention went" + subtitle(
+        ["mean over heads", "a sink: a segment taking far more than its share", "typically the BOS token"])
     return base_layout(fig, title, _rows_height(layers + 1) + 40, margin=dict(b=70))
 
 
@@ -60,18 +63,44 @@ def top_keys_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.Figur
     attention = trace.arrays["top_key_attn"][step].astype(np.float64)
     layers, k = positions.shape
     names = [[key_label(trace, int(p)) for p in row] for row in positions]
+    # Cell labels stay inside their cell: at most CELL_CHARS characters (the full name is on hover), and
+    # one line when the rows are too low for two (set below, once the title's height is known).
     fig = go.Figure(go.Heatmap(
         z=attention, x=[f"#{i + 1}" for i in range(k)], y=_layer_rows(layers, layer), text=names,
-        texttemplate="%{text}<br>%{z:.0%}", textfont=dict(size=10), colorscale="Blues", zmin=0, zmax=1,
-        customdata=positions, colorbar=dict(title="attention", thickness=12, tickformat=".0%"),
-        hovertemplate="%{y}, rank %{x}: %{text} (position %{customdata})<br>attention %{z:.3f}<extra></extra>",
+        texttemplate="%{customdata[1]}", textfont=dict(size=10),
+        colorscale="Blues", zmin=0, zmax=1,
+        customdata=np.stack([positions, [[cell_label(n) for n in row] for row in names]], axis=-1).astype(object),
+        colorbar=dict(title="attention", thickness=12, tickformat=".0%"),
+        hovertemplate="%{y}, rank %{x}: %{text} (position %{customdata[0]})<br>attention %{z:.3f}<extra></extra>",
     ))
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
     fig.update_xaxes(title="rank")
-    title = (f"Step {step}: the {k} single tokens taking the most attention in each layer (mean over heads)"
-             "<br><span style='font-size:11px'>the same token at rank 1 in every layer with a large share "
-             "is an attention sink</span>")
-    return base_layout(fig, title, _rows_height(layers, per_row=30) + 40, margin=dict(b=10))
+    title = f"Step {step}: the {k} tokens taking most attention in each layer" + subtitle(
+        ["mean over heads", "hover a cell for its full name", "the same token at rank 1 in every layer with a large "
+         "share is an attention sink"])
+    base_layout(fig, title, _rows_height(layers, per_row=30) + 40, margin=dict(b=10))
+    row_px = (fig.layout.height - fig.layout.margin.t - fig.layout.margin.b - 30) / max(layers, 1)  # less the axis
+    if row_px >= TWO_LINES_PX:
+        fig.update_traces(texttemplate="%{customdata[1]}<br>%{z:.0%}")
+    return fig
+
+
+TWO_LINES_PX = 26  # two lines of 10 px text
+CELL_CHARS = 10  # a 1024 px page gives each of the 5 rank cells about 70 px: ten 10 px characters
+
+
+def cell_label(name: str, limit: int = CELL_CHARS) -> str:
+    """``name`` (a plotly label, entities escaped) cut to ``limit`` visible characters with an ellipsis;
+    "image r3 c4" reads "img r3 c4"."""
+    name = name.replace("image r", "img r", 1) if name.startswith("image r") else name
+    if visible_length(name) <= limit:
+        return name
+    out, seen, i = "", 0, 0
+    while i < len(name) and seen < limit - 1:
+        entity = re.match(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);", name[i:])
+        piece = entity.group(0) if entity else name[i]
+        out, seen, i = out + piece, seen + 1, i + len(piece)
+    return out + "…"
 
 
 def _rows_height(rows: int, per_row: int = 18) -> int:
