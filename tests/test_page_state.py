@@ -38,8 +38,9 @@ def test_a_new_picture_replaces_the_last_examples_ground_truth(controller, tmp_p
     # What the comparison then uses agrees with the note: the knife's list on the cat is the user's word.
     request = ctl.app.check(str(cat.path), "Describe.", ["vanilla"], 4, knife.objects, "toy", "")
     assert request.truth.truth.trust == "user"
+    assert request.truth.truth.counts is None  # nobody counted what the user typed
     request = ctl.app.check(str(knife.path), "Describe.", ["vanilla"], 4, knife.objects, "toy", "")
-    assert request.truth.truth.trust == "exact"
+    assert request.truth.truth.trust == "exact" and request.truth.truth.counts == {"clock": 1, "knife": 1}
 
 
 def test_a_refused_comparison_says_so_beside_the_old_captions(controller):

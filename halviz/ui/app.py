@@ -128,9 +128,12 @@ def _layout(app: HalvizApp) -> Layout:
                              label="Image", sources=["upload", "clipboard"], height=320, elem_id="hv-image",
                              buttons=["fullscreen"])
             if app.examples:
-                # Examples fill the inputs only: cached outputs would bypass the debugger's traces.
-                gr.Examples(examples=[[str(e.path), e.objects] for e in app.examples], inputs=[image, truth],
-                            visible_columns=[0], label="Examples: toy scenes (objects known exactly) and photos "
+                # Examples fill the inputs only: cached outputs would bypass the debugger's traces. Each
+                # shows its name beside its picture, so "knife without fork" can be found by name.
+                name = gr.Textbox(visible=False, label="example")
+                gr.Examples(examples=[[str(e.path), e.objects, e.title] for e in app.examples],
+                            inputs=[image, truth, name], visible_columns=[0, 2],
+                            label="Examples: toy scenes (objects known exactly) and photos "
                             "(hand-checked object lists); each fills in its ground truth",
                             examples_per_page=12, cache_examples=False, elem_id="hv-examples")
         with gr.Column(scale=5, min_width=380):
@@ -146,7 +149,6 @@ def _layout(app: HalvizApp) -> Layout:
                                        value=default_methods, label="Methods: one caption column each",
                                        elem_id="hv-methods")
             defaults = app.method_defaults(app.default_model)
-            knobs = MethodSettings.build(app.registry, default_methods, defaults)
             truth.render()
             truth_note = gr.Markdown(app.truth_note(str(start.path), start.objects) if start else
                                      truth_markdown(TruthInfo(None, [])), elem_classes=["hv-note"],
@@ -155,6 +157,8 @@ def _layout(app: HalvizApp) -> Layout:
             with gr.Row():
                 run = gr.Button("▶ Compare", variant="primary", elem_id="hv-run", scale=3)
                 stop = gr.Button("■ Stop", variant="stop", elem_id="hv-stop", scale=1)
+            # Below the button: ticking every method opens one settings accordion each.
+            knobs = MethodSettings.build(app.registry, default_methods, defaults)
     status = gr.Markdown(f"Pick an image and press **Compare**. {API_NOTE}", elem_classes=["hv-status"],
                          elem_id="hv-status", label="status", latex_delimiters=[])
     slots: list[Slot] = []

@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from halviz.hallucination import TRUST_LEVELS, GroundTruth, ground_truth_from_text, parse_object_list
+from halviz.hallucination.ground_truth import one_of_each
 from halviz.toy.recognise import recognise_scene
 from halviz.toy.scenes import IMAGE_SIZE
 from halviz.ui.escaping import markdown_text
@@ -58,6 +59,7 @@ class ImageTruth:
     objects: str  # the text for the ground-truth box ("" for a picture nobody knows)
     source: str
     trust: str
+    one_of_each: bool = False  # a toy scene: the world draws every class at most once, so counts are known
 
 
 RECOGNISED_SOURCE = "recognised from the pixels: a toy scene (every glyph class has its own flat colour)"
@@ -75,12 +77,12 @@ def image_truth(path: str | Path | None, examples: list[Example], digest: str | 
         except OSError:
             return None
     for example in examples:
-        if digest and example.digest == digest:
-            return ImageTruth(example.objects, example.source, example.trust)
+        if digest and example.digest == digest:  # the toy world's examples are its exact ones
+            return ImageTruth(example.objects, example.source, example.trust, example.trust == "exact")
     names = _recognised(path, picture)
     if names is None:
         return None
-    return ImageTruth(", ".join(names), RECOGNISED_SOURCE, "exact")
+    return ImageTruth(", ".join(names), RECOGNISED_SOURCE, "exact", one_of_each=True)
 
 
 def _recognised(path: str | Path | None, picture: Image.Image | None) -> list[str] | None:
@@ -107,7 +109,8 @@ def resolve_truth(text: str | None, own: ImageTruth | None) -> TruthInfo:
         return TruthInfo(None, [])
     objects, unknown = parse_object_list(text)
     if own is not None and text == own.objects.strip():
-        return TruthInfo(GroundTruth(objects, own.source, own.trust), unknown)
+        counts = one_of_each(objects) if own.one_of_each else None
+        return TruthInfo(GroundTruth(objects, own.source, own.trust, counts), unknown)
     truth, unknown = ground_truth_from_text(text)
     return TruthInfo(truth, unknown)
 

@@ -46,7 +46,8 @@ def display_copy(image: Image.Image) -> Image.Image:
 def truth_to_meta(truth: GroundTruth | None) -> dict | None:
     if truth is None:
         return None
-    return {"objects": sorted(truth.objects), "source": truth.source, "trust": truth.trust}
+    return {"objects": sorted(truth.objects), "source": truth.source, "trust": truth.trust,
+            "counts": dict(truth.counts) if truth.counts is not None else None}
 
 
 def truth_from_meta(meta: dict) -> GroundTruth | None:
@@ -54,7 +55,8 @@ def truth_from_meta(meta: dict) -> GroundTruth | None:
     value = meta.get("ground_truth")
     try:
         if isinstance(value, dict) and value.get("trust") in TRUST_LEVELS:
-            return GroundTruth(frozenset(str(o) for o in value["objects"]), str(value["source"]), value["trust"])
+            return GroundTruth(frozenset(str(o) for o in value["objects"]), str(value["source"]), value["trust"],
+                               value.get("counts"))
     except (KeyError, TypeError, ValueError):
         pass
     return None

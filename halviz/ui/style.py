@@ -34,6 +34,10 @@ CSS = """
 .hv-card-title h3 { margin: 0 !important; font-size: 17px !important; }
 .hv-card-title p { margin: 0 !important; font-size: 12px !important; color: var(--body-text-color-subdued); }
 .hv-caption .textfield, .hv-caption .textspan { font-size: 15.5px !important; line-height: 1.75 !important; }
+/* One span per token: lines may break only at a space inside a token's own text ("three" split into
+   "thr" + "ee" stays whole), and the template's whitespace between token spans takes no room. */
+.hv-caption .token-container, .hv-caption .token { white-space: nowrap; font-size: 0 !important; }
+.hv-caption .token .text { white-space: pre-wrap; font-size: 15.5px !important; }
 .hv-summary p { font-size: 12.5px !important; margin: 0 !important; }
 .hv-status p { font-size: 14px !important; margin: 4px 0 !important; }
 .hv-trace-info p { font-size: 12.5px !important; line-height: 1.45 !important; }
