@@ -30,7 +30,7 @@ def test_candidates_title_states_this_steps_margin():
         probs = trace.arrays["top_probs"][step].astype(np.float64)
         text = viz.candidates_figure(trace, step).layout.title.text
         assert f"margin {probs[0] - probs[1]:.2f}" in text  # 0.30 at step 0, 0.85 at step 1
-        assert f"p = {probs[0]:.2f}" in text and f"runner-up  dog {probs[1]:.2f}" in text
+        assert f"p = {probs[0]:.2f}" in text and f"runner-up “ dog” {probs[1]:.2f}" in text
 
 
 def test_candidates_help_claims_no_typical_margin():
@@ -273,7 +273,8 @@ def test_top_token_cells_hold_short_labels_on_rows_tall_enough():
     names = np.asarray(fig.data[0].text)
     assert names[0][3].startswith("␣ASSISTANT_WITH")  # the full name stays on hover
     assert all(len(html.unescape(str(label))) <= 10 for label in cells.ravel())  # 10 characters of 10 px fit a 70 px cell
-    assert str(cells[0][3]).endswith("…") and str(cells[0][1]) == "img r0 c1"
+    assert str(cells[0][3]) == "␣ASSIS… @9" and str(cells[0][1]) == "img r0 c1"
+    assert str(cells[0][2]) == "A g0"  # "A (gen 0)": the generated token's step kept in short
     assert str(cells[0][0]) == "&lt;s&gt; @0"  # an entity counts as one character and is never split
     # 32 layers: rows under 26 px get one line (the name), not two
     deep = make_trace()

@@ -272,5 +272,5 @@ def candidate_margin(labels: list[str], probs: np.ndarray) -> str:
     """How far the chosen token led the runner-up at this step, in probability."""
     if len(probs) < 2:
         return f"p = {probs[0]:.2f}, no runner-up recorded" if len(probs) else ""
-    return (f"p = {probs[0]:.2f} vs runner-up {labels[1]} {probs[1]:.2f}: "
+    return (f"p = {probs[0]:.2f} vs runner-up “{labels[1]}” {probs[1]:.2f}: "
             f"margin {probs[0] - probs[1]:.2f}")

@@ -76,8 +76,8 @@ def top_keys_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.Figur
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
     fig.update_xaxes(title="rank")
     title = f"Step {step}: the {k} tokens taking most attention in each layer" + subtitle(
-        ["mean over heads", "hover a cell for its full name", "the same token at rank 1 in every layer with a large "
-         "share is an attention sink"])
+        ["mean over heads", "gN: generated token N, @N: prompt position N", "hover for the full name",
+         "one token at rank 1 in every layer, with a large share: a sink"])
     base_layout(fig, title, _rows_height(layers, per_row=30) + 40, margin=dict(b=10))
     row_px = (fig.layout.height - fig.layout.margin.t - fig.layout.margin.b - 30) / max(layers, 1)  # less the axis
     if row_px >= TWO_LINES_PX:
@@ -90,17 +90,23 @@ CELL_CHARS = 10  # a 1024 px page gives each of the 5 rank cells about 70 px: te
 
 
 def cell_label(name: str, limit: int = CELL_CHARS) -> str:
-    """``name`` (a plotly label, entities escaped) cut to ``limit`` visible characters with an ellipsis;
-    "image r3 c4" reads "img r3 c4"."""
-    name = name.replace("image r", "img r", 1) if name.startswith("image r") else name
-    if visible_length(name) <= limit:
-        return name
+    """A :func:`key_label` (a plotly label, entities escaped) in at most ``limit`` visible characters: "image r3
+    c4" reads "img r3 c4", "␣cat (gen 5)" "␣cat g5"; a token still too long is cut with an ellipsis, its
+    position kept."""
+    if name.startswith("image r"):
+        name = "img r" + name[len("image r"):]
+    generated = re.fullmatch(r"(.*) \(gen (\d+)\)", name)
+    prompt = re.fullmatch(r"(.*) (@\d+)", name)
+    token, suffix = ((generated[1], f" g{generated[2]}") if generated else (prompt[1], f" {prompt[2]}") if prompt
+                     else (name, ""))
+    if visible_length(token) + len(suffix) <= limit:
+        return token + suffix
     out, seen, i = "", 0, 0
-    while i < len(name) and seen < limit - 1:
-        entity = re.match(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);", name[i:])
-        piece = entity.group(0) if entity else name[i]
+    while i < len(token) and seen < max(limit - len(suffix) - 1, 1):
+        entity = re.match(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);", token[i:])
+        piece = entity.group(0) if entity else token[i]
         out, seen, i = out + piece, seen + 1, i + len(piece)
-    return out + "…"
+    return out + "…" + suffix
 
 
 def _rows_height(rows: int, per_row: int = 18) -> int:
