@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from halviz.toy.scenes import CLASSES, IMAGE_SIZE, WorldConfig, looks_like_toy_scene
+from halviz.toy.scenes import CLASS_BY_NAME, CLASSES, IMAGE_SIZE, WorldConfig, looks_like_toy_scene
 
 # A glyph's smallest drawn area: the faint partners are 10 px boxes, and the thinnest glyph (the
 # knife) still paints well over this; background noise rarely repeats one exact colour this often.
@@ -23,6 +23,25 @@ MIN_GLYPH_PIXELS = 12
 # generator rounds the mix to whole values and the background estimate is a median of noise.
 MAX_RESIDUAL = 12.0
 MIN_MIX = 0.25  # faint glyphs are mixed at 0.35–0.6 of their colour; below this is background
+
+
+def locate_objects(image: Image.Image, world: WorldConfig = WorldConfig()) -> dict[str, tuple[int, int, int, int]] | None:
+    """Each recognised object's pixel box (x0, y0, x1, y1 inclusive), or None as ``recognise_scene``."""
+    names = recognise_scene(image, world)
+    if names is None:
+        return None
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int64)
+    background = np.median(pixels.reshape(-1, 3), axis=0)
+    boxes = {}
+    for name in names:
+        line = np.array(CLASS_BY_NAME[name].rgb, dtype=float) - background
+        offset = pixels - background
+        mix = np.clip(offset @ line / (line ** 2).sum(), 0.0, 1.0)
+        residual = np.linalg.norm(offset - mix[..., None] * line, axis=-1)
+        far = np.abs(offset).max(axis=-1) > world.noise + 4
+        ys, xs = np.nonzero(far & (residual <= MAX_RESIDUAL) & (mix >= MIN_MIX))
+        boxes[name] = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    return boxes
 
 
 def recognise_scene(image: Image.Image, world: WorldConfig = WorldConfig()) -> list[str] | None:

@@ -12,6 +12,8 @@ import gradio as gr
 from halviz.methods import REGISTRY
 from halviz.methods.base import Method
 from halviz.models import DEFAULT_PROMPT, LoadedModel, load_model
+from halviz.models.loading import TOY_KEY
+from halviz.toy.lesson import EXAMPLE_FILE as LESSON_EXAMPLE
 from halviz.ui import inputs as checks
 from halviz.ui.compare import UPDATE_EVERY_S
 from halviz.ui.controller import Controller, HalvizApp, Layout, Slot
@@ -19,6 +21,7 @@ from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.examples import EXAMPLES_DIR, TruthInfo, load_examples, truth_markdown
 from halviz.ui.fairness import limit_per_session
 from halviz.ui.knobs import MethodSettings
+from halviz.ui.lesson import Lesson, LessonPanel
 from halviz.ui.models import configured_models, local_models_allowed, model_choices
 from halviz.ui.state import TraceFiles
 from halviz.ui.style import CSS, theme
@@ -67,7 +70,10 @@ def build_app(models: Sequence[str | tuple[str, str]] | None = None, default_mod
         # Trace files live inside Gradio's cache, so serving them needs no second copy.
         app.files = TraceFiles(parent=demo.GRADIO_CACHE)
         layout = _layout(app)
-        Controller(app, layout).wire()
+        controller = Controller(app, layout)
+        controller.wire()
+        if layout.lesson is not None:
+            Lesson(controller, layout.lesson).wire()
     demo.halviz = app  # the server's own state (model cache, trace files), for shutdown() and the tests
     # Everything built so far lives as long as the server: keep it out of the cyclic collector's
     # scans, so the collection after each comparison (ui.memory) takes milliseconds, not seconds.
@@ -118,6 +124,7 @@ def _layout(app: HalvizApp) -> Layout:
     names = list(app.registry)
     default_methods = [n for n in ("vanilla", "prunehal") if n in names] or names[:1]
     gr.HTML(HEADER)
+    lesson = LessonPanel.build() if lesson_available(app) else None
     start = _opening_example(app)
     truth = gr.Textbox(value=start.objects if start else "", label="Objects really in the image (ground truth)",
                        lines=1, render=False,
@@ -188,8 +195,13 @@ def _layout(app: HalvizApp) -> Layout:
         runs=gr.State({}, time_to_live=STATE_SECONDS), slot_methods=gr.State([], time_to_live=STATE_SECONDS),
         live=gr.State([], time_to_live=STATE_SECONDS),
         knob_defaults=gr.State(defaults.shown(app.registry), time_to_live=STATE_SECONDS),
-        whatif_slots=whatif_slots, whatif=gr.State([], time_to_live=STATE_SECONDS),
+        whatif_slots=whatif_slots, whatif=gr.State([], time_to_live=STATE_SECONDS), lesson=lesson,
     )
+
+
+def lesson_available(app: HalvizApp) -> bool:
+    """The lesson needs the toy model and its knife scene among the examples."""
+    return TOY_KEY in app.policy.allowed and any(e.path.name == LESSON_EXAMPLE for e in app.examples)
 
 
 def _opening_example(app: HalvizApp):

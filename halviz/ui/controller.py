@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, replace
 
 import gradio as gr
@@ -92,6 +93,7 @@ class Layout:
     knob_defaults: gr.State  # {method: {knob: value}}: the defaults the knobs show for the chosen model
     whatif_slots: list[WhatIfSlot]  # the re-run columns beside the method columns
     whatif: gr.State  # list of {key, summary, step}: what each re-run column shows, oldest first
+    lesson: Any = None  # ui.lesson.LessonPanel when the toy model and its knife scene are offered
 
 
 @dataclass
