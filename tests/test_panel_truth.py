@@ -2,11 +2,20 @@
 data it is drawn from, computed here independently (hand-made traces, and traces of the bundled toy
 model decoded with the methods whose panels they are)."""
 
+import html
+import re
+
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from PIL import Image
 
 from halviz import viz
+from halviz.engine.decode import Decoder
+from halviz.methods.prunehal import PruneHal
+from halviz.methods.vhr import VHR
+from halviz.ui.texts import HELP
+from halviz.ui.whatif import PATCH_TOKENS_HELP
 from test_viz import make_trace
 
 
@@ -34,8 +43,6 @@ def test_candidates_title_states_this_steps_margin():
 
 
 def test_candidates_help_claims_no_typical_margin():
-    from halviz.ui.texts import HELP
-
     assert "small margin" not in HELP["candidates"].replace("a small margin is", "")
     assert "often" not in HELP["candidates"] and "margin" in HELP["candidates"]
 
@@ -43,9 +50,6 @@ def test_candidates_help_claims_no_typical_margin():
 def test_help_texts_shown_as_html_carry_no_markdown():
     """The debugger puts each help text inside an HTML <div>, where Markdown is not read: ``**x**`` would
     print its asterisks (as "**View**" and "**designed**" did)."""
-    from halviz.ui.texts import HELP
-    from halviz.ui.whatif import PATCH_TOKENS_HELP
-
     for key, text in {**HELP, "patch_tokens": PATCH_TOKENS_HELP}.items():
         assert "**" not in text and "__" not in text and "`" not in text, key
         assert text.count("<b>") == text.count("</b>"), key
@@ -53,9 +57,6 @@ def test_help_texts_shown_as_html_carry_no_markdown():
 
 def plain(text: str) -> str:
     """A plotly title as read: lines joined by spaces, tags dropped, entities decoded."""
-    import html
-    import re
-
     return html.unescape(re.sub(r"<[^>]*>", "", text.replace("<br>", " ")))
 
 
@@ -95,11 +96,6 @@ def test_prunehal_panel_states_its_budget_and_when_it_ran_out():
 def test_prunehal_panel_on_a_toy_decode(toy):
     """The toy model's defaults (r = 0.8, t = 1) on its cup-without-spoon example: the forced prune spends
     the budget, and every later majority is drawn as one that could not prune."""
-    from PIL import Image
-
-    from halviz.engine.decode import Decoder
-    from halviz.methods.prunehal import PruneHal
-
     image = Image.open("assets/examples/toy-cup-no-spoon.png")
     trace = Decoder(toy, image, methods=[PruneHal(r=0.8, t=1)], max_new_tokens=32).run_to_end()
     mass = trace.method_array("prunehal", "mass").astype(np.float64)
@@ -173,11 +169,6 @@ def test_vhr_map_on_a_toy_decode(toy):
     """The toy model (6 layers × 6 heads) under VHR: the coloured rows are exactly those of the paper's
     layer rule, each outline is a head the rule re-implemented in numpy picks, and the skipped rows
     show their (real) VHD on hover."""
-    from PIL import Image
-
-    from halviz.engine.decode import Decoder
-    from halviz.methods.vhr import VHR
-
     image = Image.open("assets/examples/toy-cup-no-spoon.png")
     trace = Decoder(toy, image, methods=[VHR(alpha=1.5)], max_new_tokens=2).run_to_end()
     vhd = trace.method_array("vhr", "vhd").astype(np.float64)
@@ -205,9 +196,6 @@ PANEL_PX = {"half": 430, "full": 990}
 
 def title_lines(fig) -> list[tuple[str, int]]:
     """(visible text, font px) of every line of a figure's title."""
-    import html
-    import re
-
     out = []
     for line in fig.layout.title.text.split("<br>"):
         size = 11 if "font-size:11px" in line else 13
@@ -267,12 +255,11 @@ def test_top_token_cells_hold_short_labels_on_rows_tall_enough():
     trace = make_trace()
     trace.meta["prompt_tokens"][9] = "ĠASSISTANT_WITH_A_VERY_LONG_NAME"
     fig = viz.top_keys_figure(trace, 0)
-    import html
-
     cells = np.asarray(fig.data[0].customdata)[..., 1]
     names = np.asarray(fig.data[0].text)
     assert names[0][3].startswith("␣ASSISTANT_WITH")  # the full name stays on hover
-    assert all(len(html.unescape(str(label))) <= 10 for label in cells.ravel())  # 10 characters of 10 px fit a 70 px cell
+    # 10 characters of 10 px fit a 70 px cell
+    assert all(len(html.unescape(str(label))) <= 10 for label in cells.ravel())
     assert str(cells[0][3]) == "␣ASSIS… @9" and str(cells[0][1]) == "img r0 c1"
     assert str(cells[0][2]) == "A g0"  # "A (gen 0)": the generated token's step kept in short
     assert str(cells[0][0]) == "&lt;s&gt; @0"  # an entity counts as one character and is never split

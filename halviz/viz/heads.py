@@ -103,7 +103,8 @@ def vhd_figure(trace: Trace, maps: HeadMaps | None = None) -> go.Figure:
                      f"filter is ≈ 0 (under {NEAR_ZERO:.0%} of the largest), yet VHR chose "
                      f"{int(chosen[faint].sum())} heads there")
     title = "VHR: vision sensitivity (VHD) of each head" + subtitle(
-        ["VHD = ‖head output with the image − with text only‖ at the first token", f"{layers} layers × {heads} heads",
+        ["VHD = ‖head output with the image − with text only‖ at the first token",
+         f"{layers} layers × {heads} heads",
          *notes, *legend, f"colour: 0 to {top:.3g}"])
     return base_layout(fig, title, int(min(max(220 + 14 * layers, 360), 800)))
 
