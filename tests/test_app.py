@@ -114,7 +114,7 @@ def test_awkward_images_are_converted_not_refused(tmp_path):
         loaded = load_image({"path": str(path), "orig_name": name})
         assert loaded.image.mode == "RGB" and loaded.image.size == (60, 40), name
         assert np.asarray(loaded.image).std() > 0, name
-    assert "first frame of 2" in load_image(str(tmp_path / "animated.gif")).note
+    assert "first frame of an animated image" in load_image(str(tmp_path / "animated.gif")).note
     # Transparent pixels are flattened onto white, not black.
     clear = tmp_path / "clear.png"
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(clear)

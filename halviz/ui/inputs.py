@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import Image, UnidentifiedImageError, features
 
 from halviz.methods import REGISTRY, check_compatible
 from halviz.methods.base import Method
 
 MAX_IMAGE_BYTES = 20 * 2**20
 MAX_IMAGE_PIXELS = 40_000_000  # our own per-call limit, checked from the header before decoding
+# The most pixels any model's processor uses (LLaVA-OneVision's largest anyres canvas, 2304×2304; SmolVLM
+# resizes to a 2048 longest edge, Qwen2.5-VL to at most 802,816 px from the aspect ratio alone, LLaVA-1.5 to
+# 336): a larger upload is shrunk to this many pixels, aspect kept, before any conversion, and that copy is
+# what the model sees and what a re-run decodes again.
+MODEL_PIXELS = 2304 * 2304
 MAX_PROMPT_CHARS = 1000  # a cheap first cut; the real limit is MAX_PROMPT_TOKENS of the chosen model
 MAX_PROMPT_TOKENS = 256
 MAX_NEW_TOKENS = 512
@@ -79,7 +84,7 @@ def load_image(source: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInput:
     CMYK, 16-bit, float, palette, grayscale and transparent images are converted, not refused.
     """
     if isinstance(source, Image.Image):
-        rgb, note = _to_rgb(_check_size(source, max_pixels))
+        rgb, note = _to_rgb(_downscaled(_check_size(source, max_pixels)))
         return ImageInput(rgb, "image", "", note)
     path = image_path(source)
     if not path:
@@ -107,13 +112,17 @@ def load_image(source: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInput:
         raise InputError(f"{name} is damaged or truncated: the file is far too small for "
                          f"{picture.width}×{picture.height} pixels.")
     notes = []
-    frames = getattr(picture, "n_frames", 1)
     try:
-        if frames > 1:
+        # ``is_animated`` looks at most one frame ahead; ``n_frames`` would walk every page of a TIFF
+        # (superlinear in their number), so the count is never asked for.
+        if getattr(picture, "is_animated", False):
             picture.seek(0)
-            notes.append(f"first frame of {frames}")
+            notes.append("first frame of an animated image")
+        _draft(picture)
         picture.load()
-        picture = ImageOps.exif_transpose(picture) or picture
+        turn = _ORIENTATIONS.get(picture.getexif().get(0x0112, 1))  # read before the copy drops the tags
+        picture = _downscaled(picture)
+        picture = picture.transpose(turn) if turn is not None else picture
     except Image.DecompressionBombError:
         raise InputError(f"{name} is too large to decode safely.") from None
     except Exception:  # truncated or corrupt pixel data: PIL raises OSError, ValueError, SyntaxError...
@@ -155,8 +164,55 @@ def _check_size(picture: Image.Image, max_pixels: int, name: str = "The image") 
     return picture
 
 
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}  # EXIF orientation → the transposition that undoes it
+
+
+def model_size(width: int, height: int, most: int = MODEL_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` scaled down, aspect kept, to at most ``most`` pixels (unchanged if within)."""
+    if width * height <= most:
+        return width, height
+    scale = math.sqrt(most / (width * height))
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _draft(picture: Image.Image) -> None:
+    """A JPEG larger than any model needs is decoded at 1/2, 1/4 or 1/8 scale (never below MODEL_PIXELS)."""
+    size = model_size(*picture.size)
+    if picture.format == "JPEG" and size != picture.size:
+        picture.draft(None, size)
+
+
+def _downscaled(picture: Image.Image, most: int = MODEL_PIXELS) -> Image.Image:
+    """``picture`` shrunk to at most ``most`` pixels in its own mode (16-bit by integer block means in
+    float32, which Pillow cannot resize); the picture itself when it is small enough. Every later
+    conversion works on this copy, so its cost is bounded by ``most``, not by the upload."""
+    size = model_size(*picture.size, most)
+    if size == picture.size:
+        return picture
+    if picture.mode.startswith("I;16"):
+        # Block means by whole factors (at least the target size, under 4× its pixels), a strip of about
+        # 1 M pixels at a time, then Pillow's float resize to the exact size.
+        fy, fx = max(1, picture.height // size[1]), max(1, picture.width // size[0])
+        rows, cols = picture.height // fy, picture.width // fx
+        means = np.empty((rows, cols), np.float32)
+        band = max(1, 2**20 // max(cols * fx * fy, 1))
+        for top in range(0, rows, band):
+            strip = np.asarray(picture.crop((0, top * fy, cols * fx, min(top + band, rows) * fy)))
+            means[top:top + band] = strip.reshape(-1, fy, cols, fx).mean(axis=(1, 3), dtype=np.float32)
+        small = Image.fromarray(means, "F").resize(size, Image.Resampling.BOX)
+        del means
+        return Image.fromarray(np.clip(np.rint(np.asarray(small)), 0, 65535).astype(np.uint16))  # I;16 again
+    # Box means for numbers (no ringing past the image's own range, which I and F are stretched to).
+    resample = {"1": Image.Resampling.NEAREST, "P": Image.Resampling.NEAREST, "PA": Image.Resampling.NEAREST,
+                "I": Image.Resampling.BOX, "F": Image.Resampling.BOX}.get(picture.mode, Image.Resampling.LANCZOS)
+    return picture.resize(size, resample, reducing_gap=None if resample != Image.Resampling.LANCZOS else 3.0)
+
+
 def _to_rgb(picture: Image.Image) -> tuple[Image.Image, str]:
-    """RGB for any mode; transparency is flattened onto white, high bit depths scaled to 8 bits."""
+    """RGB for any mode; transparency is flattened onto white, high bit depths scaled to 8 bits.
+    Arithmetic is float32 (callers pass a copy of at most MODEL_PIXELS pixels: see ``_downscaled``)."""
     mode = picture.mode
     if mode == "RGB":
         return picture.copy(), ""
@@ -165,14 +221,19 @@ def _to_rgb(picture: Image.Image) -> tuple[Image.Image, str]:
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas, f"{mode} with transparency flattened onto white"
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        values = np.asarray(picture, dtype=np.float64)
-        if mode.startswith("I;16"):
-            scaled = values / 257.0
-        else:  # 32-bit integer or float: stretch the image's own range
-            low, high = np.nanmin(values), np.nanmax(values)
-            scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        gray = Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8), "L")
+    if mode.startswith("I;16"):
+        values = np.asarray(picture)  # uint16: integer arithmetic, 65535 → 255
+        gray = Image.fromarray(((values.astype(np.uint32) + 128) // 257).astype(np.uint8), "L")
+        return gray.convert("RGB"), f"{mode} scaled to 8-bit grayscale"
+    if mode in ("I", "F"):  # 32-bit integer or float: stretch the image's own (finite) range
+        values = np.asarray(picture, dtype=np.float32)
+        finite = np.isfinite(values)
+        low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+        scaled = np.zeros(values.shape, np.float32)
+        if high > low:
+            np.subtract(values, low, out=scaled, where=finite)
+            scaled *= np.float32(255.0 / (high - low))
+        gray = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
         return gray.convert("RGB"), f"{mode} scaled to 8-bit grayscale"
     return picture.convert("RGB"), ("" if mode in ("L", "1", "P") else f"converted from {mode}")
 
