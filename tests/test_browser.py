@@ -38,6 +38,11 @@ def page(app_url, open_page):
         yield page
 
 
+def click_example(page, index: int) -> None:
+    """Click the ``index``-th example (a table row: its picture beside its name)."""
+    page.locator("#hv-examples tbody tr").nth(index).click()
+
+
 def overlay_title_starts(text: str) -> str:
     """A wait_for_function expression: the heatmap's title starts with ``text``."""
     return ("(() => { const t = document.querySelector('#hv-overlay .gtitle');"
@@ -56,7 +61,7 @@ def heatmap_values(page) -> list:
 def test_compare_two_methods_and_scrub_the_steps(page, tmp_path):
     # Pick an example: its object list fills the ground-truth box (toy: cup without spoon; else the coffee photo).
     index, expected = (2, "cup") if toy_model_ready() else (5, "cup")
-    page.locator("#hv-examples .gallery-item").nth(index).click()
+    click_example(page, index)
     page.wait_for_function(f"document.querySelector('#hv-truth textarea').value.includes('{expected}')")
     page.wait_for_selector("text=trust:")
     checked = page.locator("#hv-methods input[type=checkbox]:checked")
@@ -117,7 +122,7 @@ def test_replay_an_uploaded_trace(page, tmp_path, tiny_model_dirs):
 def readme_screenshot(page) -> None:
     """For the README, on the toy model: the knife scene (no fork in it), Greedy beside "Remove sink",
     the debugger at the step that names the fork, and the attention-sink panel below it."""
-    page.locator("#hv-examples .gallery-item").nth(1).click()
+    click_example(page, 1)
     page.wait_for_function("document.querySelector('#hv-truth textarea').value.includes('knife')")
     page.locator("#hv-methods label").filter(has_text="VHR").click()
     page.locator("#hv-methods label").filter(has_text="Remove sink").click()
@@ -198,7 +203,7 @@ def test_an_intervention_beside_the_original_shows_where_it_diverges(page):
     page.reload()  # a fresh session with the default methods
     page.wait_for_selector("#hv-run", timeout=60_000)
     index = 2 if toy_model_ready() else 5
-    page.locator("#hv-examples .gallery-item").nth(index).click()
+    click_example(page, index)
     page.wait_for_selector("text=trust:")
     page.locator("#hv-methods label").filter(has_text="PruneHal").click()  # off: Greedy stays, alone
     page.locator("#hv-methods label").filter(has_text="Mask patches").click()
@@ -221,7 +226,7 @@ def test_click_patches_rerun_and_open_the_new_column_at_its_step(page):
     page.reload()
     page.wait_for_selector("#hv-run", timeout=60_000)
     index = 2 if toy_model_ready() else 5
-    page.locator("#hv-examples .gallery-item").nth(index).click()
+    click_example(page, index)
     page.wait_for_selector("text=trust:")
     page.locator("#hv-methods label").filter(has_text="PruneHal").click()  # Greedy alone
     page.wait_for_timeout(300)

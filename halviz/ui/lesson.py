@@ -24,7 +24,7 @@ INTRO = ("Four steps on the toy model, for a class in front of one screen: each 
 def scroll_to(element_id: str) -> str:
     """Browser-side: bring the element into view (run after the step's own update)."""
     return (f"() => {{ const e = document.getElementById('{element_id}'); "
-            "if (e) e.scrollIntoView({behavior: 'smooth', block: 'center'}); }")
+            "if (e) e.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
 
 
 @dataclass
@@ -34,7 +34,7 @@ class LessonPanel:
 
     @classmethod
     def build(cls) -> "LessonPanel":
-        with gr.Accordion("🎓 Lesson: the attention sink (four steps on the toy model)", open=False,
+        with gr.Accordion("Lesson: the attention sink (four steps on the toy model)", open=False,
                           elem_id="hv-lesson"):
             gr.Markdown(INTRO, elem_classes=["hv-note"])
             with gr.Row():
@@ -57,7 +57,9 @@ class Lesson:
         return self.example is not None and TOY_KEY in self.ctl.app.policy.allowed
 
     def say(self, index: int, extra: str = "") -> str:
+        """The step's sentence for the lesson box, also shown as a toast where the page scrolls to."""
         step = STEPS[index]
+        gr.Info(f"{step.title}: {step.sentence}", duration=12, title="Lesson")
         text = f"**{markdown_text(step.title)}.** {markdown_text(step.sentence)}"
         return text + (f"  \n{extra}" if extra else "")
 

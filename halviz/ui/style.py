@@ -43,6 +43,10 @@ CSS = """
 .hv-trace-info p { font-size: 12.5px !important; line-height: 1.45 !important; }
 .hv-step-info p { font-size: 13.5px !important; margin: 2px 0 !important; }
 #hv-image img { object-fit: contain; }
+/* Examples: a compact table, each picture beside its name. */
+#hv-examples td { padding: 2px 8px !important; text-align: left !important; }
+#hv-examples td img { max-height: 40px !important; width: auto !important; }
+#hv-examples td .container { height: 44px !important; width: 44px !important; }
 footer { opacity: 0.75; }
 """
 
