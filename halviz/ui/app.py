@@ -4,10 +4,12 @@ the callbacks live in :mod:`halviz.ui.controller`."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from halviz.methods import REGISTRY
 from halviz.methods.base import Method
@@ -19,7 +21,7 @@ from halviz.ui.compare import UPDATE_EVERY_S
 from halviz.ui.controller import Controller, HalvizApp, Layout, Slot
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.examples import EXAMPLES_DIR, TruthInfo, load_examples, truth_markdown
-from halviz.ui.fairness import limit_per_session
+from halviz.ui.fairness import ClientGate, Limits, install as install_limits
 from halviz.ui.knobs import MethodSettings
 from halviz.ui.lesson import Lesson, LessonPanel
 from halviz.ui.models import configured_models, local_models_allowed, model_choices
@@ -29,18 +31,17 @@ from halviz.ui.whatif import MAX_WHATIF, WhatIfSlot
 from halviz.ui.texts import API_NOTE, CAPTION_COLOURS, HEADER
 
 QUEUE_SIZE = 16
-# Per session (browser tab or API client), waiting or running: comparisons, and events of any kind
-# (debugger redraws included). A page never has more than one comparison pending (its button ignores
-# clicks while one runs), so only scripted clients meet these.
-COMPARES_PER_SESSION = 2
-EVENTS_PER_SESSION = 8
+# Per session and per client (network address), waiting or running: comparisons and re-runs, events of
+# any kind; sessions and uploads per client per hour; the upload folder: halviz.ui.fairness.Limits.
+# A page never has more than one comparison pending (its button ignores clicks while one runs).
+DECODE_CONCURRENCY_ID = "decode"  # comparisons and re-runs share one pool of workers
 # Comparisons decoded at once. The engine is thread-safe (per-run state in a ContextVar, weights only
 # read), so two runs share one model; more than two mostly split the same CPU/GPU between them.
 DEFAULT_CONCURRENCY = 2
 CONCURRENCY_ENV = "HALVIZ_CONCURRENCY"
 PRELOAD_ENV = "HALVIZ_PRELOAD"  # models loaded and warmed at start-up
 STATE_SECONDS = 3600  # a session's traces are dropped this long after its last run
-STATE_SESSIONS = 100  # sessions whose traces are kept in memory at most (oldest dropped first)
+STATE_SESSIONS = Limits.state_sessions  # sessions whose state Gradio keeps (the heaviest client's oldest go first)
 CACHE_SWEEP = (600, 3600)  # every 10 min, delete Gradio cache files (uploads, trace copies) older than 1 h
 MAX_UPLOAD = "20mb"
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -50,7 +51,7 @@ def build_app(models: Sequence[str | tuple[str, str]] | None = None, default_mod
               loader: Callable[[str], LoadedModel] = load_model, examples_dir=EXAMPLES_DIR,
               registry: Mapping[str, type[Method]] = REGISTRY, update_every_s: float = UPDATE_EVERY_S,
               concurrency: int | None = None, allow_local: bool | None = None,
-              preload: Sequence[str] = ()) -> gr.Blocks:
+              preload: Sequence[str] = (), limits: Limits | None = None) -> gr.Blocks:
     """Build the app. ``models`` lists the picker's entries (ids, or (id, label) pairs; default
     ``$HALVIZ_MODELS`` or the toy and the known hub ids) and is the only list of models a request
     may name; ``allow_local`` (default ``$HALVIZ_ALLOW_LOCAL_MODELS``) also lets any local model
@@ -79,11 +80,8 @@ def build_app(models: Sequence[str | tuple[str, str]] | None = None, default_mod
     # scans, so the collection after each comparison (ui.memory) takes milliseconds, not seconds.
     gc.freeze()
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=concurrency or concurrency_from_env())
-    compare_id = next(i for i, fn in demo.fns.items() if fn.api_name == "compare")
-    limit_per_session(demo, {compare_id: (COMPARES_PER_SESSION, (
-        f"You already have {COMPARES_PER_SESSION} comparisons running or waiting; wait for one to finish "
-        "(or stop it) before starting another."))}, EVENTS_PER_SESSION,
-        f"You already have {EVENTS_PER_SESSION} requests running or waiting; wait for them to finish.")
+    decodes = [i for i, fn in demo.fns.items() if fn.concurrency_id == DECODE_CONCURRENCY_ID]
+    install_limits(demo, decodes, limits)  # keyed on the client; ``limits`` (tests) replaces the defaults
     return demo
 
 
@@ -117,7 +115,12 @@ def concurrency_from_env(environ: Mapping[str, str] = os.environ) -> int:
 
 def launch_options() -> dict:
     """Keyword arguments for ``demo.launch()`` (Gradio 6 takes theme and CSS here)."""
-    return dict(theme=theme(), css=CSS, max_file_size=MAX_UPLOAD, state_session_capacity=STATE_SESSIONS)
+    # halviz reads X-Forwarded-For itself ($HALVIZ_TRUSTED_PROXIES): uvicorn must not rewrite the peer.
+    if os.environ.get("FORWARDED_ALLOW_IPS"):
+        logging.getLogger("halviz.ui").warning("FORWARDED_ALLOW_IPS is ignored; set HALVIZ_TRUSTED_PROXIES instead")
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
+    return dict(theme=theme(), css=CSS, max_file_size=MAX_UPLOAD, state_session_capacity=STATE_SESSIONS,
+                app_kwargs={"middleware": [Middleware(ClientGate)]})
 
 
 def _layout(app: HalvizApp) -> Layout:

@@ -748,6 +748,7 @@ class Controller:
             self.compare,
             inputs=[ui.image, ui.prompt, ui.methods, ui.max_tokens, ui.truth, ui.model, ui.settings, ui.runs],
             outputs=self.compare_outputs, api_name="compare", preprocess=False, show_progress="minimal",
+            concurrency_id="decode",  # one pool with the re-runs: at most `concurrency` decodes in all
             api_description="Caption one image with several decoding methods; streams every column, "
                             "the last output is a JSON summary per method. Knobs missing from the settings "
                             "JSON take the model's own defaults (its method_defaults.json), else the papers'.",
@@ -785,7 +786,7 @@ class Controller:
         rerun_event = whatif.rerun.click(self.rerun, inputs=[ui.runs, panel.choice, whatif.selection, ui.whatif,
                                                              ui.trace_files],
                                          outputs=self.rerun_outputs, show_progress="minimal", preprocess=False,
-                                         api_visibility="private")
+                                         api_visibility="private", concurrency_id="decode")
         ui.stop.click(None, cancels=[rerun_event], **private)  # Stop ends a re-run too
         for index, slot in enumerate(ui.whatif_slots):
             slot.open.click(self.open_whatif(index), inputs=[ui.runs, ui.whatif], outputs=panel.trace_outputs,
