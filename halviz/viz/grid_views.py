@@ -8,6 +8,8 @@ one grid's name from ``meta["grids"]``, or ``TILES_IN_PLACE``: every grid whose 
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,10 @@ PRIMARY = "primary"
 TILES_IN_PLACE = "tiles in place"
 NO_GRID = "no grid"  # the image tokens that belong to no grid (row newlines)
 CROPPED_NOTE = "dotted box: the part the model saw (the processor cropped the rest)"
+# The most cells one patch figure draws: a single grid (at most 128×128, the trace format's limit) always
+# fits, cell for cell; many tile grids in place are drawn in blocks of patches instead (a crafted trace of
+# 64 grids of 128×128 would otherwise make every redraw an answer of many megabytes).
+MAX_DRAWN_CELLS = 128 * 128
 
 
 @dataclass(frozen=True)
@@ -188,3 +194,35 @@ def shares_text(shares: list[tuple[str, float, bool]], most: int = 6) -> str:
         together = [(f"{len(tiles)} tiles together", sum(s[1] for s in tiles), True)] if tiles else []
         shares = rest + together + [s for s in shares if s[0] == NO_GRID]
     return "share of the attention: " + " · ".join(f"{name} {share:.1%}" for name, share, _ in shares)
+
+
+def pooling_factor(grids: list[GridView], most: int | None = None) -> int:
+    """1 where ``grids`` together have at most ``most`` (MAX_DRAWN_CELLS) drawn cells, else the side of the
+    square blocks of patches each drawn cell stands for, so that the figure draws at most about ``most``."""
+    most = MAX_DRAWN_CELLS if most is None else most
+    total = sum(len(g.geometry.row_index) * len(g.geometry.col_index) for g in grids)
+    return 1 if total <= most else math.ceil(math.sqrt(total / most))
+
+
+def pooled(geometry: PatchGrid, values: np.ndarray, factor: int) -> tuple[PatchGrid, np.ndarray, np.ndarray]:
+    """The drawn cells of ``geometry`` in blocks of ``factor`` × ``factor`` patches: a grid of the blocks
+    (at the same places in the upload), each block's mean of ``values`` (one per patch, row-major) and
+    (first row, first col, last row, last col) of the patches it stands for, one row per block."""
+    z = np.asarray(values, dtype=np.float64).reshape(geometry.rows, geometry.cols)
+    z = z[np.ix_(geometry.row_index, geometry.col_index)]
+    rows, cols = z.shape
+    out_rows, out_cols = -(-rows // factor), -(-cols // factor)
+    padded = np.full((out_rows * factor, out_cols * factor), np.nan)
+    padded[:rows, :cols] = z
+    with warnings.catch_warnings():  # a block of NaN (values never written) stays NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(padded.reshape(out_rows, factor, out_cols, factor), axis=(1, 3))
+    starts_r, starts_c = np.arange(out_rows) * factor, np.arange(out_cols) * factor
+    first_r, first_c = geometry.row_index[starts_r], geometry.col_index[starts_c]
+    last_r = geometry.row_index[np.minimum(starts_r + factor, rows) - 1]
+    last_c = geometry.col_index[np.minimum(starts_c + factor, cols) - 1]
+    blocks = PatchGrid(out_rows, out_cols, np.append(geometry.x_edges[:-1][::factor], geometry.x_edges[-1]),
+                       np.append(geometry.y_edges[:-1][::factor], geometry.y_edges[-1]), np.arange(out_cols),
+                       np.arange(out_rows), geometry.width, geometry.height, geometry.note, geometry.cropped)
+    ids = np.stack(np.broadcast_arrays(first_r[:, None], first_c[None, :], last_r[:, None], last_c[None, :]), -1)
+    return blocks, means.reshape(-1), ids.reshape(-1, 4).astype(np.float64)

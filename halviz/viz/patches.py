@@ -25,7 +25,7 @@ from halviz.viz.common import (
     subtitle,
 )
 from halviz.viz.grid_views import (CROPPED_NOTE, PRIMARY, GridView, PatchGrid, attention_shares, has_several_grids,
-                                   is_mosaic, patch_grid, shares_text, view_panels)
+                                   is_mosaic, patch_grid, pooled, pooling_factor, shares_text, view_panels)
 
 PRUNED_SCALE = [[0.0, "rgba(15,23,42,0.82)"], [0.999, "rgba(15,23,42,0.05)"], [1.0, "rgba(0,0,0,0)"]]
 
@@ -76,6 +76,7 @@ def _patch_figure(panels: list[tuple[str, list[Cells]]], image: Image.Image | No
     picture = image_data_uri(image) if image is not None else None
     first = panels[0][1][0].grid
     width, height_px = first.width, first.height
+    shapes = []  # added at once: plotly's add_shape copies every earlier shape (quadratic in many tiles)
     for number, (_, cells_list) in enumerate(panels, 1):
         where = dict(row=1, col=number) if several else {}
         if picture is not None:
@@ -94,12 +95,16 @@ def _patch_figure(panels: list[tuple[str, list[Cells]]], image: Image.Image | No
                 xgap=0, ygap=0, **scale,
             ), **where)
             if cells.outlined or grid.cropped:  # a tile's edge, or what the model saw
-                fig.add_shape(type="rect", x0=grid.x_edges[0], y0=grid.y_edges[0], x1=grid.x_edges[-1],
-                              y1=grid.y_edges[-1], line=dict(color="#1e3a8a", width=1 if cells.outlined else 1.5,
-                                                             dash="solid" if cells.outlined else "dot"), **where)
+                axis = "" if number == 1 else str(number)
+                shapes.append(dict(type="rect", x0=grid.x_edges[0], y0=grid.y_edges[0], x1=grid.x_edges[-1],
+                                   y1=grid.y_edges[-1], xref=f"x{axis}", yref=f"y{axis}",
+                                   line=dict(color="#1e3a8a", width=1 if cells.outlined else 1.5,
+                                             dash="solid" if cells.outlined else "dot")))
         fig.update_xaxes(range=[0, width], visible=False, constrain="domain", **where)
         fig.update_yaxes(range=[height_px, 0], visible=False, scaleanchor="x" if number == 1 else f"x{number}",
                          constrain="domain", **where)
+    if shapes:
+        fig.update_layout(shapes=shapes)
     if image is None:
         fig.add_annotation(text="the picture is not part of the trace: upload it to see it underneath",
                            x=0.5, y=-0.02, xref="paper", yref="paper", showarrow=False,
@@ -119,10 +124,17 @@ def _view_cells(trace: Trace, panels: list[list[GridView]], values: np.ndarray, 
     """Every grid of ``panels`` as cells: ``values`` and ``extra`` hold one entry per image token. The
     hover names the grid where the trace has several."""
     several, mosaic = has_several_grids(trace), is_mosaic(panels)
+    factor = pooling_factor([g for grids in panels for g in grids])
     out = []
     for grids in panels:
         cells = []
         for g in grids:
+            if factor > 1:  # too many cells for one answer: blocks of patches, their mean (see pooling_factor)
+                blocks, means, ids = pooled(g.geometry, values[g.index], factor)
+                hover = (f"{g.label}: patches rows %{{customdata[0]}}–%{{customdata[2]}}, cols %{{customdata[1]}}–"
+                         f"%{{customdata[3]}}<br>their mean %{{z:.4f}}")
+                cells.append(Cells(blocks, means, ids, hover, mosaic and g.is_tile))
+                continue
             custom = np.concatenate([_cell_ids(g.geometry), extra[g.index][:, None]], axis=-1)
             prefix = f"{g.label}: patch row" if several else "patch row"
             cells.append(Cells(g.geometry, values[g.index], custom, prefix + hover_body, mosaic and g.is_tile))
@@ -148,6 +160,10 @@ def _view_text(trace: Trace, panels: list[list[GridView]]) -> tuple[str, list[st
     named = ("; ".join(f"{g.label}: {g.shape_text} patches" for g in tiles) if len(tiles) <= 3
              else f"{len(tiles)} tile grids")
     beside = "".join(f", {p[0].label} {p[0].shape_text}" for p in panels[1:]) + (" beside" if len(panels) > 1 else "")
+    factor = pooling_factor(grids)
+    if factor > 1:
+        notes.append(f"{len(grids)} grids are too many cells for one figure: each cell drawn is the mean of "
+                     f"{factor}×{factor} patches")
     return f"tiles in place ({named}){beside}", ["solid boxes: each tile grid's place in the upload", *notes]
 
 

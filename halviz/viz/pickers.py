@@ -18,6 +18,7 @@ from halviz.viz.patches import PatchGrid, patch_grid
 # Both pictures are drawn larger than the page shows them: Gradio's click position is exact for a picture
 # shown at or below its own size (object-fit: contain), and off by the margin for one scaled up.
 PICKER_SIDE = 800  # the longer side of the patch picker, in pixels
+PICKER_MIN_SIDE = 200  # the shorter side is stretched to at least this (a 40000×1 upload is not 800×1 px)
 HEAD_MAP_SIDE = 640  # the head map's cells fill about this many pixels
 HEAD_FONT = 22
 # The heatmap's colours (halviz.viz.common.ATTENTION_SCALE) as RGBA stops: transparent at zero.
@@ -37,16 +38,22 @@ def heat_rgba(value: float) -> tuple[float, float, float, float]:
 
 @dataclass(frozen=True)
 class PatchPicker:
-    """The patch picker's geometry: the picture's original pixels scaled by ``scale`` onto the canvas."""
+    """The patch picker's geometry: the picture's original pixels scaled by ``scale`` onto the canvas
+    (across; down by ``y_scale`` where a very flat or tall picture's short side is stretched)."""
 
     grid: PatchGrid
     scale: float
     width: int
     height: int
+    y_scale: float | None = None  # None: the same as ``scale``
+
+    @property
+    def scale_down(self) -> float:
+        return self.scale if self.y_scale is None else self.y_scale
 
     def patch_at(self, x: float, y: float) -> tuple[int, int] | None:
         """The (row, col) of the grid patch under canvas pixel (x, y); None off the patches."""
-        ox, oy = (float(x) + 0.5) / self.scale, (float(y) + 0.5) / self.scale  # the pixel's centre
+        ox, oy = (float(x) + 0.5) / self.scale, (float(y) + 0.5) / self.scale_down  # the pixel's centre
         i = int(np.searchsorted(self.grid.x_edges, ox, side="right")) - 1
         j = int(np.searchsorted(self.grid.y_edges, oy, side="right")) - 1
         if not (0 <= i < len(self.grid.col_index) and 0 <= j < len(self.grid.row_index)):
@@ -60,15 +67,22 @@ class PatchPicker:
         if not len(i) or not len(j):
             return None
         i, j = int(i[0]), int(j[0])
-        s = self.scale
-        return (self.grid.x_edges[i] * s, self.grid.y_edges[j] * s, self.grid.x_edges[i + 1] * s,
-                self.grid.y_edges[j + 1] * s)
+        s, t = self.scale, self.scale_down
+        return (self.grid.x_edges[i] * s, self.grid.y_edges[j] * t, self.grid.x_edges[i + 1] * s,
+                self.grid.y_edges[j + 1] * t)
 
 
-def patch_picker(trace: Trace, side: int = PICKER_SIDE) -> PatchPicker:
+def patch_picker(trace: Trace, side: int = PICKER_SIDE, min_side: int = PICKER_MIN_SIDE) -> PatchPicker:
+    """The longer side drawn at ``side`` pixels, aspect kept, unless the shorter one would fall below
+    ``min_side``: then that side alone is stretched to ``min_side`` (cells stay clickable)."""
     grid = patch_grid(trace)
-    scale = side / max(grid.width, grid.height, 1)
-    return PatchPicker(grid, scale, max(1, round(grid.width * scale)), max(1, round(grid.height * scale)))
+    width, height = max(grid.width, 1), max(grid.height, 1)
+    scale = side / max(width, height)
+    least = min(min_side, side)
+    x_scale = max(scale, least / width)
+    y_scale = max(scale, least / height)
+    return PatchPicker(grid, x_scale, max(1, round(width * x_scale)), max(1, round(height * y_scale)),
+                       None if y_scale == x_scale else y_scale)
 
 
 def _outline(draw: ImageDraw.ImageDraw, picker: PatchPicker, patches: Iterable[tuple[int, int]], width: int) -> None:
