@@ -21,6 +21,7 @@ from halviz.ui import inputs as checks
 from halviz.ui.compare import (UPDATE_EVERY_S, ColumnResult, Progress, column_result, first_divergence,
                                with_divergence)
 from halviz.ui.gpu import build_spec_stacks, gpu_decoder, gpu_stack_decoder
+from halviz.ui import geometry
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.escaping import html_text, markdown_text
 from halviz.ui.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
@@ -161,6 +162,22 @@ class HalvizApp:
         context = getattr(text_config(loaded.model.config), "max_position_embeddings", None)
         checks.check_prompt_tokens(request.prompt, processor.tokenizer, int(sequence.shape[-1]), context,
                                    request.max_new_tokens)
+        self.check_geometry(request, loaded)
+
+    @staticmethod
+    def check_geometry(request: Request, loaded: LoadedModel) -> None:
+        """Every layer, head and patch knob within the model and the image's grid (see ui/geometry.py)."""
+        adapter = loaded.adapter
+        grid = None
+        if geometry.needs_grid(request.stacks):  # the grid this image makes: only the processor knows it
+            import torch
+
+            _, layout = adapter.prepare(request.image.image, request.prompt, torch.device("cpu"), torch.float32)
+            grid = (int(layout.rows), int(layout.cols))
+        try:
+            geometry.check_stacks(request.stacks, geometry.Geometry(adapter.num_layers, adapter.num_heads, grid))
+        except ValueError as exc:
+            raise checks.InputError(str(exc)) from None
 
     def warm(self, names: Sequence[str], decode: bool = True) -> list[str]:
         """Load ``names`` now (start-up) and, unless ``decode`` is off, run every method for two tokens
