@@ -36,8 +36,13 @@ CSS = """
 .hv-caption .textfield, .hv-caption .textspan { font-size: 15.5px !important; line-height: 1.75 !important; }
 /* One span per token: lines may break only at a space inside a token's own text ("three" split into
    "thr" + "ee" stays whole), and the template's whitespace between token spans takes no room. */
+/* Gradio lays the tokens out as flex items (any two may part) with word-break: break-all; laid out
+   inline instead, the only break opportunities are the spaces inside the tokens' own text. */
+.hv-caption .textfield { display: block !important; white-space: nowrap; word-break: normal !important; }
+.hv-caption .token-container { display: inline !important; }
 .hv-caption .token-container, .hv-caption .token { white-space: nowrap; font-size: 0 !important; }
-.hv-caption .token .text { white-space: pre-wrap; font-size: 15.5px !important; }
+.hv-caption .token .text { white-space: pre-wrap; word-break: normal !important; font-size: 15.5px !important; }
+.hv-caption .token.highlighted .text { white-space: nowrap; }  /* a marked word: its chip stays whole */
 .hv-summary p { font-size: 12.5px !important; margin: 0 !important; }
 .hv-status p { font-size: 14px !important; margin: 4px 0 !important; }
 .hv-trace-info p { font-size: 12.5px !important; line-height: 1.45 !important; }
