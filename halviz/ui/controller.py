@@ -22,6 +22,7 @@ from halviz.ui.compare import (UPDATE_EVERY_S, ColumnResult, Progress, column_re
                                with_divergence)
 from halviz.ui.gpu import build_spec_stacks, gpu_decoder, gpu_stack_decoder
 from halviz.ui import geometry
+from halviz.ui.runids import LatestRuns
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.escaping import html_text, markdown_text
 from halviz.ui.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
@@ -130,6 +131,7 @@ class HalvizApp:
         self.decode = gpu_decoder(self.cache, self.registry)  # the calls that hold a GPU
         self.decode_stacks = gpu_stack_decoder(self.cache, self.registry)
         self.files = TraceFiles()
+        self.latest = LatestRuns()  # each owner's latest comparison: a re-run of an older one writes nothing
 
     def check(self, image, prompt, methods, max_new_tokens, truth_text, model, settings) -> Request:
         """Cheap checks first, so a bad request never waits for a model."""
@@ -314,6 +316,7 @@ class Controller:
                 caller: gr.Request = None) -> Iterator[dict]:
         """Stream every method's caption together; the last update carries the JSON summary."""
         started = time.perf_counter()
+        self.app.latest.start(session_of(caller))  # before any check: Compare cleared the re-run columns
         try:
             request = self.app.check(image, prompt, methods, max_new_tokens, ground_truth, model, settings)
         except checks.InputError as exc:
@@ -645,6 +648,8 @@ class Controller:
         the new column appears beside the others, diffed token by token against the original."""
         ui, status = self.ui, self.ui.panel.whatif.status
         runs, shown = dict(runs or {}), list(shown or [])
+        owner = session_of(caller)
+        started_under = self.app.latest.current(owner)  # a newer comparison makes every later update stale
         try:
             entry, original, changed, title = self._rerun_request(runs, key, selection)
         except gr.Error as error:
@@ -686,6 +691,9 @@ class Controller:
                     runs[new_key] = RunEntry(new_key, f"↻ {title}", trace, entry.image, entry.truth, entry.source,
                                              entry.model)
                     item["summary"] += self._baseline_note(entry, progress.tokens[0] if progress.tokens else None)
+                if self.app.latest.current(owner) != started_under:
+                    log.info("re-run of %s dropped: a newer comparison replaced it", entry.key)
+                    return  # its runs and columns belong to the comparison that was replaced
                 updates = {ui.runs: runs, ui.whatif: shown, **self._show_whatif(runs, shown)}
                 if new_key in runs:  # its trace joins the downloads, beside the comparison's files
                     updates[ui.trace_files] = [*(p for p in file_paths(files) if self.app.files.owns(p)),
