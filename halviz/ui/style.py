@@ -40,7 +40,8 @@ CSS = """
    inline instead, the only break opportunities are the spaces inside the tokens' own text. */
 .hv-caption .textfield { display: block !important; white-space: nowrap; word-break: normal !important; }
 .hv-caption .token-container { display: inline !important; }
-.hv-caption .token-container, .hv-caption .token { white-space: nowrap; font-size: 0 !important; }
+.hv-caption .token-container { white-space: nowrap; font-size: 0 !important; }
+.hv-caption .token { white-space: nowrap; font-size: 15.5px !important; }
 .hv-caption .token .text { white-space: pre-wrap; word-break: normal !important; font-size: 15.5px !important; }
 .hv-caption .token.highlighted .text { white-space: nowrap; }  /* a marked word: its chip stays whole */
 .hv-summary p { font-size: 12.5px !important; margin: 0 !important; }
