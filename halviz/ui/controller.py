@@ -23,6 +23,7 @@ from halviz.ui.compare import (UPDATE_EVERY_S, ColumnResult, Progress, column_re
 from halviz.ui.gpu import build_spec_stacks, gpu_decoder, gpu_stack_decoder
 from halviz.ui import geometry
 from halviz.ui.runids import LatestRuns
+from halviz.ui.budget import DROPPED, MemoryBudget, budget_from_env, check_kept
 from halviz.ui.debugger import DebuggerPanel
 from halviz.ui.escaping import html_text, markdown_text
 from halviz.ui.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
@@ -132,6 +133,7 @@ class HalvizApp:
         self.decode_stacks = gpu_stack_decoder(self.cache, self.registry)
         self.files = TraceFiles()
         self.latest = LatestRuns()  # each owner's latest comparison: a re-run of an older one writes nothing
+        self.budget = MemoryBudget(budget_from_env())  # every session's traces and pictures, in all
 
     def check(self, image, prompt, methods, max_new_tokens, truth_text, model, settings) -> Request:
         """Cheap checks first, so a bad request never waits for a model."""
@@ -341,10 +343,16 @@ class Controller:
             except checks.InputError as exc:
                 raise ui_error(str(exc), title="Please check the inputs") from None
             described = model_line(loaded)
+            held: list[RunEntry] = []
             for progress in self.app.decode(request.model, np.asarray(request.image.image), request.prompt,
                                             request.methods, request.settings, request.max_new_tokens,
                                             self.app.update_every_s):
-                yield self._progress(request, progress, described, started, runs, owner)
+                update = self._progress(request, progress, described, started, runs, owner)
+                if self.ui.runs in update:  # this checkpoint's entries replace the last one's in the budget
+                    fresh = [v for k, v in update[self.ui.runs].items() if k not in runs]
+                    self.app.budget.hold(owner, fresh, replacing=held)
+                    held = fresh
+                yield update
         except gr.Error as error:
             plain = getattr(error, "plain", None)  # the page keeps saying what went wrong
             yield {self.ui.status: f"✗ {markdown_text(plain) if plain is not None else error.message}"}
@@ -425,7 +433,7 @@ class Controller:
             return {}  # the run had already finished: its "✓ Done" stays true
         for result in live:
             result.finish = result.finish or "stopped"
-        recorded = {k: v for k, v in runs.items() if k in (slot_methods or [])}
+        recorded = {k: v for k, v in runs.items() if k in (slot_methods or []) and not v.dropped}
         steps = ", ".join(f"{markdown_text(e.title)} {e.trace.num_steps}" for e in recorded.values()) or "none yet"
         updates: dict = {
             ui.status: f"■ Stopped. The debugger holds the steps recorded up to the last checkpoint ({steps}).",
@@ -436,7 +444,7 @@ class Controller:
             updates[slot.summary] = result.summary_markdown()
         return updates
 
-    def image_changed(self, image, slot_methods, runs, choice) -> dict:
+    def image_changed(self, image, slot_methods, runs, choice, caller: gr.Request = None) -> dict:
         """A new picture (upload, paste, example, cleared): the ground-truth box takes that picture's own
         list and the note says where it comes from; captions still shown are said to be of the previous
         picture; a replayed trace recorded on this very picture is drawn on it."""
@@ -448,10 +456,11 @@ class Controller:
             updates[ui.status] = ("The picture changed: the captions below are of the previous picture. "
                                   "Press **Compare** to caption this one.")
         entry = (runs or {}).get(choice) if isinstance(choice, str) else None
-        if entry is not None and entry.image is None and entry.key.startswith(UPLOAD_PREFIX):
+        if entry is not None and entry.image is None and entry.key.startswith(UPLOAD_PREFIX) and not entry.dropped:
             picture = self._recorded_picture(image, entry.trace)
             if picture is not None:
                 runs = {**runs, entry.key: replace(entry, image=picture)}
+                self.app.budget.hold(session_of(caller), [runs[entry.key]])
                 updates.update({ui.runs: runs, **ui.panel.show(runs, entry.key)})
         return updates
 
@@ -492,7 +501,7 @@ class Controller:
         step = int(evt.index or 0)
         return {self.ui.panel.step: step, **self.ui.panel.at_step(runs, key, step, layer, head, selection, view)}
 
-    def replay(self, file, image, runs: Runs | None) -> dict:
+    def replay(self, file, image, runs: Runs | None, caller: gr.Request = None) -> dict:
         path = checks.image_path(file)
         if not path:
             raise ui_error("Choose a .npz trace file to replay.")
@@ -508,6 +517,7 @@ class Controller:
         entry = RunEntry(key, f"uploaded: {name}", trace, picture, truth_from_meta(trace.meta))
         runs = {k: v for k, v in (runs or {}).items() if k != key}  # a re-upload counts as the newest
         runs = keep_uploads({**runs, key: entry}, UPLOAD_PREFIX, self.app.session_upload_bytes)  # its oldest go first
+        self.app.budget.hold(session_of(caller), [entry])  # the server's total: least recently used go first
         try:
             shown = self.ui.panel.show(runs, key)
         except Exception:  # passed every check yet cannot be drawn: still the file's fault
@@ -521,7 +531,9 @@ class Controller:
     def _entry(self, runs: Runs | None, key: str | None) -> RunEntry:
         if not runs or key not in runs:
             raise ui_error("Run a comparison (or open a trace) first; then choose patches or heads on its maps.")
-        return runs[key]
+        if runs[key].dropped:
+            raise ui_error(DROPPED, title="Dropped to free memory")
+        return check_kept(runs[key])
 
     def _view(self, runs, key, step, layer, head, selection: Selection) -> dict:
         """The selection stored, and every picture that shows it redrawn."""
@@ -617,6 +629,9 @@ class Controller:
         if not runs or key not in runs:
             raise rerun_refused("Run a comparison (or open a trace) first; then choose patches or heads on its maps.")
         entry = runs[key]
+        if entry.dropped:
+            raise rerun_refused(DROPPED)
+        check_kept(entry)
         selection = as_selection(selection)
         if selection.empty:
             raise rerun_refused("Choose what to change first: click patches on the map, a cell of the head map, "
@@ -690,6 +705,7 @@ class Controller:
                     trace.meta["image_digest"] = entry.trace.meta.get("image_digest")
                     runs[new_key] = RunEntry(new_key, f"↻ {title}", trace, entry.image, entry.truth, entry.source,
                                              entry.model)
+                    self.app.budget.hold(owner, [runs[new_key]])
                     item["summary"] += self._baseline_note(entry, progress.tokens[0] if progress.tokens else None)
                 if self.app.latest.current(owner) != started_under:
                     log.info("re-run of %s dropped: a newer comparison replaced it", entry.key)

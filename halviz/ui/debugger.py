@@ -10,6 +10,7 @@ import numpy as np
 
 from halviz import viz
 from halviz.trace import Trace
+from halviz.ui.budget import check_kept
 from halviz.ui.compare import mention_ranges
 from halviz.ui.escaping import markdown_text as md
 from halviz.ui.state import RunEntry, Runs
@@ -194,7 +195,7 @@ class DebuggerPanel:
         if key is None:
             return {self.choice: gr.Radio(choices=[], value=None), self.info: "",
                     self.empty: gr.Markdown(visible=True), self.body: gr.Column(visible=False)}
-        entry = runs[key]
+        entry = check_kept(runs[key])  # a dropped entry: one sentence for its owner
         trace = entry.trace
         steps = trace.num_steps
         step = int(min(max(step, 0), max(steps - 1, 0)))
@@ -244,7 +245,7 @@ class DebuggerPanel:
         """Only the intervention pickers and the patch → token view (what a click on them redraws)."""
         if not runs or key not in runs:
             return {}
-        trace = runs[key].trace
+        trace = check_kept(runs[key]).trace
         layer, head = parse_choice(layer), parse_choice(head)
         if layer == "mean" or layer not in head_layers(trace):
             head = "mean"
@@ -256,7 +257,7 @@ class DebuggerPanel:
         the patch maps draw (the overlay and the kept mask)."""
         if not runs or key not in runs:
             return {}
-        entry = runs[key]
+        entry = check_kept(runs[key])
         trace = entry.trace
         step = viz.common.clamp_step(trace, int(step or 0))
         layer, head = parse_choice(layer), parse_choice(head)

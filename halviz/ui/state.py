@@ -30,8 +30,10 @@ class RunEntry:
     trace: Trace
     image: Image.Image | None
     truth: GroundTruth | None
-    source: Image.Image | None = None  # the picture as decoded (not downscaled): what a re-run decodes again
+    source: Image.Image | None = None  # the picture as the model sees it (inputs.MODEL_PIXELS): what a re-run decodes
     model: str | None = None  # the model's key in this app (a re-run loads it again)
+    dropped: bool = False  # freed by the memory budget (ui/budget.py): only a stub is left
+    used: float = 0.0  # when its owner last looked at it (time.monotonic): the budget drops the least recent
 
 
 Runs = dict[str, RunEntry]
