@@ -255,9 +255,11 @@ def test_top_token_cells_hold_short_labels_on_rows_tall_enough():
     trace = make_trace()
     trace.meta["prompt_tokens"][9] = "ĠASSISTANT_WITH_A_VERY_LONG_NAME"
     fig = viz.top_keys_figure(trace, 0)
-    cells = np.asarray(fig.data[0].customdata)[..., 1]
-    names = np.asarray(fig.data[0].text)
-    assert names[0][3].startswith("␣ASSISTANT_WITH")  # the full name stays on hover
+    cells = np.asarray(fig.data[0].text)  # drawn in the cells
+    names = np.asarray(fig.data[0].customdata)  # on hover
+    assert names[0][3].startswith("␣ASSISTANT_WITH") and names[0][3].endswith("(position 9)")
+    # Plotly draws a heatmap cell's customdata as one value: a per-cell list would print "-"
+    assert "customdata[" not in fig.data[0].texttemplate + fig.data[0].hovertemplate
     # 10 characters of 10 px fit a 70 px cell
     assert all(len(html.unescape(str(label))) <= 10 for label in cells.ravel())
     assert str(cells[0][3]) == "␣ASSIS… @9" and str(cells[0][1]) == "img r0 c1"

@@ -235,9 +235,9 @@ def test_sinks_segment_shares_and_top_tokens():
     assert list(bos.y) == ["mean of layers", "layer 0", "▶ layer 1"]
     assert "mean over heads" in title(fig)
     fig = viz.top_keys_figure(trace, 0)
-    names = heatmap(fig).text
-    assert names[0][0] == "&lt;s&gt; @0" and names[0][1] == "image r0 c1"  # escaped: plotly reads HTML
-    assert names[0][2] == "A (gen 0)" and names[0][3] == "␣ASSISTANT @9"
+    names = heatmap(fig).customdata  # the full names, on hover (the cells hold short ones)
+    assert names[0][0] == "&lt;s&gt; @0 (position 0)" and names[0][1].startswith("image r0 c1 (")  # escaped: plotly reads HTML
+    assert names[0][2].startswith("A (gen 0) (") and names[0][3] == "␣ASSISTANT @9 (position 9)"
     np.testing.assert_allclose(np.asarray(heatmap(fig).z), trace.arrays["top_key_attn"][0].astype(np.float64))
 
 

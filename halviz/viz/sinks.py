@@ -65,13 +65,15 @@ def top_keys_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.Figur
     names = [[key_label(trace, int(p)) for p in row] for row in positions]
     # Cell labels stay inside their cell: at most CELL_CHARS characters (the full name is on hover), and
     # one line when the rows are too low for two (set below, once the title's height is known).
+    # Plotly's heatmap reads customdata per cell as a scalar (a cell's list index such as customdata[1]
+    # draws "-"), so the short label is the text and the full name with its position the customdata.
     fig = go.Figure(go.Heatmap(
-        z=attention, x=[f"#{i + 1}" for i in range(k)], y=_layer_rows(layers, layer), text=names,
-        texttemplate="%{customdata[1]}", textfont=dict(size=10),
+        z=attention, x=[f"#{i + 1}" for i in range(k)], y=_layer_rows(layers, layer),
+        text=[[cell_label(n) for n in row] for row in names], texttemplate="%{text}", textfont=dict(size=10),
         colorscale="Blues", zmin=0, zmax=1,
-        customdata=np.stack([positions, [[cell_label(n) for n in row] for row in names]], axis=-1).astype(object),
+        customdata=[[f"{n} (position {p})" for n, p in zip(row, pos)] for row, pos in zip(names, positions.tolist())],
         colorbar=dict(title="attention", thickness=12, tickformat=".0%"),
-        hovertemplate="%{y}, rank %{x}: %{text} (position %{customdata[0]})<br>attention %{z:.3f}<extra></extra>",
+        hovertemplate="%{y}, rank %{x}: %{customdata}<br>attention %{z:.3f}<extra></extra>",
     ))
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
     fig.update_xaxes(title="rank")
@@ -81,7 +83,7 @@ def top_keys_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.Figur
     base_layout(fig, title, _rows_height(layers, per_row=30) + 40, margin=dict(b=10))
     row_px = (fig.layout.height - fig.layout.margin.t - fig.layout.margin.b - 30) / max(layers, 1)  # less the axis
     if row_px >= TWO_LINES_PX:
-        fig.update_traces(texttemplate="%{customdata[1]}<br>%{z:.0%}")
+        fig.update_traces(texttemplate="%{text}<br>%{z:.0%}")
     return fig
 
 
