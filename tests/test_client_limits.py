@@ -261,3 +261,29 @@ def test_a_refusal_is_one_log_line_and_no_traceback(app, caplog, capfd):
     assert any(line.startswith("refused: ") for line in lines), lines  # the gr.Error, as one line
     assert all("\n" not in line for line in lines)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_lean_session_costs_little_and_tells_a_deep_link_the_same(app):
+    """10,000 sessions must be affordable: Gradio's SessionState copies every component's config
+    (about 490 KB here); the lean one stores only what the session changed, and says the same."""
+    import tracemalloc
+
+    from gradio.state_holder import SessionState
+
+    from halviz.ui.fairness import LeanSessionState
+
+    demo, _ = app
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [LeanSessionState(demo) for _ in range(50)]
+        per_session = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_session < 64 * 1024, per_session
+    gradios, lean = SessionState(demo), LeanSessionState(demo)
+    key = next(k for k, block in demo.blocks.items() if type(block).__name__ == "Markdown")
+    for state in (gradios, lean):
+        state._update_value_in_config(key, "changed")
+    assert sorted(lean.components, key=lambda c: c["id"]) == sorted(gradios.components, key=lambda c: c["id"])
+    assert isinstance(demo.app.state_holder[uuid.uuid4().hex], LeanSessionState)
