@@ -161,6 +161,8 @@ def test_the_attention_sink_lesson_end_to_end(page):
     page.wait_for_selector("#hv-lesson-note:has-text('BOS gets')", timeout=30_000)
     page.wait_for_function("(() => { const t = document.querySelector('#hv-shares .gtitle');"
                            " return !!t && t.textContent.includes('fork'); })()", timeout=60_000)
+    # The top-token grid names its tokens (BOS at position 0 first), not a placeholder.
+    page.wait_for_function("document.querySelector('#hv-topkeys').textContent.includes('@0')", timeout=30_000)
     shoot(page, "lesson-sinks", "#hv-shares")
 
     page.click("#hv-lesson-3")

@@ -21,7 +21,7 @@ from halviz.ui.selection import (Selection, box_patches, describe, intervention_
                                   with_intervention)
 from halviz.ui.whatif import GROW_BOX, TOGGLE
 from halviz.viz.patch_tokens import patch_token_figure, patch_token_heads_figure
-from halviz.viz.pickers import (BOX_COLOUR, INSPECT_COLOUR, head_picker, head_picker_image, patch_picker,
+from halviz.viz.pickers import (BOX_COLOUR, HEAD_SELECTED, INSPECT_COLOUR, head_picker, head_picker_image, patch_picker,
                                 patch_picker_image)
 
 # A 3×4 grid over an 80×60 picture: every patch is 20×20 pixels (patch (r, c) covers x 20c..20c+20, y 20r..20r+20).
@@ -160,6 +160,11 @@ def test_a_click_on_the_head_map_silences_that_head():
     for layer, head in ((0, 0), (2, 1), (1, 1)):
         x0, y0, _, _ = picker.cell_box(layer, head)
         assert (tuple(image[y0 + picker.cell // 2, x0]) == (37, 99, 235)) is ((layer, head) in several.heads)
+    # The outline of a chosen head stands out from every colour of the map's ramp (a blue ramp hid it).
+    ramp = np.asarray(head_picker_image(np.linspace(0, 1, LAYERS * HEADS).reshape(LAYERS, HEADS)), dtype=float)
+    cells = np.array([ramp[picker.cell_box(l, h)[1] + picker.cell // 2, picker.cell_box(l, h)[0] + picker.cell // 2]
+                      for l in range(LAYERS) for h in range(HEADS)])
+    assert np.linalg.norm(cells - np.array(HEAD_SELECTED), axis=1).min() > 150
 
 
 def test_the_original_stack_keeps_its_knobs_and_takes_the_intervention_in_registry_order():

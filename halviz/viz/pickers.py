@@ -27,6 +27,9 @@ _HEAT_STOPS = np.array([[0.0, 255, 237, 160, 0.0], [0.3, 254, 178, 76, 0.25], [0
 BOX_COLOUR = (37, 99, 235)  # the box to mask
 INSPECT_COLOUR = (16, 185, 129)  # the patch shown in the patch → token view
 HEAD_SELECTED = (37, 99, 235)
+# The head map's ramp, low to high: warm, so the blue outline of a chosen head stands out on any cell
+# (a blue ramp hid it on the darkest cells).
+HEAD_LOW, HEAD_HIGH = (255, 247, 237), (154, 52, 18)
 NOT_RECORDED = (226, 232, 240)
 
 
@@ -216,7 +219,7 @@ def head_picker_image(scores: np.ndarray, selected: Iterable[tuple[int, int]] = 
             value = scores[layer, head]
             if np.isfinite(value):
                 t = float(np.clip(value / peak, 0.0, 1.0))
-                colour = tuple(int(round(a + (b - a) * t)) for a, b in zip((239, 246, 255), (30, 58, 138)))
+                colour = tuple(int(round(a + (b - a) * t)) for a, b in zip(HEAD_LOW, HEAD_HIGH))
             else:
                 colour = NOT_RECORDED
             draw.rectangle(picker.cell_box(layer, head), fill=colour, outline=(255, 255, 255))
