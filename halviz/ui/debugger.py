@@ -112,9 +112,9 @@ class DebuggerPanel:
             with gr.Row(equal_height=True):
                 step = gr.Slider(0, 1, value=0, step=1, label="Step", scale=4, interactive=False, elem_id="hv-step")
                 layer = gr.Dropdown(choices=[("all layers (mean)", "mean")], value="mean", label="Layer", scale=1,
-                                    elem_id="hv-layer")
+                                    min_width=190, elem_id="hv-layer")
                 head = gr.Dropdown(choices=[("all heads (mean)", "mean")], value="mean", label="Head", scale=1,
-                                   elem_id="hv-head")
+                                   min_width=190, elem_id="hv-head")
                 view = gr.Dropdown(choices=[("primary grid", viz.PRIMARY)], value=viz.PRIMARY, label="View", scale=1,
                                    visible=False, elem_id="hv-view",
                                    info="which grid of image tokens the attention and kept-token maps draw")
