@@ -152,3 +152,16 @@ def test_an_animated_gif_gives_its_first_frame(tmp_path):
     loaded = load_image(str(path))
     assert loaded.note == "first frame of an animated image"
     assert tuple(np.asarray(loaded.image)[0, 0]) == (255, 0, 0)
+
+
+def test_the_rerun_source_is_kept_at_the_size_a_processor_needs(controller, tmp_path):
+    """What a session keeps for re-runs (``RunEntry.source``) is the shrunk copy, not the 24 MP upload."""
+    ctl, _ = controller
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (6000, 4000), (90, 140, 60)).save(path, quality=50)
+    last = None
+    for last in ctl.compare(str(path), "Describe the image.", ["vanilla"], 2, "", "toy", "", {}):
+        pass
+    source = last[ctl.ui.runs]["vanilla"].source
+    assert source.size == model_size(6000, 4000) and source.width * source.height <= MODEL_PIXELS
+    assert last[ctl.ui.runs]["vanilla"].trace.meta["image_size"] == list(source.size)
