@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 
 import httpx
 import pytest
@@ -126,7 +127,11 @@ def test_fire_and_forget_comparisons_from_fresh_sessions_leave_the_queue_to_othe
         reply = victim.compare(tokens=4)
         assert reply.ok, reply.message
         assert reply.data[-1]["vanilla"]["tokens"] == 4
-        print(f"\nvictim's 4-token comparison behind 4 of the attacker's {LONG}-token ones: {reply.seconds:.1f} s")
+        drain(app)
+        alone = victim.compare(tokens=4)
+        print(f"\nvictim's 4-token comparison behind 4 of the attacker's {LONG}-token ones: {reply.seconds:.1f} s "
+              f"(alone: {alone.seconds:.1f} s); attacker: {codes.count(422)} of 18 comparisons and "
+              f"cheap events answered {dict(Counter(cheap))}")
     finally:
         victim.close()
         drain(app)
@@ -195,9 +200,13 @@ def test_calls_without_a_session_get_one_clients_share(app):
     try:
         assert codes.count(200) == LIMITS.decodes_per_client, codes
         assert codes.count(422) == 10 - LIMITS.decodes_per_client, codes
+        assert "comparisons or re-runs" in detail(answers[-1])
         victim = session(app, VICTIM)
         try:
-            assert victim.compare(tokens=2).ok
+            reply = victim.compare(tokens=2)
+            assert reply.ok
+            print(f"\n10 /call/compare without a session: {codes.count(422)} refused; victim served in "
+                  f"{reply.seconds:.1f} s")
         finally:
             victim.close()
     finally:

@@ -38,6 +38,7 @@ from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import gradio as gr
 from fastapi import HTTPException
 from gradio.state_holder import SessionState, StateHolder
@@ -428,6 +429,7 @@ class ClientGate:
         try:
             length = _content_length(scope)
             if path.endswith(UPLOAD_PATH) and scope.get("method") == "POST":
+                await anyio.to_thread.run_sync(guard.folder_bytes)  # a walk of the folder, off the event loop
                 guard.admit_upload(client, length)
             elif length is not None and length > guard.limits.request_bytes:
                 raise guard.refuse("request_bytes", client, status=413, detail=f"{length} bytes to {path}")
