@@ -18,6 +18,7 @@ from halviz.hostile import (
     RawSession,
     fill_the_queue,
     html_trace,
+    looks_like_python,
     markdown_outputs,
     model_box_probes,
     prompt_attacks,
@@ -100,6 +101,27 @@ def test_one_sessions_uploads_never_evict_anothers(app, good_trace):
         assert trace_choices(again) == ["upload:mine.npz", "upload:mine-too.npz"]
     finally:
         other.close()
+
+
+def test_a_trace_dropped_to_free_memory_says_so_at_the_next_click(app, good_trace, monkeypatch):
+    """Issue 28: the server's memory budget (made room for one and a half traces here) drops the idle
+    visitor's trace when another replays one; the visitor's next click gets the sentence, never a
+    Python name or Gradio's "not in the list of choices"."""
+    from halviz.trace import Trace
+    from halviz.ui.budget import DROPPED, MemoryBudget, trace_bytes
+
+    monkeypatch.setattr(app.demo.halviz, "budget", MemoryBudget(int(1.5 * trace_bytes(Trace.load(good_trace)))))
+    victim, attacker = RawSession(app.url, app.demo), RawSession(app.url, app.demo)
+    try:
+        assert victim.replay(good_trace, name="victim.npz").ok
+        assert attacker.replay(good_trace, name="pressure.npz").ok
+        click = victim.call("show", [None, "upload:victim.npz"])  # the trace picker
+        assert not click.ok and DROPPED in click.message, click.message
+        assert not looks_like_python(click.message) and "list of choices" not in click.message
+        assert app.demo.halviz.budget.total() <= 1.5 * trace_bytes(Trace.load(good_trace))
+    finally:
+        victim.close()
+        attacker.close()
 
 
 # ---- 2. strings from files are escaped (the browser test checks the rendering) --------------------
