@@ -70,7 +70,8 @@ def run(sessions: int, budget_mb: int) -> dict:
             release_memory()
             grown = resident_mb() - start
             peak = max(peak, grown)
-            print(f"session {i + 1:3d}: resident +{grown:7.0f} MB · budget counts {ctl.app.budget.total() / MB:7.0f} MB"
+            counted = ctl.app.budget.total() / MB
+            print(f"session {i + 1:3d}: resident +{grown:7.0f} MB · budget counts {counted:7.0f} MB"
                   f" · dropped so far {ctl.app.budget.dropped}", flush=True)
         high_water = resident_mb("VmHWM") - start  # includes the trace being parsed and drawn
     demo.halviz.files.close()

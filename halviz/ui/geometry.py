@@ -68,8 +68,8 @@ def knob_problem(name: str, params: Mapping[str, Any], g: Geometry) -> str | Non
     if name == "mask_patches" and g.grid is not None:
         rows, cols = g.grid
         if params.get("patches"):
-            return _pairs_problem(params["patches"], "patches", (rows, cols),
-                                  f"outside this image's {rows}×{cols} grid (rows 0–{rows - 1}, columns 0–{cols - 1})")
+            where = f"outside this image's {rows}×{cols} grid (rows 0–{rows - 1}, columns 0–{cols - 1})"
+            return _pairs_problem(params["patches"], "patches", (rows, cols), where)
         for what, first, last, count in (("row", params.get("first_row", 0), params.get("last_row", -1), rows),
                                          ("column", params.get("first_col", 0), params.get("last_col", -1), cols)):
             problem = _range_problem(what, int(first), int(last), count,
