@@ -5,6 +5,8 @@
     python -m halviz.eval --model FOLDER_OR_HUB_ID --images DIR --annotations instances.json [--captions-annotations captions.json]
     python -m halviz.eval --preset vhr|vasparse|kvsmooth|prunehal [flags that override it]
     python -m halviz.eval --list-presets
+    python -m halviz.eval --benchmarks chair,pope,opope --out DIR [--preset pope-llava|pope-vcd|pope-halc]
+    torchrun --nproc-per-node N -m halviz.eval … --out DIR   (sharded by image; rerun to resume)
 
 ``--preset NAME`` sets each paper's CHAIR setting (methods, images, new tokens, prompt, system
 message, seed; see :mod:`halviz.eval_presets` for every value's source); flags given explicitly
@@ -41,6 +43,9 @@ from halviz.chair import InputError, write_json_atomically
 from halviz.engine.decode import Decoder
 from halviz.engine.recorder import RecordOptions
 from halviz.eval_presets import PRESETS, preset_table
+from halviz.evaluation import cli as scale
+from halviz.evaluation.pope import PopeError
+from halviz.evaluation.pope_presets import POPE_PRESETS
 from halviz.hallucination import chair_metrics, extract_mentions, load_coco_annotations
 from halviz.methods import REGISTRY, build_stack
 from halviz.models import DEFAULT_PROMPT, ModelLoadError, load_model
@@ -158,7 +163,8 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m halviz.eval", description="CHAIR evaluation of decoding methods.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a paper's CHAIR setting; explicit flags override it")
+    parser.add_argument("--preset", choices=sorted({**PRESETS, **POPE_PRESETS}),
+                        help="a paper's CHAIR or POPE setting; explicit flags override it")
     parser.add_argument("--list-presets", action="store_true", help="print every preset value with its source")
     parser.add_argument("--system", default=None, help="system message before the first turn (default: none)")
     parser.add_argument("--model", default="toy", help="'toy', a local folder or a hub id")
@@ -174,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--param", action="append", default=[], help="METHOD.KNOB=VALUE, repeatable")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-progress", action="store_true")
+    scale.add_arguments(parser)
+    parser.add_argument("--legacy-loop", action="store_true",
+                        help="CHAIR only, the loop before the harness: one process, one method at a time, no files")
     return parser
 
 
@@ -182,37 +191,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
     if first.preset:
-        parser.set_defaults(**PRESETS[first.preset].defaults())
+        parser.set_defaults(**{**PRESETS, **POPE_PRESETS}[first.preset].defaults())
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_presets:
-        print(preset_table())
+        print(preset_table(PRESETS | POPE_PRESETS))
         return 0
     try:
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in names if m not in REGISTRY]
+        unknown = [part for m in names for part in m.split("+") if part not in REGISTRY]
         if unknown or not names:
             raise InputError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(REGISTRY)}")
         if args.n < 1 or not 1 <= args.max_new_tokens <= 1024:
             raise InputError("--n must be ≥ 1 and --max-new-tokens in 1..1024")
         params = parse_params(args.param)
         for name in names:  # fail on bad knobs before any decoding
-            build_stack([name], params)
+            build_stack(name.split("+"), params)
         if (args.images is None) != (args.annotations is None):
             raise InputError("--images and --annotations go together")
+        chair = "chair" in args.benchmarks.split(",")
+        if args.legacy_loop:
+            sample, partner = toy_sample(args.scenes, args.n, args.seed) if args.images is None else (
+                folder_sample(args.images, args.annotations, args.captions_annotations, args.n, args.seed), None)
+            return _legacy_main(args, names, params, sample, partner, f"toy:{args.scenes}" if args.images is None
+                                else str(args.images))
         if args.images is not None:
-            sample, partner = folder_sample(args.images, args.annotations, args.captions_annotations, args.n, args.seed), None
-            source = str(args.images)
+            sample = folder_sample(args.images, args.annotations, args.captions_annotations, args.n, args.seed) if chair else []
+            partner, source = None, str(args.images)
         else:
-            sample, partner = toy_sample(args.scenes, args.n, args.seed)
+            sample, partner = toy_sample(args.scenes, args.n, args.seed) if chair else ([], None)
             source = f"toy:{args.scenes}"
-        loaded = load_model(args.model)
-    except (InputError, ModelLoadError, ValueError) as exc:
+        return scale.run(args, names, params, sample, partner, source, lambda device: load_model(args.model, device=device))
+    except (InputError, ModelLoadError, PopeError, ValueError) as exc:
         print(f"halviz.eval: {exc}", file=sys.stderr)
         return 2
+
+
+def _legacy_main(args, names, params, sample, partner, source) -> int:
+    """The one-process, one-method-at-a-time loop before the harness (kept for halviz.toy.evaluate's helpers)."""
+    loaded = load_model(args.model)
     rows = evaluate(loaded, sample, names, params, args.max_new_tokens, args.prompt, partner, not args.no_progress,
                     system=args.system)
     config = {"model": args.model, "source": loaded.source, "images": source, "n": len(sample), "seed": args.seed,

@@ -78,10 +78,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 )}
 
 
-def preset_table() -> str:
+def preset_table(presets: dict[str, Preset] | None = None) -> str:
     """Markdown table of every preset value, its source and whether it is a guess."""
     lines = ["| preset | flag | value | source | guess |", "|---|---|---|---|---|"]
-    for preset in PRESETS.values():
+    for preset in (presets or PRESETS).values():
         for dest, s in preset.flags.items():
             value = "(none)" if s.value is None else str(s.value)
             lines.append(f"| {preset.name} | --{dest.replace('_', '-')} | {value} | {s.source} | "
