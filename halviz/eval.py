@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system", default=None, help="system message before the first turn (default: none)")
     parser.add_argument("--model", default="toy", help="'toy', a local folder or a hub id")
     parser.add_argument("--methods", default="vanilla,prunehal,kvsmooth,vasparse,vhr")
-    parser.add_argument("--n", type=int, default=200, help="number of images")
+    parser.add_argument("--n", "--num-images", dest="n", type=int, default=200,
+                        help="number of images (under torchrun write --num-images: torchrun reads --n as its own)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--seed", type=int, default=0)

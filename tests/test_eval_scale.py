@@ -1,0 +1,113 @@
+"""Evaluation at scale: a torchrun run equals one process; a killed run resumes without decoding twice;
+results.json and samples.jsonl say what each number is made of."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from halviz import eval as heval
+from halviz.evaluation import harness
+from halviz.evaluation.results import Results
+
+ARGS = ["--model", "toy", "--methods", "vanilla,prunehal,vcd", "--num-images", "4", "--max-new-tokens", "12",
+        "--benchmarks", "chair,pope,opope", "--pope-n", "3", "--pope-max-new-tokens", "6", "--bootstrap", "200",
+        "--no-progress"]
+
+
+def _files(folder):
+    results = json.loads((folder / "results.json").read_text())
+    results.pop("timing")
+    samples = sorted((folder / "samples.jsonl").read_text().splitlines())
+    return results, samples
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    assert heval.main([*ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_results_files_hold_every_setting_and_sample(single):
+    results, samples = _files(single)
+    config = results["config"]
+    for key in ("halviz_version", "model", "source", "dtype", "methods", "max_new_tokens", "prompt", "system",
+                "params", "pope", "bootstrap", "seed"):
+        assert key in config
+    assert config["halviz_version"] != "" and results["baseline"] == "vanilla"
+    chair = results["chair"]["methods"]["vanilla"]
+    for metric in ("chair_s", "chair_i", "recall", "precision", "f1", "len", "looping", "repetition"):
+        lo, hi = chair[metric]["ci"]
+        assert lo <= chair[metric]["value"] <= hi
+    assert set(results["chair"]["vs_baseline"]) == {"prunehal", "vcd"}
+    assert 0 <= results["chair"]["vs_baseline"]["vcd"]["mcnemar"]["p"] <= 1
+    for split in ("random", "popular", "adversarial"):
+        row = results["pope"][split]["methods"]["vcd"]
+        assert set(row["parsers"]) == {"official", "vcd", "halc", "exact"}
+        assert results["pope"][split]["n"] == 18 and results["opope"][split]["n"] == 18
+    lines = [json.loads(s) for s in samples]
+    chair_lines = [l for l in lines if l["benchmark"] == "chair"]
+    assert len(chair_lines) == 4 * 3 and set(chair_lines[0]) >= {"image_id", "method", "caption", "correct", "hallucinated"}
+    pope_lines = [l for l in lines if l["benchmark"] == "pope"]
+    assert len(pope_lines) == 3 * 18 * 3
+    assert set(pope_lines[0]) >= {"question_id", "method", "answer", "parsed", "label"}
+    # the Python results object reads them back and lists what changed against the baseline
+    res = Results.load(single)
+    changed = res.discordant("vcd", "opope", "adversarial")
+    assert set(changed) == {"fixed", "broken"}
+    for pair in changed["fixed"]:
+        assert pair["method"]["parsed"] == pair["method"]["label"] != pair["baseline"]["parsed"]
+
+
+def test_a_killed_run_resumes_without_decoding_any_finished_sample_twice(single, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    assert heval.main([*ARGS, "--out", str(out), "--stop-after", "7"]) == 3  # stopped mid-way
+    first = [json.loads(l) for l in (out / "cache" / "rank-0.jsonl").read_text().splitlines()]
+    assert 7 <= len(first) < 40
+    with open(out / "cache" / "rank-0.jsonl", "a") as handle:  # a kill in the middle of a write
+        handle.write('{"key": "half-writ')
+    decoded = []
+    real = harness.decode_group
+
+    def counting(loaded, image, units, plan, batch):
+        decoded.extend(u.key for u in units)
+        return real(loaded, image, units, plan, batch)
+
+    monkeypatch.setattr(harness, "decode_group", counting)
+    assert heval.main([*ARGS, "--out", str(out)]) == 0
+    done_before = {r["key"] for r in first}
+    assert decoded and not set(decoded) & done_before  # nothing finished was decoded again
+    keys = [json.loads(l)["key"] for l in (out / "cache" / "rank-0.jsonl").read_text().splitlines()
+            if l.startswith('{"key": "') and l.endswith("}")]
+    assert len(keys) == len(set(keys)) == len(done_before) + len(decoded)
+    assert _files(out) == _files(single)  # the same results as an uninterrupted run
+    decoded.clear()
+    assert heval.main([*ARGS, "--out", str(out)]) == 0
+    assert decoded == []  # everything is done: a third run decodes nothing
+
+
+def test_two_torchrun_processes_equal_one_process(single, tmp_path):
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "halviz.eval", *ARGS, "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = sorted(p.name for p in (out / "cache").iterdir())
+    assert ranks == ["rank-0.jsonl", "rank-1.jsonl"]
+    assert all((out / "cache" / r).read_text().strip() for r in ranks)  # both ranks decoded a share
+    assert _files(out) == _files(single)
+
+
+def test_pope_presets_list_their_sources_and_guesses(capsys):
+    assert heval.main(["--list-presets"]) == 0
+    table = capsys.readouterr().out
+    for name in ("pope-llava", "pope-vcd", "pope-halc", "vhr"):
+        assert f"| {name} |" in table
+    assert "| pope-vcd | --pope-suffix |  Please answer this question with one word. |" in table
+    args = heval.parse_args(["--preset", "pope-halc", "--pope-max-new-tokens", "8"])
+    assert args.pope_parser == "halc" and args.pope_max_new_tokens == 8 and args.benchmarks == "pope"
+    assert args.pope_template.startswith("Find evidence first and then answer: is there a {}")
