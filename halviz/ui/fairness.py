@@ -67,6 +67,7 @@ class Limits:
     upload_folder_bytes: int = 4096 * MB  # Gradio's upload folder in all (uploads, trace files)
     request_bytes: int = 1 * MB  # the body of any request other than an upload
     state_sessions: int = 10_000  # sessions whose state Gradio keeps
+    unread_messages: int = 512  # a session's messages nobody reads; past it its events run on as hung up
     window_s: float = 3600.0
 
     def sentence(self, what: str) -> str:
@@ -91,6 +92,7 @@ class Limits:
                                        "allowed; please try again later.",
             "upload_folder_bytes": "The server's upload space is full; please try again in a few minutes.",
             "upload_length": "An upload must state its size (a Content-Length header).",
+            "unread_messages": "Nobody is reading this session's answers; its requests were stopped.",
             "request_bytes": f"This request is larger than {_size(self.request_bytes)}, the most the server reads "
                              "outside file uploads.",
         }[what]
@@ -407,6 +409,20 @@ def limit_events(demo: gr.Blocks, guard: ClientGuard, decode_fns: Iterable[int])
                 del in_progress[client, session, decode]
 
     queue.push = push
+    send = queue.send_message
+
+    def send_message(event, message):
+        # An event whose session's answers pile up unread (joined and walked away) is treated like a
+        # client that hung up: Gradio stops it, and its messages stop growing the server's memory.
+        messages = queue.pending_messages_per_session.get(event.session_hash)
+        if event.alive and messages is not None and messages.qsize() >= guard.limits.unread_messages:
+            event.alive = False
+            guard.refuse("unread_messages", guard.key_of_request(event.request),
+                          detail=f"{messages.qsize()} messages, {event.fn.name}")
+            return None
+        return send(event, message)
+
+    queue.send_message = send_message
 
 
 # ---- the HTTP door --------------------------------------------------------------------------------
