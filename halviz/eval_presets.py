@@ -83,7 +83,7 @@ def preset_table(presets: dict[str, Preset] | None = None) -> str:
     lines = ["| preset | flag | value | source | guess |", "|---|---|---|---|---|"]
     for preset in (presets or PRESETS).values():
         for dest, s in preset.flags.items():
-            value = "(none)" if s.value is None else str(s.value)
+            value = "(none)" if s.value is None else str(s.value).replace("\n", "\\n")
             lines.append(f"| {preset.name} | --{dest.replace('_', '-')} | {value} | {s.source} | "
                          f"{'yes' if s.guess else 'no'} |")
     return "\n".join(lines)

@@ -11,6 +11,9 @@ without recording, every method (prefill and extra passes amortised over the tok
 columns of a comparison as one batch (and, for reference, one after another), plus peak GPU
 memory. Sized to finish within a few minutes on one H200.
 ``--layers N`` cuts the decoder (and vision tower) to N layers: a smoke run on a CPU.
+The evaluation-throughput item (``--eval-images K``, default 4; 0 skips it) decodes K images × 5 methods
+as ``halviz.eval``'s harness does (one batch of method columns per image) against plain batched
+``generate`` of the same decode count, in images per second.
 """
 
 from __future__ import annotations
@@ -91,6 +94,42 @@ def time_columns(loaded: LoadedModel, image: Image.Image, tokens: int, methods) 
     return (time.perf_counter() - t0) * 1e3 / tokens
 
 
+def eval_throughput(loaded: LoadedModel, images: int, tokens: int, methods) -> dict:
+    """Evaluation throughput: ``images`` distinct images × (vanilla + ``methods``) columns × ``tokens``, decoded
+    as the evaluation harness decodes them (one batch of method columns per image, no recording), against the
+    same decode count run as plain batched ``generate`` (SDPA, the image repeated once per column). Images/s."""
+    from halviz.engine.batch import BatchDecoder
+
+    rng = np.random.default_rng(1)
+    pictures = [Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) for _ in range(images)]
+    stacks = lambda: [[]] + [build_stack([m]) for m in methods]  # noqa: E731 - fresh method state per image
+    columns = 1 + len(methods)
+    _sync(loaded.device)
+    t0 = time.perf_counter()
+    for picture in pictures:
+        BatchDecoder(loaded, picture, "Describe the image.", stacks(), max_new_tokens=tokens,
+                     record=RecordOptions(enabled=False), stop_at_eos=False).run_to_end()
+    _sync(loaded.device)
+    halviz_s = time.perf_counter() - t0
+    loaded.model.set_attn_implementation({"text_config": "sdpa"})
+    try:
+        _sync(loaded.device)
+        t0 = time.perf_counter()
+        for picture in pictures:
+            inputs, _ = loaded.adapter.prepare(picture, "Describe the image.", loaded.device, loaded.dtype)
+            batch = {k: v.repeat(columns, *([1] * (v.dim() - 1))) if torch.is_tensor(v) else v for k, v in inputs.items()}
+            with torch.inference_mode():
+                out = loaded.model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            assert out.shape == (columns, inputs["input_ids"].shape[1] + tokens)
+        _sync(loaded.device)
+        generate_s = time.perf_counter() - t0
+    finally:
+        loaded.model.set_attn_implementation({"text_config": ATTENTION_NAME})
+    return {"images": images, "columns": columns, "tokens": tokens, "methods": ["vanilla", *methods],
+            "images_per_s_halviz": round(images / halviz_s, 4), "images_per_s_generate": round(images / generate_s, 4),
+            "halviz_vs_generate_time": round(halviz_s / generate_s, 3)}
+
+
 def bench(name: str, device: torch.device, dtype: torch.dtype, tokens: int, rounds: int,
           layers: int | None = None) -> dict:
     started = time.perf_counter()
@@ -153,16 +192,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--layers", type=int, help="cut both towers to this many layers (a CPU smoke run)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--eval-images", type=int, default=4,
+                        help="evaluation throughput on this many images × 5 columns (0: skip the item)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here; pass --device cpu --layers 1 for a smoke run")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     result = bench(args.models, device, dtype, args.tokens, args.rounds, args.layers)
+    if args.eval_images > 0:
+        loaded = build_real_geometry(args.models, device, dtype, args.layers)
+        five = ["prunehal", "kvsmooth", "vasparse", "vhr"]  # with vanilla: the five methods of the CHAIR table
+        eval_throughput(loaded, 1, 2, five)  # warm-up
+        result["evaluation"] = eval_throughput(loaded, args.eval_images, args.tokens, five)
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     result["torch"] = torch.__version__
     print(format_table(result))
+    if "evaluation" in result:
+        e = result["evaluation"]
+        print(f"  evaluation: {e['images']} images x {e['columns']} methods x {e['tokens']} tokens: "
+              f"{e['images_per_s_halviz']:.3f} images/s (harness batches) vs {e['images_per_s_generate']:.3f} "
+              f"images/s (batched generate, same decode count): {e['halviz_vs_generate_time']:.2f}x the time")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(args.json, result)

@@ -45,6 +45,7 @@ class _Row:
     text_only: bool
     serves: list[tuple[Column, str]]
     pixels: Callable[[torch.Tensor], torch.Tensor] | None = None  # this row's image (None: the main one)
+    request: int = 0  # which (image, prompt) of the batch the row reads (MultiBatchDecoder: several)
 
 
 class BatchDecoder:
@@ -114,29 +115,49 @@ class BatchDecoder:
             pass
         return [self.trace(i) for i in range(len(self.columns))]
 
-    def _prefill(self) -> tuple[torch.Tensor, Forward]:
-        ids = self.inputs["input_ids"][0]
-        text_ids = None
+    def _request(self, column: Column) -> int:
+        """The (image, prompt) a column reads: always 0 here (one image, one prompt)."""
+        return 0
+
+    def _request_inputs(self, request: int) -> tuple[dict, object]:
+        """(prepared inputs, image layout) of a request."""
+        return self.inputs, self.layout
+
+    def _request_prompt(self, request: int) -> str:
+        return self.prompt
+
+    def _prefill_rows(self) -> list[_Row]:
+        """The prefill's rows: per request, one main row shared by the columns that leave the prompt's
+        forward alone, an own main row for each column that does not, and one row per prefill stream."""
+        text_ids: dict[int, torch.Tensor] = {}
         rows: list[_Row] = []
-        shared: _Row | None = None
+        shared: dict[int, _Row] = {}
         for column in (c for c in self.columns if c.running):
+            request = self._request(column)
+            inputs, layout = self._request_inputs(request)
+            ids = inputs["input_ids"][0]
             if column.shares_prefill:
-                if shared is None:
-                    shared = _Row(ids, False, [])
-                    rows.append(shared)
-                shared.serves.append((column, MAIN))
+                if request not in shared:
+                    shared[request] = _Row(ids, False, [], request=request)
+                    rows.append(shared[request])
+                shared[request].serves.append((column, MAIN))
             else:
-                rows.append(_Row(ids, False, [(column, MAIN)]))
+                rows.append(_Row(ids, False, [(column, MAIN)], request=request))
             for name, stream in column.streams.items():
                 if stream.prefill:
-                    if stream.text_only and text_ids is None:
-                        text_ids = self.adapter.text_only_ids(ids, self.layout)
-                    rows.append(_Row(text_ids if stream.text_only else ids, stream.text_only, [(column, name)],
-                                     stream.pixels))
+                    if stream.text_only and request not in text_ids:
+                        text_ids[request] = self.adapter.text_only_ids(ids, layout)
+                    rows.append(_Row(text_ids[request] if stream.text_only else ids, stream.text_only, [(column, name)],
+                                     stream.pixels, request))
+        return rows
+
+    def _prefill(self) -> tuple[torch.Tensor, Forward]:
+        rows = self._prefill_rows()
         n = max(int(r.ids.shape[0]) for r in rows)
-        device = ids.device
+        device = rows[0].ids.device
         batch_ids = torch.stack([torch.cat([r.ids, r.ids[-1:].expand(n - len(r.ids))]) for r in rows])
-        row_positions = [self.adapter.prompt_positions(r.ids, None if r.text_only else self.inputs) for r in rows]
+        row_positions = [self.adapter.prompt_positions(r.ids, None if r.text_only else self._request_inputs(r.request)[0])
+                         for r in rows]
         positions = _stack_positions(row_positions, n)
         next_positions = torch.stack([p.max() + 1 for p in row_positions])  # where each row's decode goes on
         lengths = torch.tensor([len(r.ids) for r in rows], device=device)
@@ -182,15 +203,16 @@ class BatchDecoder:
 
     def _encoded_images(self, rows: list[_Row]) -> list:
         """The vision tower's output for every row holding the image: once per distinct image."""
-        done: dict[int, object] = {}
+        done: dict[tuple[int, int], object] = {}
         encoded = []
         for row in rows:
             if row.text_only:
                 continue
-            key = id(row.pixels)
+            key = (row.request, id(row.pixels))
             if key not in done:
-                pixels = self.inputs["pixel_values"]
-                image = self.inputs if row.pixels is None else {**self.inputs, "pixel_values": row.pixels(pixels)}
+                inputs = self._request_inputs(row.request)[0]
+                pixels = inputs["pixel_values"]
+                image = inputs if row.pixels is None else {**inputs, "pixel_values": row.pixels(pixels)}
                 done[key] = self.adapter.encode_image(self.loaded.model, image)
             encoded.append(done[key])
         return encoded
@@ -292,7 +314,9 @@ class BatchDecoder:
     # ---- results -------------------------------------------------------------------------------
     def trace(self, index: int) -> Trace:
         """Column ``index``'s trace of whatever it has generated so far."""
-        column, loaded, layout = self.columns[index], self.loaded, self.layout
+        column, loaded = self.columns[index], self.loaded
+        request = self._request(column)
+        layout = self._request_inputs(request)[1]
         tokenizer = loaded.processor.tokenizer
         extras: dict[str, np.ndarray] = {}
         for method in column.methods:
@@ -303,7 +327,7 @@ class BatchDecoder:
             "model": public_name(loaded.name),
             "source": public_name(loaded.source),
             "family": self.adapter.family,
-            "prompt": self.prompt,
+            "prompt": self._request_prompt(request),
             "prompt_tokens": tokenizer.convert_ids_to_tokens(prompt_ids),
             "prompt_len": column.prompt_len,
             "image_positions": list(layout.positions),
