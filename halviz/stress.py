@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -137,7 +138,8 @@ def fingerprint(outputs: Sequence[Any]) -> dict[str, Any]:
     for path in [p for p in (outputs[-2] or []) if str(p).endswith(".npz")]:
         trace = Trace.load(path)
         attn = trace.arrays.get("image_attn")
-        traces[Path(path).name] = {
+        # Download names carry the time of the run (halviz-toy-vanilla-20261207-101502.npz): key by the rest.
+        traces[re.sub(r"-\d{8}-\d{6}(?=\.npz$)", "", Path(path).name)] = {
             "token_ids": trace.arrays["token_ids"].tolist(),
             "image_attn_sha1": hashlib.sha1(np.ascontiguousarray(attn).tobytes()).hexdigest() if attn is not None else None,
         }

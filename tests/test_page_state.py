@@ -57,13 +57,14 @@ def test_a_refused_comparison_says_so_beside_the_old_captions(controller):
 
 
 def test_stop_after_a_finished_run_keeps_its_done_line(controller):
-    ctl, _ = controller
+    ctl, gr = controller
     scene = example("toy-cup-no-spoon.png")
     last = None
     for last in ctl.compare(str(scene.path), "Describe.", ["vanilla"], 3, scene.objects, "toy", "", {}):
         pass
     assert last[ctl.ui.status].startswith("✓ Done")
-    assert ctl.stop(last[ctl.ui.runs], ["vanilla"], last[ctl.ui.live]) == {}
+    after = ctl.stop(last[ctl.ui.runs], ["vanilla"], last[ctl.ui.live])
+    assert list(after) == [ctl.ui.status] and after[ctl.ui.status] == gr.skip()  # an update that changes nothing
     unfinished = [r.__class__(**{**r.__dict__, "finish": None}) for r in last[ctl.ui.live]]
     assert ctl.stop(last[ctl.ui.runs], ["vanilla"], unfinished)[ctl.ui.status].startswith("■ Stopped")
 

@@ -430,7 +430,7 @@ class Controller:
         ui = self.ui
         runs, live = runs or {}, live or []
         if live and all(r.finish is not None for r in live):
-            return {}  # the run had already finished: its "✓ Done" stays true
+            return {ui.status: gr.skip()}  # the run had already finished: its "✓ Done" stays true
         for result in live:
             result.finish = result.finish or "stopped"
         recorded = {k: v for k, v in runs.items() if k in (slot_methods or []) and not v.dropped}
