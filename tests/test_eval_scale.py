@@ -72,9 +72,9 @@ def test_a_killed_run_resumes_without_decoding_any_finished_sample_twice(single,
     decoded = []
     real = harness.decode_group
 
-    def counting(loaded, image, units, plan, batch):
+    def counting(loaded, plan, units, batch):
         decoded.extend(u.key for u in units)
-        return real(loaded, image, units, plan, batch)
+        return real(loaded, plan, units, batch)
 
     monkeypatch.setattr(harness, "decode_group", counting)
     assert heval.main([*ARGS, "--out", str(out)]) == 0
@@ -111,3 +111,15 @@ def test_pope_presets_list_their_sources_and_guesses(capsys):
     args = heval.parse_args(["--preset", "pope-halc", "--pope-max-new-tokens", "8"])
     assert args.pope_parser == "halc" and args.pope_max_new_tokens == 8 and args.benchmarks == "pope"
     assert args.pope_template.startswith("Find evidence first and then answer: is there a {}")
+
+
+@pytest.mark.parametrize("mode", [["--batch-images", "3"], ["--no-batch"]])
+def test_batching_never_changes_a_sample(single, tmp_path, mode):
+    """Several images' rows in one batch, or one decode at a time: the same samples and metrics."""
+    out = tmp_path / "mode"
+    assert heval.main([*ARGS, "--out", str(out), *mode]) == 0
+    got, want = _files(out), _files(single)
+    assert got[1] == want[1]
+    for results in (got[0], want[0]):
+        results.pop("config")
+    assert got[0] == want[0]

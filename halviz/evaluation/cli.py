@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals")
     g.add_argument("--bootstrap-seed", type=int, default=0)
     g.add_argument("--no-batch", action="store_true", help="decode one method at a time (the old loop)")
+    g.add_argument("--batch-images", type=int, default=1,
+                   help="images whose decodes share one batch (rows of equal prompt length: the same prompt on "
+                        "K images, the POPE questions of equal length); 1: one image's method columns a batch")
     g.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop after K decodes (exit 3)
 
 
@@ -95,8 +98,9 @@ def run(args, names: list[str], params: dict, sample, partner, source: str, load
         out = args.out or Path(tempfile.mkdtemp(prefix="halviz-eval-"))
         t0 = time.perf_counter()
         try:
-            stats = run_plan(loaded, plan, out, processes.rank, processes.world, batch=not args.no_batch,
-                             progress=not args.no_progress, stop_after=args.stop_after)
+            mode = "solo" if args.no_batch else ("images" if args.batch_images > 1 else "columns")
+            stats = run_plan(loaded, plan, out, processes.rank, processes.world, batch=mode,
+                             progress=not args.no_progress, stop_after=args.stop_after, batch_images=args.batch_images)
         except Stopped as exc:
             print(f"halviz.eval: rank {processes.rank}: {exc}; run the same command again to finish", file=sys.stderr)
             return STOPPED
@@ -118,7 +122,7 @@ def run(args, names: list[str], params: dict, sample, partner, source: str, load
                       "max_new_tokens": args.pope_max_new_tokens, "parser": args.pope_parser}
                      if pope_splits else None),
             "bootstrap": {"replicates": args.bootstrap, "seed": args.bootstrap_seed, "level": 0.95},
-            "batched": not args.no_batch, "decoding": "greedy",
+            "decoding": "greedy", "batching": mode, "batch_images": args.batch_images,
         }
         summary = job_summary(job)
         print(f"{source}, max_new_tokens={args.max_new_tokens}, prompt={args.prompt!r}"

@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from PIL import Image
 from tqdm import tqdm
@@ -145,31 +145,63 @@ class CacheWriter:
 
 # ---- decoding -------------------------------------------------------------------------------------
 
-def decode_group(loaded, image: Image.Image, units: Sequence[Unit], plan: Plan, batch: bool) -> list[dict[str, Any]]:
-    """Decode units of one image and one prompt: as columns of one batch, or one after another."""
-    prompt, max_new_tokens = units[0].prompt, units[0].max_new_tokens
+def decode_group(loaded, plan: Plan, units: Sequence[Unit], batch: str = "columns") -> list[dict[str, Any]]:
+    """Decode ``units`` (of one image, or of several with ``batch="images"``) and return their records.
+
+    ``solo``: one decode at a time (the loop before the harness). ``columns``: the method columns of one
+    (image, prompt) as rows of one batch. ``images``: every (image, prompt) of the units whose prompts
+    have equal token length as rows of one batch (:func:`halviz.engine.multi.decode_requests`). All three
+    give the same tokens (each column equals its solo run)."""
     records = []
-    if batch:
-        for start in range(0, len(units), MAX_COLUMNS):
-            chunk = units[start:start + MAX_COLUMNS]
-            decoder = BatchDecoder(loaded, image, prompt, [make_stack(u.method, plan.params) for u in chunk],
-                                   max_new_tokens, record=RecordOptions(enabled=False), system=plan.system)
-            t0 = time.perf_counter()
-            traces = decoder.run_to_end()
-            spent = time.perf_counter() - t0
-            total = max(sum(t.num_steps for t in traces), 1)
-            for unit, column, trace in zip(chunk, decoder.columns, traces):
-                if column.error is not None:
-                    raise RuntimeError(f"{unit.method} failed on {unit.image_id}: {column.error}") from column.error
-                records.append(_record(unit, trace, spent * trace.num_steps / total))
-    else:
+    if batch == "solo":
         for unit in units:
-            decoder = Decoder(loaded, image, prompt, make_stack(unit.method, plan.params), max_new_tokens,
-                              record=RecordOptions(enabled=False), system=plan.system)
+            decoder = Decoder(loaded, plan.images[unit.image_id], unit.prompt, make_stack(unit.method, plan.params),
+                              unit.max_new_tokens, record=RecordOptions(enabled=False), system=plan.system)
             t0 = time.perf_counter()
             trace = decoder.run_to_end()
             records.append(_record(unit, trace, time.perf_counter() - t0))
+        return records
+    groups: dict[tuple[str, str, int], list[Unit]] = {}
+    for unit in units:
+        groups.setdefault((unit.image_id, unit.prompt, unit.max_new_tokens), []).append(unit)
+    if batch == "columns":
+        for (image_id, prompt, max_new_tokens), members in groups.items():
+            for start in range(0, len(members), MAX_COLUMNS):
+                chunk = members[start:start + MAX_COLUMNS]
+                decoder = BatchDecoder(loaded, plan.images[image_id], prompt,
+                                       [make_stack(u.method, plan.params) for u in chunk], max_new_tokens,
+                                       record=RecordOptions(enabled=False), system=plan.system)
+                t0 = time.perf_counter()
+                traces = decoder.run_to_end()
+                records += _records(chunk, traces, decoder.columns, time.perf_counter() - t0)
+        return records
+    if batch != "images":
+        raise ValueError(f"unknown batch mode {batch!r}")
+    from halviz.engine.multi import Request, decode_requests
+
+    by_tokens: dict[int, list[tuple[tuple[str, str, int], list[Unit]]]] = {}
+    for key, members in groups.items():
+        by_tokens.setdefault(key[2], []).append((key, members))
+    for max_new_tokens, entries in by_tokens.items():
+        requests = [Request(plan.images[image_id], prompt, [make_stack(u.method, plan.params) for u in members])
+                    for (image_id, prompt, _), members in entries]
+        t0 = time.perf_counter()
+        results = decode_requests(loaded, requests, max_new_tokens, system=plan.system)
+        spent = time.perf_counter() - t0
+        flat = [(u, trace, column) for (_, members), pairs in zip(entries, results) for u, (trace, column) in zip(members, pairs)]
+        records += _records([f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat], spent)
     return records
+
+
+def _records(units, traces, columns, seconds: float) -> list[dict[str, Any]]:
+    """Records of a batch; its time shared in proportion to each column's tokens."""
+    total = max(sum(t.num_steps for t in traces), 1)
+    out = []
+    for unit, column, trace in zip(units, columns, traces):
+        if column.error is not None:
+            raise RuntimeError(f"{unit.method} failed on {unit.image_id}: {column.error}") from column.error
+        out.append(_record(unit, trace, seconds * trace.num_steps / total))
+    return out
 
 
 def _record(unit: Unit, trace, seconds: float) -> dict[str, Any]:
@@ -189,11 +221,10 @@ class RunStats:
     seconds: float = 0.0
 
 
-def run_plan(loaded, plan: Plan, out: Path, rank: int = 0, world: int = 1, batch: bool = True,
-             progress: bool = True, stop_after: int | None = None,
-             decode: Callable[..., list[dict[str, Any]]] | None = None) -> RunStats:
-    """Decode this rank's missing units and append them to its cache file."""
-    decode = decode or decode_group
+def run_plan(loaded, plan: Plan, out: Path, rank: int = 0, world: int = 1, batch: str = "columns",
+             progress: bool = True, stop_after: int | None = None, batch_images: int = 1) -> RunStats:
+    """Decode this rank's missing units and append them to its cache file, ``batch_images`` images at a time
+    (``batch="images"``: their units as rows of shared batches; each finished group fsync'd)."""
     done = read_cache(out)
     order = list(dict.fromkeys(u.image_id for u in plan.units.values()))
     mine = [image_id for i, image_id in enumerate(order) if i % world == rank]
@@ -204,19 +235,21 @@ def run_plan(loaded, plan: Plan, out: Path, rank: int = 0, world: int = 1, batch
     writer = CacheWriter(out, rank)
     t0 = time.perf_counter()
     try:
-        bar = tqdm(mine, desc=f"decoding (rank {rank}/{world})", disable=not progress or rank != 0, unit="image")
-        for image_id in bar:
-            pending = [u for u in by_image[image_id] if u.key not in done]
-            stats.reused += len(by_image[image_id]) - len(pending)
-            groups: dict[tuple[str, int], list[Unit]] = {}
-            for unit in pending:
-                groups.setdefault((unit.prompt, unit.max_new_tokens), []).append(unit)
-            for units in groups.values():
-                records = decode(loaded, plan.images[image_id], units, plan, batch)
+        step = max(1, batch_images) if batch == "images" else 1
+        bar = tqdm(total=len(mine), desc=f"decoding (rank {rank}/{world})", disable=not progress or rank != 0,
+                   unit="image")
+        for start in range(0, len(mine), step):
+            chunk = mine[start:start + step]
+            pending = [u for image_id in chunk for u in by_image[image_id] if u.key not in done]
+            stats.reused += sum(len(by_image[i]) for i in chunk) - len(pending)
+            if pending:
+                records = decode_group(loaded, plan, pending, batch)
                 writer.append(records)
                 stats.decoded += len(records)
-                if stop_after is not None and stats.decoded >= stop_after:
-                    raise Stopped(f"stopped after {stats.decoded} decodes")
+            bar.update(len(chunk))
+            if stop_after is not None and stats.decoded >= stop_after:
+                raise Stopped(f"stopped after {stats.decoded} decodes")
+        bar.close()
     finally:
         writer.close()
         stats.seconds = time.perf_counter() - t0
