@@ -62,7 +62,7 @@ def serve():
     down (server stopped, trace folder deleted) when the block ends."""
     from contextlib import contextmanager
 
-    from halviz.stress import free_port
+    from tools.stress import free_port
     from halviz.ui import build_app, launch_options, shutdown
 
     @contextmanager
@@ -115,8 +115,8 @@ def run_greedy(controller, tokens=16):
 
 @pytest.fixture(scope="session")
 def toy_app(toy):
-    """halviz.stress's LocalApp serving the toy model (test_fuzz and test_reliability)."""
-    from halviz.stress import LocalApp
+    """tools.stress's LocalApp serving the toy model (test_fuzz and test_reliability)."""
+    from tools.stress import LocalApp
 
     served = LocalApp(loader=lambda name: toy)
     try:

@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from halviz.engine.decode import Decoder
-from halviz.hostile import looks_like_python
+from tools.hostile import looks_like_python
 from halviz.methods import build_stack
 from halviz.models import load_model
 from halviz.trace import Trace

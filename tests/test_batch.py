@@ -13,7 +13,7 @@ from halviz.engine.batch import BatchDecoder
 from halviz.engine.decode import Decoder
 from halviz.methods import HOOK_POINTS, METHODS, REGISTRY, build_stack
 from halviz.methods.base import HOOK_METHODS, Method
-from halviz.stress import FaultyMethod
+from tools.stress import FaultyMethod
 from spies import LogitSpy
 
 FAMILIES = ["llava-1.5", "llava-interleave"]

@@ -161,7 +161,7 @@ def test_html_from_users_and_files_is_shown_as_text_and_fetches_nothing(page, tm
     form, HTML typed into the ground-truth box, and a special token in the prompt: the page shows
     every string literally, builds no such element, and asks no host but this one for anything."""
     from halviz.engine.decode import Decoder
-    from halviz.hostile import HTML_STRINGS, html_trace
+    from tools.hostile import HTML_STRINGS, html_trace
     from halviz.models import load_model
 
     page.reload()  # a fresh session: the uploader still holds the refused file of the test before

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_greedy
-from halviz.hostile import looks_like_python
+from tools.hostile import looks_like_python
 from halviz.trace import Trace
 from halviz.ui.controller import user_errors
 from halviz.ui.budget import DROPPED, MemoryBudget, budget_from_env, check_kept, picture_bytes, trace_bytes

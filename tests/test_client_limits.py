@@ -16,8 +16,8 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from halviz.hostile import RawSession
-from halviz.stress import EXAMPLES, PROMPT
+from tools.hostile import RawSession
+from tools.stress import EXAMPLES, PROMPT
 from halviz.ui.fairness import Limits
 
 LIMITS = Limits(sessions_per_client=30, state_sessions=70, uploads_per_client=6, upload_bytes_per_client=3_500_000,

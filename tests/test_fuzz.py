@@ -20,7 +20,7 @@ from PIL import Image
 from halviz.engine.decode import Decoder
 from halviz.methods import METHODS
 from halviz.models import load_model
-from halviz.stress import EXAMPLES, PROMPT
+from tools.stress import EXAMPLES, PROMPT
 from halviz.ui import inputs
 from halviz.ui.app import _layout
 from halviz.ui.controller import Controller, HalvizApp

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from halviz.engine.decode import Decoder
-from halviz.hostile import (
+from tools.hostile import (
     HTML_STRINGS,
     MODEL_PROBES,
     GatedLoader,
@@ -28,7 +28,7 @@ from halviz.hostile import (
     stops_versus_downloads,
     trace_choices,
 )
-from halviz.stress import EXAMPLES, PROMPT, LocalApp
+from tools.stress import EXAMPLES, PROMPT, LocalApp
 from halviz.ui.state import MAX_SESSION_UPLOADS
 
 SLOW_MODEL = "llava-hf/llava-1.5-7b-hf"  # offered by the app; here its "load" waits for the test

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from halviz.hostile import looks_like_python
+from tools.hostile import looks_like_python
 from halviz.methods import REGISTRY
 from halviz.ui.examples import EXAMPLES_DIR
 from halviz.ui.geometry import Geometry, knob_problem

@@ -12,7 +12,7 @@ from PIL import Image
 
 from halviz.engine.decode import Decoder
 from halviz.methods import build_stack
-from halviz.stress import (
+from tools.stress import (
     CONCURRENT,
     EXAMPLES,
     LONG,

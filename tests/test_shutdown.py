@@ -1,7 +1,7 @@
 """Issue 12 (7): ``python app.py`` stopped with SIGTERM, as Spaces stop apps, exits cleanly and
 deletes its trace folder, as it does on Ctrl-C."""
 
-from halviz.hostile import sigterm_scenario
+from tools.hostile import sigterm_scenario
 
 
 def test_sigterm_deletes_the_trace_folder_and_exits():

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from halviz.stress import free_port
+from tools.stress import free_port
 from halviz.ui.gpu import gpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The app's own cost: ``/compare`` wall time against the engine's time for the same decodes.
 
-    python -m halviz.appbench [--model toy] [--tokens 32] [--rounds 3] [--json PATH]
+    python -m tools.appbench [--model toy] [--tokens 32] [--rounds 3] [--json PATH]
 
 Launches the app in this process (warmed at start-up, as ``app.py`` does), then times, in one run:
 the first ``/compare`` after start-up, warm ``/compare`` calls, and the engine alone decoding the same
@@ -54,7 +54,7 @@ def _engine(app, model: str, tokens: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m halviz.appbench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.appbench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gradio_client import Client
 
-    from halviz.stress import free_port
+    from tools.stress import free_port
     from halviz.ui import build_app, launch_options, shutdown
 
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The server's memory held for sessions, measured: ``python -m halviz.budgetbench --sessions 16``.
+"""The server's memory held for sessions, measured: ``python -m tools.budgetbench --sessions 16``.
 
 Many sessions each replay the largest legal trace (1,000 steps, a 128×128 grid, 4 layers: a 130 KB
 file that unpacks to 131 MB, just under the 128 MiB upload limit) through ``Controller.replay`` on the

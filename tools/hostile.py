@@ -1,7 +1,7 @@
 """Hostile-user scenarios against a running halviz app on 127.0.0.1, driven the way an attacker
 would: raw HTTP on Gradio's own queue protocol (the browser's events, private ones included),
 gradio_client, and ``python app.py`` as a subprocess. Every loop is bounded; nothing leaves the
-loopback interface. Used by ``python -m halviz.stress`` and by the tests.
+loopback interface. Used by ``python -m tools.stress`` and by the tests.
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ class QueueFill:
 
 def fill_the_queue(app, submissions: int = 18, tokens: int = 300) -> QueueFill:
     """One gradio_client submits ``submissions`` long comparisons at once; can another person still run one?"""
-    from halviz.stress import Request, submit_and_wait
+    from tools.stress import Request, submit_and_wait
 
     flooding = app.client()
     request = Request("toy-scene.png", ("vanilla", "vasparse"), tokens=tokens)
@@ -367,7 +367,7 @@ class GatedLoader:
 
 def slow_load_scenario(app, loader: GatedLoader) -> SlowLoad:
     """Start a comparison on the slow model, then time one on the loaded model while the first loads."""
-    from halviz.stress import Request, submit_and_wait
+    from tools.stress import Request, submit_and_wait
 
     slow_client = app.client()
     request = Request("toy-scene.png", ("vanilla",), tokens=4)
@@ -398,7 +398,7 @@ def sigterm_scenario(timeout_s: float = 180, environ: dict | None = None) -> Shu
     """``python app.py`` in a subprocess with its own Gradio cache; SIGTERM once it serves."""
     import httpx
 
-    from halviz.stress import free_port
+    from tools.stress import free_port
 
     cache = Path(tempfile.mkdtemp(prefix="halviz-sigterm-"))
     port = free_port()
@@ -437,7 +437,7 @@ def sigterm_scenario(timeout_s: float = 180, environ: dict | None = None) -> Shu
 
 
 def run_hostile(app, good_trace: str | Path, folder: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every attack above against ``app`` (a ``halviz.stress.LocalApp``), with the figures."""
+    """Every attack above against ``app`` (a ``tools.stress.LocalApp``), with the figures."""
     figures: dict[str, Any] = {}
     attacks = replay_attacks(app.url, app.demo, good_trace, folder)
     figures["trace_bombs"] = {a.name: {"refused": a.polite, "s": round(a.seconds, 2), "bytes": a.response_bytes}

@@ -1,9 +1,9 @@
-"""``python -m halviz.stress``: reliability scenarios against the app on 127.0.0.1 (toy model).
+"""``python -m tools.stress``: reliability scenarios against the app on 127.0.0.1 (toy model).
 
 Launches the app in-process on a free loopback port and drives it through ``gradio_client``:
 concurrent clients (each result must equal its alone-run), Stop/cancel and a client that
 disconnects mid-stream, a method that raises (only its column fails), and a soak of N runs
-(RSS growth, files left behind). Then a hostile user's attacks (``halviz.hostile``): crafted trace
+(RSS growth, files left behind). Then a hostile user's attacks (``tools.hostile``): crafted trace
 files, special tokens and overlong prompts, knob bombs, model-box probes of server paths, many
 uploads, another session's Stop events, one client filling the queue, a slow model load next to
 the loaded one, and ``python app.py`` stopped with SIGTERM. Bounded in requests and time; loopback
@@ -310,10 +310,10 @@ def seconds_until_idle(app: LocalApp, timeout_s: float = 30) -> float:
 
 
 def hostile_scenarios(app: LocalApp, report: "Report", log: Callable[[str], None]) -> None:
-    """Issue 12's attacks against the running app (see ``halviz.hostile``)."""
+    """Issue 12's attacks against the running app (see ``tools.hostile``)."""
     from PIL import Image
 
-    from halviz import hostile
+    from tools import hostile
     from halviz.engine.decode import Decoder
     from halviz.models import load_model
     from halviz.ui.state import MAX_SESSION_UPLOADS
@@ -340,7 +340,7 @@ def hostile_scenarios(app: LocalApp, report: "Report", log: Callable[[str], None
 
 def slow_and_shutdown_scenarios(report: "Report", log: Callable[[str], None]) -> None:
     """A slow model load next to requests for the loaded one, and ``python app.py`` stopped with SIGTERM."""
-    from halviz import hostile
+    from tools import hostile
     from halviz.models import load_model
 
     loader = hostile.GatedLoader(load_model("toy"), "llava-hf/llava-1.5-7b-hf", timeout_s=30)
@@ -443,7 +443,7 @@ def run_scenarios(runs: int = 100, quick: bool = False, soak_tokens: int = 12,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m halviz.stress", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.stress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100, help="soak runs (default 100)")
     parser.add_argument("--quick", action="store_true", help="2 concurrent clients, at most 20 soak runs")
     parser.add_argument("--no-hostile", action="store_true",
