@@ -266,8 +266,17 @@ def _check_arrays(arrays: dict[str, np.ndarray], steps: int, layers: int, heads:
     }
     if "token_ids" not in arrays:
         raise ValueError("the token list is missing")
-    if "image_attn" in arrays and "entropy" not in arrays:
-        raise ValueError("entropy is missing")
+    # The engine records the attention arrays together (or none); every panel reads its own, so a
+    # trace with some of them could not be drawn: name the first one it lacks.
+    if any(name in arrays for name in _STEP_ARRAYS):
+        needed = _STEP_ARRAYS if head_layers else _STEP_ARRAYS[:-1]  # single heads only where recorded
+        missing = [name for name in needed if name not in arrays]
+        if missing:
+            raise ValueError(f"it lacks the attention array {missing[0]} (a trace with attention holds "
+                             f"{', '.join(needed)})")
+    empty_heads = arrays.get("head_image_attn")
+    if not head_layers and empty_heads is not None and empty_heads.ndim == 4 and empty_heads.shape[:2] == (steps, 0):
+        expected["head_image_attn"] = empty_heads.shape  # none recorded: the engine writes (T, 0, 0, N)
     # A method's own arrays are indexed by steps, layers, heads, image or text positions.
     longest = max(steps, layers, heads, n_image, prompt_len + steps, MAX_TOP_K)
     most_items = max(steps, 1) * max(layers, 1) * max(heads, n_image, prompt_len + steps, MAX_TOP_K)

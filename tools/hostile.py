@@ -147,6 +147,13 @@ def write_npz(path: str | Path, meta: Any, arrays: dict[str, np.ndarray], raw_me
     return Path(path)
 
 
+PARTIAL_ATTENTION = ("segment_share", "top_key_pos", "top_key_attn", "entropy", "head_image_attn")
+
+
+def without(arrays: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    return {k: v for k, v in arrays.items() if k != name}
+
+
 def crafted_traces(good: str | Path, folder: str | Path) -> dict[str, Path]:
     """Small files that each once cost the server memory, CPU or a raw exception."""
     meta, arrays = read_npz(good)
@@ -171,6 +178,8 @@ def crafted_traces(good: str | Path, folder: str | Path) -> dict[str, Path]:
         "many-vocab-strings": ({**meta, "vocab_strings": {str(i): "x" for i in range(200_000)}}, arrays, None),
         "method-array-too-big": (meta, {**arrays, "method/vhr/vhd": np.zeros((4000, 4000), np.float32)}, None),
     }
+    for name in PARTIAL_ATTENTION:  # attention recorded, one of the arrays a panel reads left out
+        cases[f"attention-without-{name}"] = (meta, without(arrays, name), None)
     return {name: write_npz(folder / f"{name}.npz", m, a, raw) for name, (m, a, raw) in cases.items()}
 
 
