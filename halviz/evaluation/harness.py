@@ -177,7 +177,7 @@ def decode_group(loaded, plan: Plan, units: Sequence[Unit], batch: str = "column
         return records
     if batch != "images":
         raise ValueError(f"unknown batch mode {batch!r}")
-    from halviz.engine.multi import Request, decode_requests
+    from halviz.engine.multi import MAX_MULTI_COLUMNS, Request, decode_requests
 
     by_tokens: dict[int, list[tuple[tuple[str, str, int], list[Unit]]]] = {}
     for key, members in groups.items():
@@ -186,7 +186,7 @@ def decode_group(loaded, plan: Plan, units: Sequence[Unit], batch: str = "column
         requests = [Request(plan.images[image_id], prompt, [make_stack(u.method, plan.params) for u in members])
                     for (image_id, prompt, _), members in entries]
         t0 = time.perf_counter()
-        results = decode_requests(loaded, requests, max_new_tokens, system=plan.system)
+        results = decode_requests(loaded, requests, max_new_tokens, system=plan.system, max_columns=MAX_MULTI_COLUMNS)
         spent = time.perf_counter() - t0
         flat = [(u, trace, column) for (_, members), pairs in zip(entries, results) for u, (trace, column) in zip(members, pairs)]
         records += _records([f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat], spent)
