@@ -103,7 +103,7 @@ def controller(toy):
 
 def run_greedy(controller, tokens=16):
     """Greedy on the cup-without-spoon example through ``Controller.compare``; the session's runs after it."""
-    from halviz.ui.examples import EXAMPLES_DIR, load_examples
+    from halviz.session.examples import EXAMPLES_DIR, load_examples
 
     scene = next(e for e in load_examples(EXAMPLES_DIR) if e.path.name == "toy-cup-no-spoon.png")
     last = None

@@ -18,7 +18,7 @@ from tools.hostile import looks_like_python
 from halviz.methods import build_stack
 from halviz.models import load_model
 from halviz.trace import Trace
-from halviz.ui.inputs import InputError, load_image
+from halviz.session.checks import InputError, load_image
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 PHOTO = EXAMPLES / "chelsea.jpg"
@@ -155,7 +155,7 @@ def test_compare_streams_in_order_and_matches_the_engine(client, model_dir):
 
 def test_columns_label_mentions_against_the_ground_truth():
     from halviz.hallucination import ground_truth_from_text
-    from halviz.ui.compare import column_result
+    from halviz.session.results import column_result
 
     truth, _ = ground_truth_from_text("cat")
     result = column_result("vanilla", "Greedy", ["A", " cat", " and", " two", " dogs", " and", " a", " cat", "."],
@@ -169,7 +169,7 @@ def test_columns_label_mentions_against_the_ground_truth():
 
 
 def test_example_lists_keep_their_source_until_edited():
-    from halviz.ui.examples import image_truth, load_examples, resolve_truth
+    from halviz.session.examples import image_truth, load_examples, resolve_truth
 
     examples = load_examples(EXAMPLES)
     assert {e.trust for e in examples} == {"exact", "annotation"} and len(examples) >= 6
@@ -188,7 +188,7 @@ def test_every_picture_brings_its_own_ground_truth(tmp_path):
     """Issue 24 (1): an example's file gives its list; the same toy scene saved anew is read from its
     pixels (exact); a photo nobody listed, or a toy scene resized, gives nothing (the box is emptied)."""
     from halviz.toy.scenes import broken_pair
-    from halviz.ui.examples import RECOGNISED_SOURCE, image_truth, load_examples
+    from halviz.session.examples import RECOGNISED_SOURCE, image_truth, load_examples
 
     examples = load_examples(EXAMPLES)
     photo = next(e for e in examples if e.trust == "annotation")
@@ -307,7 +307,7 @@ def test_trace_files_come_back_with_their_ground_truth(api):
 def test_replay_refuses_a_bad_file_with_a_clear_error(tmp_path, model_dir):
     from halviz.ui.app import _layout
     from halviz.ui.controller import Controller, HalvizApp
-    from halviz.ui.examples import load_examples
+    from halviz.session.examples import load_examples
     from halviz.methods import METHODS
 
     app = HalvizApp([model_dir], model_dir, load_model, load_examples(EXAMPLES), METHODS)
@@ -336,7 +336,7 @@ def test_model_cache_loads_each_model_once_under_concurrency():
     import threading
     import time as clock
 
-    from halviz.ui.models import ModelCache
+    from halviz.session.model_cache import ModelCache
 
     calls = []
 
@@ -382,7 +382,7 @@ def test_one_key_per_model_however_it_is_typed(server, api, model_dir):
 def test_the_model_box_does_not_reveal_server_paths_without_the_switch(model_dir, tmp_path):
     """With local folders off (the default), every path gets the same sentence, existing or not."""
     from halviz.ui.controller import HalvizApp
-    from halviz.ui.inputs import InputError
+    from halviz.session.checks import InputError
     from halviz.methods import METHODS
 
     app = HalvizApp(["toy"], "toy", load_model, [], METHODS)

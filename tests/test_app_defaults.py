@@ -15,7 +15,7 @@ from halviz.engine.decode import Decoder
 from halviz.methods import METHODS, build_stack
 from halviz.models import TOY_MODEL_DIR, load_model
 from halviz.trace import Trace
-from halviz.ui.escaping import markdown_text
+from halviz.session.escaping import markdown_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 PHOTO = EXAMPLES / "coffee.jpg"
@@ -165,7 +165,7 @@ def test_the_toy_models_stored_defaults_reach_its_runs(toy_client):
 def test_defaults_chosen_on_other_weights_are_flagged(folders, tmp_path):
     from halviz.methods.defaults import weights_sha256
     from halviz.ui.knobs import defaults_note
-    from halviz.ui.model_defaults import model_defaults
+    from halviz.session.model_defaults import model_defaults
 
     tuned, _ = folders
     copy = shutil.copytree(tuned, tmp_path / "copy")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from halviz.ui.examples import EXAMPLES_DIR
+from halviz.session.examples import EXAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "screenshots"

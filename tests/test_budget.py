@@ -13,10 +13,10 @@ from conftest import run_greedy
 from tools.hostile import looks_like_python
 from halviz.trace import Trace
 from halviz.ui.controller import user_errors
-from halviz.ui.budget import DROPPED, MemoryBudget, budget_from_env, check_kept, picture_bytes, trace_bytes
-from halviz.ui.inputs import InputError
-from halviz.ui.selection import Selection
-from halviz.ui.state import RunEntry
+from halviz.session.budget import DROPPED, MemoryBudget, budget_from_env, check_kept, picture_bytes, trace_bytes
+from halviz.session.checks import InputError
+from halviz.session.selection import Selection
+from halviz.session.state import RunEntry
 
 MB = 2**20
 
@@ -152,6 +152,6 @@ def longer(trace: Trace, steps: int) -> Trace:
 
 
 def _scene():
-    from halviz.ui.examples import EXAMPLES_DIR
+    from halviz.session.examples import EXAMPLES_DIR
 
     return EXAMPLES_DIR / "toy-cup-no-spoon.png"

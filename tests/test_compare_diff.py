@@ -8,8 +8,8 @@ import pytest
 from halviz.engine.decode import Decoder
 from halviz.hallucination import GroundTruth, ground_truth_from_text
 from halviz.methods import build_stack
-from halviz.ui import compare
-from halviz.ui.compare import column_result, decode_rounds, first_divergence, with_divergence
+from halviz.session import results as compare
+from halviz.session.results import column_result, decode_rounds, first_divergence, with_divergence
 
 
 def test_first_divergence_by_hand():
@@ -75,7 +75,7 @@ def test_a_duplicated_object_on_a_one_clock_scene_is_flagged_only_where_counts_a
     exact = GroundTruth(frozenset({"clock"}), "toy scene", "exact", counts={"clock": 1})
     counted = column_result("v", "V", pieces, 1.0, "eos", exact)
     assert counted.counts["correct"] == 1 and counted.over_counted == {"clock": 1}
-    assert "⧉ 1 over-counted" in counted.summary_markdown()
+    assert "＋1 over-counted" in counted.summary_markdown()
     assert ("clock", "over-counted") in counted.spans
     typed, _ = ground_truth_from_text("clock")  # a typed list gives no counts: none are invented
     unknown = column_result("v", "V", pieces, 1.0, "eos", typed)

@@ -21,10 +21,10 @@ from halviz.engine.decode import Decoder
 from halviz.methods import METHODS
 from halviz.models import load_model
 from tools.stress import EXAMPLES, PROMPT
-from halviz.ui import inputs
+from halviz.session import checks as inputs
 from halviz.ui.app import _layout
 from halviz.ui.controller import Controller, HalvizApp
-from halviz.ui.examples import load_examples
+from halviz.session.examples import load_examples
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -29,7 +29,7 @@ from tools.hostile import (
     trace_choices,
 )
 from tools.stress import EXAMPLES, PROMPT, LocalApp
-from halviz.ui.state import MAX_SESSION_UPLOADS
+from halviz.session.state import MAX_SESSION_UPLOADS
 
 SLOW_MODEL = "llava-hf/llava-1.5-7b-hf"  # offered by the app; here its "load" waits for the test
 
@@ -41,7 +41,7 @@ def loader(toy):
 
 @pytest.fixture(scope="module")
 def app(loader):
-    logging.getLogger("halviz.ui").setLevel(logging.CRITICAL)  # the refusals' details are expected
+    logging.getLogger("halviz").setLevel(logging.CRITICAL)  # the refusals' details are expected
     served = LocalApp(loader=loader, models=["toy", SLOW_MODEL])
     try:
         yield served
@@ -108,7 +108,7 @@ def test_a_trace_dropped_to_free_memory_says_so_at_the_next_click(app, good_trac
     visitor's trace when another replays one; the visitor's next click gets the sentence, never a
     Python name or Gradio's "not in the list of choices"."""
     from halviz.trace import Trace
-    from halviz.ui.budget import DROPPED, MemoryBudget, trace_bytes
+    from halviz.session.budget import DROPPED, MemoryBudget, trace_bytes
 
     monkeypatch.setattr(app.demo.halviz, "budget", MemoryBudget(int(1.5 * trace_bytes(Trace.load(good_trace)))))
     victim, attacker = RawSession(app.url, app.demo), RawSession(app.url, app.demo)

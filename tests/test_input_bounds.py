@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from halviz.ui import inputs
-from halviz.ui.inputs import MODEL_PIXELS, load_image, model_size
+from halviz.session import checks as inputs
+from halviz.session.checks import MODEL_PIXELS, load_image, model_size
 
 MB = 2**20
 

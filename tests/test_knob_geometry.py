@@ -8,8 +8,8 @@ import pytest
 
 from tools.hostile import looks_like_python
 from halviz.methods import REGISTRY
-from halviz.ui.examples import EXAMPLES_DIR
-from halviz.ui.geometry import Geometry, knob_problem
+from halviz.session.examples import EXAMPLES_DIR
+from halviz.session.knob_geometry import Geometry, knob_problem
 
 SCENE = str(EXAMPLES_DIR / "toy-cup-no-spoon.png")
 TOY = Geometry(layers=6, heads=6, grid=(8, 8))

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from halviz.toy.lesson import EXAMPLE_FILE, STEPS, patches_covering, sink_sentence, step_naming
-from halviz.ui.examples import EXAMPLES_DIR
+from halviz.session.examples import EXAMPLES_DIR
 
 
 def fake_trace(texts, **meta):

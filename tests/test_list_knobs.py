@@ -10,7 +10,7 @@ from halviz.engine.decode import Decoder
 from halviz.methods.index_pairs import MAX_INDEX, MAX_PAIRS_CHARS
 from halviz.methods.mask_patches import MaskPatches
 from halviz.methods.scale_heads import ScaleHeads
-from halviz.ui.inputs import InputError, build_stacks
+from halviz.session.checks import InputError, build_stacks
 from stock import decode_logits, teacher_forced_logits, assert_edit_acts, stock_with_attention
 
 FAMILIES = ["llava-1.5", "llava-interleave"]

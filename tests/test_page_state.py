@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_greedy
-from halviz.ui.examples import EXAMPLES_DIR, load_examples
+from halviz.session.examples import EXAMPLES_DIR, load_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_the_offline_hub_advice_names_only_what_the_page_allows(controller):
         error = ModelLoadError("not cached; use the bundled 'toy' model or a local folder")
         error.offline = True
         raise error
-    from halviz.ui.models import ModelCache
+    from halviz.session.model_cache import ModelCache
 
     kept, ctl.app.cache = ctl.app.cache, ModelCache(offline)
     try:
@@ -128,7 +128,7 @@ def test_the_offline_hub_advice_names_only_what_the_page_allows(controller):
 
 
 def test_a_fourth_rerun_says_which_column_it_replaces_and_reruns_are_downloadable(controller):
-    from halviz.ui.selection import Selection
+    from halviz.session.selection import Selection
 
     ctl, _ = controller
     whatif = ctl.ui.panel.whatif
@@ -147,3 +147,14 @@ def test_a_fourth_rerun_says_which_column_it_replaces_and_reruns_are_downloadabl
     for last in ctl.rerun(runs, "vanilla", Selection(sink=True), shown, [str(ROOT / "README.md")]):
         pass
     assert str(ROOT / "README.md") not in last[ctl.ui.trace_files]
+
+
+def test_the_session_layer_imports_without_gradio():
+    """halviz.session is what the app, the API and the CLIs share: it must not need Gradio."""
+    import subprocess
+    import sys
+
+    modules = sorted(p.stem for p in (ROOT / "halviz" / "session").glob("*.py") if p.stem != "__init__")
+    code = (f"import sys; import {', '.join('halviz.session.' + m for m in modules)}; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'gradio']; assert not bad, bad[:3]")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -29,8 +29,8 @@ from tools.stress import (
     submit_and_wait,
 )
 from halviz.ui.app import DEFAULT_CONCURRENCY, concurrency_from_env
-from halviz.ui.compare import decode_rounds
-from halviz.ui.state import RunEntry, TraceFiles
+from halviz.session.results import decode_rounds
+from halviz.session.state import RunEntry, TraceFiles
 
 SOAK_RUNS = 100
 SOAK_TOKENS = 4  # enough for PruneHal's forced prune (step 2) in every run; the soak counts runs, not tokens
@@ -62,7 +62,7 @@ def picture(name="toy-scene.png"):
 
 def test_a_raising_method_ends_only_its_own_column(toy, caplog):
     stacks = [[], [FaultyMethod(fail_at=3)], build_stack(["prunehal"])]
-    with caplog.at_level(logging.ERROR, logger="halviz.ui"):
+    with caplog.at_level(logging.ERROR, logger="halviz"):
         final = list(decode_rounds(toy, picture(), PROMPT, stacks, 10, update_every_s=0))[-1]
     assert final.finish[1] == "error: RuntimeError: deliberate failure at step 3"
     assert len(final.texts[1]) == 3  # the steps before the fault are kept

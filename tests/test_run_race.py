@@ -3,7 +3,7 @@ writes nothing once the newer one has started: no stale runs (a click on the new
 trace), no what-if column brought back after Compare cleared it. Called at the callback level."""
 
 from conftest import run_greedy
-from halviz.ui.selection import Selection
+from halviz.session.selection import Selection
 
 
 def test_a_rerun_never_writes_over_a_newer_comparison(controller):
@@ -35,7 +35,7 @@ def test_a_rerun_of_the_latest_comparison_still_writes(controller):
 
 
 def test_each_owner_has_its_own_latest_comparison():
-    from halviz.ui.runids import LatestRuns
+    from halviz.session.runids import LatestRuns
 
     latest = LatestRuns(most=2)
     a = latest.start("a")

@@ -175,7 +175,7 @@ def test_the_panel_shows_for_a_var_column_only(decoded):
     import gradio as gr
 
     from halviz.ui.debugger import DebuggerPanel
-    from halviz.ui.state import RunEntry
+    from halviz.session.state import RunEntry
 
     var, plain = decoded
     with gr.Blocks():

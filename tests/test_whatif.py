@@ -17,7 +17,7 @@ from conftest import run_greedy
 from halviz.methods.mask_patches import MaskPatches, box_positions, patch_positions
 from halviz.methods.scale_heads import ScaleHeads
 from halviz.trace import FORMAT, Trace
-from halviz.ui.selection import (Selection, box_patches, describe, intervention_specs, short_title, stack_specs,
+from halviz.session.selection import (Selection, box_patches, describe, intervention_specs, short_title, stack_specs,
                                   with_intervention)
 from halviz.ui.whatif import GROW_BOX, TOGGLE
 from halviz.viz.patch_tokens import patch_token_figure, patch_token_heads_figure
@@ -194,7 +194,7 @@ def test_the_original_stack_keeps_its_knobs_and_takes_the_intervention_in_regist
 
 def test_a_traces_own_interventions_come_back_as_its_selection():
     from halviz.methods import RemoveSink
-    from halviz.ui.selection import selection_of
+    from halviz.session.selection import selection_of
 
     methods = [MaskPatches(first_row=1, last_row=-1, first_col=2, last_col=9, first_layer=1).describe(),
                ScaleHeads(head=1, scale=0.5, first_layer=2, last_layer=2).describe(), RemoveSink().describe()]

@@ -18,7 +18,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from tools.stress import free_port
-from halviz.ui.gpu import gpu_seconds
+from halviz.session.decoding import gpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "assets" / "examples" / "toy-cup-no-spoon.png"

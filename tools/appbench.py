@@ -40,8 +40,8 @@ def _compare(client, model: str, tokens: int) -> float:
 def _engine(app, model: str, tokens: int) -> float:
     """The same columns as the app decodes them (its per-model defaults), by the engine alone."""
     from halviz.engine.batch import BatchDecoder
-    from halviz.ui.inputs import build_stacks
-    from halviz.ui.model_defaults import model_defaults
+    from halviz.session.checks import build_stacks
+    from halviz.session.model_defaults import model_defaults
 
     key = app.policy.check(model, app.default_model)
     loaded = app.cache.get(key)

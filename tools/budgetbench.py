@@ -48,9 +48,9 @@ def resident_mb(field: str = "VmRSS") -> float:
 def run(sessions: int, budget_mb: int) -> dict:
     from halviz.models import load_model
     from halviz.ui import build_app
-    from halviz.ui.budget import MemoryBudget
+    from halviz.session.budget import MemoryBudget
     from halviz.ui.controller import Controller
-    from halviz.ui.memory import release_memory
+    from halviz.session.memory import release_memory
 
     toy = load_model("toy")
     demo = build_app(models=["toy"], default_model="toy", loader=lambda name: toy, preload=[])

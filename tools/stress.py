@@ -316,7 +316,7 @@ def hostile_scenarios(app: LocalApp, report: "Report", log: Callable[[str], None
     from tools import hostile
     from halviz.engine.decode import Decoder
     from halviz.models import load_model
-    from halviz.ui.state import MAX_SESSION_UPLOADS
+    from halviz.session.state import MAX_SESSION_UPLOADS
 
     folder = Path(tempfile.mkdtemp(prefix="halviz-stress-traces-"))
     try:
@@ -452,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.CRITICAL)  # the deliberate fault's stack trace is expected
-    logging.getLogger("halviz.ui").setLevel(logging.CRITICAL)
+    logging.getLogger("halviz").setLevel(logging.CRITICAL)
     summary = run_scenarios(runs=max(10, args.runs), quick=args.quick, hostile=not args.no_hostile)
     for key, value in summary.items():
         print(f"{key:>32}: {value}")

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from halviz.trace import Trace
-from halviz.ui.inputs import InputError
-from halviz.ui.state import RunEntry
+from halviz.session.checks import InputError
+from halviz.session.state import RunEntry
 
-log = logging.getLogger("halviz.ui")
+log = logging.getLogger("halviz.session")
 DEFAULT_BUDGET_BYTES = 2 * 2**30
 BUDGET_ENV = "HALVIZ_MEMORY_BUDGET_MB"
 META_FACTOR = 7  # bytes of Python objects per byte of the metadata's JSON: measured 5.2 (ints) to 6.8 (short strings)

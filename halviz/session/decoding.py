@@ -3,7 +3,7 @@
 On a ZeroGPU Space, ``spaces.GPU`` runs the decorated function in a worker forked from the app
 process: what the app loaded at start-up (the model cache) is inherited, but every argument and
 every yielded value is pickled across. So the decorated function takes a model key, the image as
-an array, method names and knob values, and yields :class:`~halviz.ui.compare.Progress` (text,
+an array, method names and knob values, and yields :class:`~halviz.session.results.Progress` (text,
 numbers, numpy traces), never a model, a tensor or a method object. Everywhere else (no ``spaces``
 package) it is a plain call in the same process.
 """
@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from halviz.methods.base import Method
-from halviz.ui.compare import Progress, decode_rounds
-from halviz.ui.inputs import build_stacks
+from halviz.session.results import Progress, decode_rounds
+from halviz.session.checks import build_stacks
 
 SECONDS_PER_COLUMN_TOKEN_ENV = "HALVIZ_GPU_SECONDS_PER_TOKEN"
 MAX_SECONDS_ENV = "HALVIZ_GPU_MAX_SECONDS"

@@ -12,8 +12,8 @@ from halviz.hallucination import TRUST_LEVELS, GroundTruth, ground_truth_from_te
 from halviz.hallucination.ground_truth import one_of_each
 from halviz.toy.recognise import recognise_scene
 from halviz.toy.scenes import IMAGE_SIZE
-from halviz.ui.escaping import markdown_text
-from halviz.ui.inputs import file_digest
+from halviz.session.escaping import markdown_text
+from halviz.session.checks import file_digest
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 

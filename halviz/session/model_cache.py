@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from halviz.models import LoadedModel, load_model
 from halviz.models.families import families
 from halviz.models.loading import canonical_model_key, looks_like_path
-from halviz.ui.inputs import MAX_MODEL_NAME_CHARS, InputError
+from halviz.session.checks import MAX_MODEL_NAME_CHARS, InputError
 
 TOY_CHOICE = ("toy", "toy: the bundled 3 M-parameter LLaVA of the toy world, designed BOS sink (offline)")
 # The toy, then every hub checkpoint a model family offers (halviz/models/families), with its note.

@@ -15,7 +15,7 @@ from halviz.methods.base import Method
 from halviz.methods.defaults import WEIGHTS_FILE, defaults_for, read_defaults_record, weights_sha256
 from halviz.models.loading import TOY_KEY, TOY_MODEL_DIR
 
-log = logging.getLogger("halviz.ui")
+log = logging.getLogger("halviz.session")
 MAX_HASHED_BYTES = 256 * 2**20  # weights checked against the file's fingerprint (bigger ones are not read)
 
 

@@ -2,7 +2,7 @@
 
 :func:`decode_rounds` is the only place the app drives the model. It yields plain Python/numpy data
 (text pieces, counts, traces), so it may run inside ``@spaces.GPU`` on ZeroGPU (see
-:mod:`halviz.ui.gpu`), where the function runs in another process and only what it yields comes back.
+:mod:`halviz.session.decoding`), where the function runs in another process and only what it yields comes back.
 """
 
 from __future__ import annotations
@@ -32,10 +32,15 @@ from halviz.hallucination import (
 from halviz.methods.base import Method
 from halviz.models import LoadedModel
 from halviz.trace import Trace
-from halviz.ui.escaping import markdown_text
-from halviz.ui.texts import CHAIR_BLIND_SPOTS, COUNTS_UNKNOWN, SPEED_NOTE
+from halviz.session.escaping import markdown_text
 
-log = logging.getLogger("halviz.ui")
+log = logging.getLogger("halviz.session")
+
+# The caption card's small print, under its scores.
+CHAIR_BLIND_SPOTS = ("CHAIRᵢ = hallucinated ÷ object mentions; it cannot see objects left out (recall), counts, "
+                     "colours and sizes, or repetition (a loop's repeats are grey and not counted).")
+COUNTS_UNKNOWN = "No counts in this ground truth: repeated mentions are not checked."
+SPEED_NOTE = "tok/s is the batch's decode rate, the same for every column of one run."
 UPDATE_EVERY_S = 0.1  # at most 10 UI updates per second: each costs Gradio ~15 ms of the decode thread
 CHECKPOINT_EVERY_S = 1.0  # traces are rebuilt this often so that a stopped run keeps its data
 ERROR_PREFIX = "error: "  # a column whose method raised finishes with this reason

@@ -16,16 +16,16 @@ from halviz.methods.base import Method
 from halviz.models import DEFAULT_PROMPT, LoadedModel, load_model
 from halviz.models.loading import TOY_KEY
 from halviz.toy.lesson import EXAMPLE_FILE as LESSON_EXAMPLE
-from halviz.ui import inputs as checks
-from halviz.ui.compare import UPDATE_EVERY_S
+from halviz.session import checks
+from halviz.session.results import UPDATE_EVERY_S
 from halviz.ui.controller import Controller, HalvizApp, Layout, Slot
 from halviz.ui.debugger import DebuggerPanel
-from halviz.ui.examples import EXAMPLES_DIR, TruthInfo, load_examples, truth_markdown
+from halviz.session.examples import EXAMPLES_DIR, TruthInfo, load_examples, truth_markdown
 from halviz.ui.fairness import ClientGate, Limits, install as install_limits
 from halviz.ui.knobs import MethodSettings
 from halviz.ui.lesson import Lesson, LessonPanel
-from halviz.ui.models import configured_models, local_models_allowed, model_choices
-from halviz.ui.state import TraceFiles
+from halviz.session.model_cache import configured_models, local_models_allowed, model_choices
+from halviz.session.state import TraceFiles
 from halviz.ui.style import CSS, theme
 from halviz.ui.whatif import MAX_WHATIF, WhatIfSlot
 from halviz.ui.texts import API_NOTE, CAPTION_COLOURS, HEADER

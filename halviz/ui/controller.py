@@ -17,26 +17,26 @@ import numpy as np
 from halviz.methods.base import Method
 from halviz.models import LoadedModel, ModelLoadError
 from halviz.trace import Trace, TraceFormatError
-from halviz.ui import inputs as checks
-from halviz.ui.compare import (UPDATE_EVERY_S, ColumnResult, Progress, column_result, first_divergence,
+from halviz.session import checks
+from halviz.session.results import (UPDATE_EVERY_S, ColumnResult, Progress, column_result, first_divergence,
                                with_divergence)
-from halviz.ui.gpu import build_spec_stacks, gpu_decoder, gpu_stack_decoder
-from halviz.ui import geometry
-from halviz.ui.runids import LatestRuns
-from halviz.ui.budget import DROPPED, MemoryBudget, budget_from_env, check_kept
+from halviz.session.decoding import build_spec_stacks, gpu_decoder, gpu_stack_decoder
+from halviz.session import knob_geometry as geometry
+from halviz.session.runids import LatestRuns
+from halviz.session.budget import DROPPED, MemoryBudget, budget_from_env, check_kept
 from halviz.ui.debugger import DebuggerPanel
-from halviz.ui.escaping import html_text, markdown_text
-from halviz.ui.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
+from halviz.session.escaping import html_text, markdown_text
+from halviz.session.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
 from halviz.ui.knobs import MethodSettings
-from halviz.ui.model_defaults import ModelDefaults, model_defaults
+from halviz.session.model_defaults import ModelDefaults, model_defaults
 from halviz.models.families.base import text_config
 from halviz.models.loading import TOY_KEY
 from halviz.toy.scenes import looks_like_toy_scene
-from halviz.ui.models import DEFAULT_MODELS, ModelCache, ModelPolicy
-from halviz.ui.state import (MAX_SESSION_UPLOAD_BYTES, RunEntry, Runs, TraceFiles, display_copy, keep_uploads,
+from halviz.session.model_cache import DEFAULT_MODELS, ModelCache, ModelPolicy
+from halviz.session.state import (MAX_SESSION_UPLOAD_BYTES, RunEntry, Runs, TraceFiles, display_copy, keep_uploads,
                              truth_from_meta, truth_to_meta)
-from halviz.ui.memory import release_memory
-from halviz.ui.selection import (Selection, as_selection, intervention_specs, short_title, stack_specs,
+from halviz.session.memory import release_memory
+from halviz.session.selection import (Selection, as_selection, intervention_specs, short_title, stack_specs,
                                  with_intervention)
 from halviz.ui.whatif import GROW_BOX, INSPECT, MAX_WHATIF, WhatIfSlot, clicked_head, clicked_patch, whatif_spans
 from halviz.methods import check_compatible

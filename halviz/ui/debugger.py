@@ -10,16 +10,16 @@ import numpy as np
 
 from halviz import viz
 from halviz.trace import Trace
-from halviz.ui.budget import check_kept
-from halviz.ui.compare import mention_ranges
-from halviz.ui.escaping import markdown_text as md
-from halviz.ui.state import RunEntry, Runs
+from halviz.session.budget import check_kept
+from halviz.session.results import mention_ranges
+from halviz.session.escaping import markdown_text as md
+from halviz.session.state import RunEntry, Runs
 from halviz.ui.style import height_class
 from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
 
 EMPTY_DEBUGGER = ("**Nothing to inspect yet.** Run a comparison above (or replay a saved trace at the bottom of "
                   "the page), then click any word of a caption to open its step here.")
-from halviz.ui.selection import selection_of
+from halviz.session.selection import selection_of
 from halviz.ui.whatif import InterventionPanel
 from halviz.viz.common import index_ranges
 

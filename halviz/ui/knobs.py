@@ -11,8 +11,8 @@ import gradio as gr
 
 from halviz.methods.base import Knob, Method
 from halviz.methods.index_pairs import MAX_PAIRS_CHARS
-from halviz.ui.escaping import markdown_text
-from halviz.ui.model_defaults import ModelDefaults
+from halviz.session.escaping import markdown_text
+from halviz.session.model_defaults import ModelDefaults
 
 MAX_SLIDER_POSITIONS = 2000  # wider ranges (e.g. seeds) get a number box
 

@@ -13,8 +13,8 @@ from halviz.models import DEFAULT_PROMPT
 from halviz.models.loading import TOY_KEY
 from halviz.toy.lesson import EXAMPLE_FILE, PARTNER, STEPS, TRIGGER, patches_covering, sink_sentence, step_naming
 from halviz.ui.controller import Controller, user_errors
-from halviz.ui.escaping import markdown_text
-from halviz.ui.selection import Selection
+from halviz.session.escaping import markdown_text
+from halviz.session.selection import Selection
 
 LESSON_TOKENS = 64
 INTRO = ("Four steps on the toy model, for a class in front of one screen: each button sets the inputs (or opens "

@@ -77,11 +77,6 @@ CAPTION_COLOURS = {"correct": "#16a34a", "hallucinated": "#dc2626", "unverified"
                    "over-counted": "#ea580c", "in loop": "#9ca3af",
                    "this step": "#2563eb", "first change": "#7c3aed"}
 
-# The caption card's small print, under its scores.
-CHAIR_BLIND_SPOTS = ("CHAIRᵢ = hallucinated ÷ object mentions; it cannot see objects left out (recall), counts, "
-                     "colours and sizes, or repetition (a loop's repeats are grey and not counted).")
-COUNTS_UNKNOWN = "No counts in this ground truth: repeated mentions are not checked."
-SPEED_NOTE = "tok/s is the batch's decode rate, the same for every column of one run."
 
 API_NOTE = ("The same comparison is available as the API endpoint `/compare` "
             "(see “Use via API” at the bottom of the page).")

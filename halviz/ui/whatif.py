@@ -14,8 +14,8 @@ import numpy as np
 
 from halviz import viz
 from halviz.trace import Trace
-from halviz.ui.selection import Selection, as_selection, describe
-from halviz.ui.state import RunEntry
+from halviz.session.selection import Selection, as_selection, describe
+from halviz.session.state import RunEntry
 from halviz.ui.style import height_class
 from halviz.ui.texts import CAPTION_COLOURS
 from halviz.viz.patch_tokens import patch_token_figure, patch_token_heads_figure
@@ -229,7 +229,7 @@ def _point(index: Any) -> tuple[float, float] | None:
 def whatif_spans(texts: list[str], truth, diverges_at: int | None, ends_with_eos: bool) -> list[tuple[str, str | None]]:
     """A re-run's caption, one span per step (so a span's index is its step), object mentions labelled
     as in every column, and the first step that differs from the original marked."""
-    from halviz.ui.compare import mention_ranges
+    from halviz.session.results import mention_ranges
 
     spans = viz.token_spans(texts, mention_ranges("".join(texts), truth), None, ends_with_eos)
     if diverges_at is not None and 0 <= diverges_at < len(spans):
