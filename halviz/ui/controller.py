@@ -28,6 +28,7 @@ from halviz.ui.debugger import DebuggerPanel
 from halviz.session.escaping import html_text, markdown_text
 from halviz.session.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
 from halviz.ui.knobs import MethodSettings
+from halviz.ui.pickers import EXPIRED
 from halviz.session.model_defaults import ModelDefaults, model_defaults
 from halviz.models.families.base import text_config
 from halviz.models.loading import TOY_KEY
@@ -489,6 +490,8 @@ class Controller:
         """Clicking a word in column ``index`` opens that column's trace at the word's step."""
         def jump(runs: Runs | None, slot_methods: list[str] | None, evt: gr.SelectData) -> dict:
             methods = slot_methods or []
+            if not runs and not methods:  # the page shows a caption this session never had: its state is gone
+                raise ui_error(EXPIRED)
             if not runs or index >= len(methods) or methods[index] not in runs:
                 raise ui_error("That column's trace is not ready yet; wait for the run to finish.")
             entry = runs[methods[index]]
@@ -529,6 +532,8 @@ class Controller:
 
     # ---- what if: choosing an intervention and re-running a column ------------------------------------
     def _entry(self, runs: Runs | None, key: str | None) -> RunEntry:
+        if not runs and key:
+            raise ui_error(EXPIRED)
         if not runs or key not in runs:
             raise ui_error("Run a comparison (or open a trace) first; then choose patches or heads on its maps.")
         if runs[key].dropped:
@@ -626,6 +631,8 @@ class Controller:
 
     def _rerun_request(self, runs, key, selection):
         """Checked inputs of a re-run: the entry, its stack, the new stack, the title (cheap checks only)."""
+        if not runs and key:
+            raise rerun_refused(EXPIRED)
         if not runs or key not in runs:
             raise rerun_refused("Run a comparison (or open a trace) first; then choose patches or heads on its maps.")
         entry = runs[key]
@@ -749,6 +756,8 @@ class Controller:
         """The button under re-run column ``index``: its trace in the debugger at the first differing step."""
         def open_it(runs: Runs | None, shown: list[dict] | None) -> dict:
             shown = shown or []
+            if not runs:  # a re-run column on the page, none in the session: its state is gone
+                raise ui_error(EXPIRED)
             if index >= len(shown) or shown[index]["key"] not in (runs or {}):
                 raise ui_error("That re-run has not finished yet.")
             return self.ui.panel.show(runs, shown[index]["key"], int(shown[index].get("step") or 0))
@@ -758,6 +767,8 @@ class Controller:
         """Clicking a word in re-run column ``index`` opens its trace at that word's step."""
         def jump(runs: Runs | None, shown: list[dict] | None, evt: gr.SelectData) -> dict:
             shown = shown or []
+            if not runs:  # a re-run column on the page, none in the session: its state is gone
+                raise ui_error(EXPIRED)
             if index >= len(shown) or shown[index]["key"] not in (runs or {}):
                 raise ui_error("That re-run has not finished yet.")
             return self.ui.panel.show(runs, shown[index]["key"], int(evt.index or 0))  # one span per step

@@ -11,9 +11,11 @@ import numpy as np
 from halviz import viz
 from halviz.trace import Trace
 from halviz.session.budget import check_kept
+from halviz.session.checks import InputError
 from halviz.session.results import mention_ranges
 from halviz.session.escaping import markdown_text as md
 from halviz.session.state import RunEntry, Runs
+from halviz.ui.pickers import EXPIRED, SessionDropdown, SessionRadio, SessionSlider
 from halviz.ui.style import height_class
 from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
 
@@ -30,6 +32,17 @@ def parse_choice(value: Any) -> int | str:
         return "mean" if value in (None, "", "mean") else int(value)
     except (TypeError, ValueError):
         return "mean"
+
+
+def in_model(trace: Trace, layer: Any, head: Any) -> tuple[int | str, int | str]:
+    """The Layer and Head pickers' values as choices this trace has: a layer or head outside its model
+    (a picker of another session's page, a hand-made request) reads as the mean."""
+    layer, head = parse_choice(layer), parse_choice(head)
+    if layer != "mean" and not 0 <= layer < int(trace.meta.get("num_layers", 0)):
+        layer = "mean"
+    if head != "mean" and not 0 <= head < int(trace.meta.get("num_heads", 0)):
+        head = "mean"
+    return layer, head
 
 
 def parse_view(value: Any) -> str:
@@ -100,7 +113,7 @@ class DebuggerPanel:
         gr.Markdown(DEBUGGER_INTRO, elem_classes=["hv-note"])
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=280):
-                choice = gr.Radio(label="Trace", choices=[], elem_id="hv-trace-choice")
+                choice = SessionRadio(label="Trace", choices=[], elem_id="hv-trace-choice")
             with gr.Column(scale=3, min_width=320):
                 info = gr.Markdown(elem_classes=["hv-trace-info"], latex_delimiters=[], elem_id="hv-trace-info")
         empty = gr.Markdown(EMPTY_DEBUGGER, elem_classes=["hv-note"], elem_id="hv-debugger-empty")
@@ -110,14 +123,15 @@ class DebuggerPanel:
                 color_map=CAPTION_COLOURS, combine_adjacent=False, show_legend=False, show_inline_category=False,
                 elem_id="hv-debug-caption", elem_classes=["hv-caption"])
             with gr.Row(equal_height=True):
-                step = gr.Slider(0, 1, value=0, step=1, label="Step", scale=4, interactive=False, elem_id="hv-step")
-                layer = gr.Dropdown(choices=[("all layers (mean)", "mean")], value="mean", label="Layer", scale=1,
-                                    min_width=190, elem_id="hv-layer")
-                head = gr.Dropdown(choices=[("all heads (mean)", "mean")], value="mean", label="Head", scale=1,
-                                   min_width=190, elem_id="hv-head")
-                view = gr.Dropdown(choices=[("primary grid", viz.PRIMARY)], value=viz.PRIMARY, label="View", scale=1,
-                                   visible=False, elem_id="hv-view",
-                                   info="which grid of image tokens the attention and kept-token maps draw")
+                step = SessionSlider(0, 1, value=0, step=1, label="Step", scale=4, interactive=False,
+                                     elem_id="hv-step")
+                layer = SessionDropdown(choices=[("all layers (mean)", "mean")], value="mean", label="Layer",
+                                        scale=1, min_width=190, elem_id="hv-layer")
+                head = SessionDropdown(choices=[("all heads (mean)", "mean")], value="mean", label="Head", scale=1,
+                                       min_width=190, elem_id="hv-head")
+                view = SessionDropdown(choices=[("primary grid", viz.PRIMARY)], value=viz.PRIMARY, label="View",
+                                       scale=1, visible=False, elem_id="hv-view",
+                                       info="which grid of image tokens the attention and kept-token maps draw")
             step_info = gr.Markdown(elem_classes=["hv-step-info"], latex_delimiters=[])
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5):
@@ -188,7 +202,7 @@ class DebuggerPanel:
     def show(self, runs: Runs | None, key: str | None, step: int = 0) -> dict:
         """Everything for the trace ``key`` at ``step``, layer and head reset to the means, the view to
         the primary grid, the intervention pickers showing the trace's own interventions."""
-        runs = runs or {}
+        runs = still_held(runs, key)
         choices = [(entry.title, k) for k, entry in runs.items()]
         if key not in runs:
             key = next(iter(runs), None)
@@ -243,10 +257,10 @@ class DebuggerPanel:
     def whatif_view(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any,
                     selection: Any = None) -> dict:
         """Only the intervention pickers and the patch → token view (what a click on them redraws)."""
-        if not runs or key not in runs:
+        if key not in still_held(runs, key):
             return {}
         trace = check_kept(runs[key]).trace
-        layer, head = parse_choice(layer), parse_choice(head)
+        layer, head = in_model(trace, layer, head)
         if layer == "mean" or layer not in head_layers(trace):
             head = "mean"
         return self.whatif.view(runs[key], viz.common.clamp_step(trace, int(step or 0)), layer, head, selection)
@@ -255,12 +269,12 @@ class DebuggerPanel:
                 selection: Any = None, view: Any = None) -> dict:
         """The step-dependent panels (cheap: what the slider and pickers redraw); ``view`` is the grid
         the patch maps draw (the overlay and the kept mask)."""
-        if not runs or key not in runs:
+        if key not in still_held(runs, key):
             return {}
         entry = check_kept(runs[key])
         trace = entry.trace
         step = viz.common.clamp_step(trace, int(step or 0))
-        layer, head = parse_choice(layer), parse_choice(head)
+        layer, head = in_model(trace, layer, head)
         recorded = head_layers(trace)
         heads_here = layer != "mean" and layer in recorded
         if not heads_here:
@@ -291,6 +305,14 @@ class DebuggerPanel:
             self.var_moved: sized_plot(viz.var_moved_figure(trace, step)),
             **self.whatif.view(entry, step, layer, head, selection),
         }
+
+
+def still_held(runs: Runs | None, key: Any) -> Runs:
+    """The session's runs; a page that names a trace (``key``) to a session holding none has outlived
+    its state (expired, or dropped to make room): one sentence, never Gradio's choice check."""
+    if not runs and key not in (None, ""):
+        raise InputError(EXPIRED)
+    return runs or {}
 
 
 REPLAY_RERUN_NOTE = ("Re-running needs the picture and the model: this trace was replayed from a file, so "

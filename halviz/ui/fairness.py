@@ -25,6 +25,7 @@ gets one client's share and no more:
 from __future__ import annotations
 
 import contextvars
+import datetime
 import logging
 import os
 import sys
@@ -313,6 +314,13 @@ class LeanSessionState(SessionState):
             if config:
                 yield config
 
+    def touch(self) -> None:
+        """A kept State's time to live counts from now (Gradio counts it from the State's last write): a
+        visitor who keeps clicking in the debugger keeps the traces of a comparison run long ago."""
+        now = datetime.datetime.now()
+        for key, (time_to_live, _) in list(self._state_ttl.items()):
+            self._state_ttl[key] = (time_to_live, now)
+
 
 class GuardedStateHolder(StateHolder):
     """Gradio's ``StateHolder`` (its class swapped in place by ``ClientGuard.attach``): a new session
@@ -325,7 +333,10 @@ class GuardedStateHolder(StateHolder):
         if session_id not in self.session_data:
             self.guard.created(session_id)
             self.session_data.setdefault(session_id, LeanSessionState(self.blocks))
-        return super().__getitem__(session_id)
+        state = super().__getitem__(session_id)  # every event of the session asks for it here
+        if isinstance(state, LeanSessionState):
+            state.touch()
+        return state
 
     def update(self, session_id: str) -> None:
         with self.lock:
