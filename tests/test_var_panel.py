@@ -181,14 +181,16 @@ def test_the_panel_shows_for_a_var_column_only(decoded):
     with gr.Blocks():
         panel = DebuggerPanel.build()
     runs = {"var": RunEntry("var", "VAR", var, None, None), "vanilla": RunEntry("vanilla", "Greedy", plain, None, None)}
+    box = panel.method_box("var")  # the registered VAR panel (halviz.viz.panels.var)
+    sinks, heads, moved = (box.plot(f"hv-var-{name}") for name in ("sinks", "heads", "moved"))
     shown = panel.show(runs, "var")
-    assert shown[panel.var_box].visible is True
-    assert shown[panel.var_sinks].visible is True and shown[panel.var_heads].visible is True
-    assert shown[panel.var_moved].visible is True
-    assert "VAR at step 0" in str(shown[panel.var_heads].value)
+    assert shown[box.box].visible is True
+    assert shown[sinks].visible is True and shown[heads].visible is True
+    assert shown[moved].visible is True
+    assert "VAR at step 0" in str(shown[heads].value)
     later = panel.at_step(runs, "var", 2, "mean", "mean")
-    assert "VAR at step 2" in str(later[panel.var_heads].value) and "VAR at step 2" in str(later[panel.var_moved].value)
+    assert "VAR at step 2" in str(later[heads].value) and "VAR at step 2" in str(later[moved].value)
     shown = panel.show(runs, "vanilla")
-    assert shown[panel.var_box].visible is False
-    assert shown[panel.var_sinks].visible is False and shown[panel.var_heads].visible is False
-    assert panel.var_box in panel.trace_outputs and panel.var_heads in panel.step_outputs
+    assert shown[box.box].visible is False
+    assert shown[sinks].visible is False and shown[heads].visible is False
+    assert box.box in panel.trace_outputs and heads in panel.step_outputs and sinks in panel.trace_outputs

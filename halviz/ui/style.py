@@ -62,6 +62,13 @@ PLOT_HEIGHTS = range(160, 1201, 20)
 CSS += "\n".join(f".hv-h{h} .js-plotly-plot {{ height: {h}px !important; }}" for h in PLOT_HEIGHTS)
 
 
+def sized_plot(figure) -> gr.Plot:
+    """A Plot update whose container keeps the figure's own height (hidden when there is no figure)."""
+    if figure is None:
+        return gr.Plot(value=None, visible=False)
+    return gr.Plot(value=figure, elem_classes=[height_class(figure.layout.height)], visible=True)
+
+
 def height_class(height: float | None) -> str:
     """The CSS class that pins a plot's container to ``height`` (rounded up to 20 px)."""
     pixels = int(height or 450)

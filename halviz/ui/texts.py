@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-NOT_WHY = "Attention shows where the model looked, not why it answered."
+from halviz.viz.common import NOT_WHY
+from halviz.viz.panels import PANELS
 
 HEADER = """
 <div class="hv-header">
@@ -41,37 +42,11 @@ HELP = {
                    "decoding takes the first (blue). The title gives its margin over the runner-up at this step: a "
                    "small margin is a close call that a method could tip, a large one a confident choice. Confident "
                    "is not the same as correct: check the caption's marks."),
-    "prunehal": ("A layer votes when its attention to the kept image tokens falls below √r × its running mean; "
-                 "a majority (or the forced step) prunes the least-attended image tokens, but only while the "
-                 "budget of t prunes (the forced one included) lasts. The title says when it ran out: majorities "
-                 "after that step prune nothing. " + NOT_WHY),
-    "vasparse": ("Heatmap: at every step each head keeps the generated tokens that score highest on (q·K)² plus "
-                 "λ × how much they looked at the image; the rest are merged by DPC-KNN clustering (knob "
-                 "aggregate) or masked. Image and prompt tokens are never dropped. ℓ_θ are the logits with this "
-                 "sparse attention; ℓ_φ is a language prior: by default (knob phi = embedding) the language "
-                 "head applied to the current token's embedding, with no decoder pass. Tokens that stay likely "
-                 "under ℓ_φ are pushed down. Bars below: the sink weight W of every position, which the penalty "
-                 "uses to damp attention to sinks. " + NOT_WHY),
-    "vhr": ("Each cell is one head: how much its output changes when the image is removed from the prompt "
-            "(hover for the value). VHR chooses heads only in the layers its rule names (the title lists them); "
-            "grey rows are measured but never reinforced. In its layers it multiplies the outlined heads by α: "
-            "those above their layer's median VHD once outliers are zeroed, so a layer whose heads all barely "
-            "react still gets half of them reinforced. A high VHD says a head reacts to the image, not that it "
-            "is right."),
-    "var_sinks": ("Each row is one layer, each column one prompt token. A coloured cell is a token VAR counts as a "
-                  "sink in that layer: its hidden state entering the layer (RMS-normalised) has a massive value in "
-                  "one of the dimensions where the first token is massive. Purple = BOS, blue = an image token (a "
-                  "visual sink), orange = other text. Grey rows are layers VAR leaves alone. Sinks are found from "
-                  "activations, not from attention: a row with no visual sink means no head in that layer is "
-                  "changed."),
-    "var_heads": ("Each cell is one head at this step. Outlined (blue) heads are image-centric: they give the "
-                  "image at least the floor of their attention, and at least ρ of that goes to image tokens that "
-                  "are not sinks. Only these heads are changed, and only in layers that have a visual sink. "
-                  + NOT_WHY),
-    "var_moved": ("Each bar is one image-centric head at this step: the share of the query's attention (0–1) that "
-                  "VAR took from the sink tokens (BOS included) and gave to the other image tokens, in proportion "
-                  "to what they already had. It is p times the sinks' weight in that head's row. " + NOT_WHY),
 }
+# Each method panel's own help, by the keys the figures and tests use: the panel's (its method name) and
+# each figure's that has one (its element id without "hv-", dashes as underscores: "var_sinks").
+HELP.update({p.method: p.help for p in PANELS if p.help})
+HELP.update({f.elem_id.removeprefix("hv-").replace("-", "_"): f.help for p in PANELS for f in p.figures if f.help})
 
 CAPTION_COLOURS = {"correct": "#16a34a", "hallucinated": "#dc2626", "unverified": "#ca8a04",
                    "over-counted": "#ea580c", "in loop": "#9ca3af",

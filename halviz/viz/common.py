@@ -13,6 +13,8 @@ from PIL import Image
 
 from halviz.trace import Trace
 
+NOT_WHY = "Attention shows where the model looked, not why it answered."  # said under every attention figure
+
 Choice = Union[int, Literal["mean"]]  # a layer or head index, or "mean" over all of them
 
 SEGMENT_NAMES = {"bos": "BOS token", "system": "system text", "image": "image tokens",
