@@ -16,7 +16,8 @@ from halviz.session.results import mention_ranges
 from halviz.session.escaping import markdown_text as md
 from halviz.session.state import RunEntry, Runs
 from halviz.ui.pickers import EXPIRED, SessionDropdown, SessionRadio, SessionSlider
-from halviz.ui.style import height_class
+from halviz.ui.method_panels import MethodBox
+from halviz.ui.style import sized_plot
 from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
 
 EMPTY_DEBUGGER = ("**Nothing to inspect yet.** Run a comparison above (or replay a saved trace at the bottom of "
@@ -24,6 +25,7 @@ EMPTY_DEBUGGER = ("**Nothing to inspect yet.** Run a comparison above (or replay
 from halviz.session.selection import selection_of
 from halviz.ui.whatif import InterventionPanel
 from halviz.viz.common import index_ranges
+from halviz.viz.panels import PANELS
 
 
 def parse_choice(value: Any) -> int | str:
@@ -60,13 +62,6 @@ def head_layers(trace: Trace) -> list[int]:
     return [int(l) for l in trace.meta.get("head_layers") or []]
 
 
-def sized_plot(figure) -> gr.Plot:
-    """A Plot update whose container keeps the figure's own height (see ``style.height_class``)."""
-    if figure is None:
-        return gr.Plot(value=None, visible=False)
-    return gr.Plot(value=figure, elem_classes=[height_class(figure.layout.height)], visible=True)
-
-
 def help_text(key: str) -> gr.Markdown:
     return gr.Markdown(f"<div class='hv-help'><b>How to read this.</b> {HELP[key]}</div>")
 
@@ -92,19 +87,7 @@ class DebuggerPanel:
     entropy: gr.Plot
     shares: gr.Plot
     top_keys: gr.Plot
-    prunehal_box: gr.Column
-    prunehal: gr.Plot
-    vasparse_box: gr.Column
-    vasparse_logits: gr.Plot
-    vasparse_selection: gr.Plot
-    vasparse_sink: gr.Plot
-    vhr_box: gr.Column
-    vhd: gr.Plot
-    tvhd: gr.Plot
-    var_box: gr.Column
-    var_sinks: gr.Plot
-    var_heads: gr.Plot
-    var_moved: gr.Plot
+    methods: list[MethodBox]  # one per registered method panel (halviz.viz.panels)
     whatif: InterventionPanel
 
     @classmethod
@@ -151,50 +134,25 @@ class DebuggerPanel:
                 shares = gr.Plot(label="Segment shares", show_label=False, elem_id="hv-shares")
                 top_keys = gr.Plot(label="Most-attended tokens", show_label=False, elem_id="hv-topkeys")
             help_text("sinks")
-            with gr.Column(visible=False) as prunehal_box:
-                gr.Markdown("### PruneHal: when it pruned", elem_classes=["hv-subsection"])
-                prunehal = gr.Plot(show_label=False)
-                help_text("prunehal")
-            with gr.Column(visible=False) as vasparse_box:
-                gr.Markdown("### VASparse: kept generated tokens, contrast and sinks", elem_classes=["hv-subsection"])
-                with gr.Row(equal_height=False):
-                    vasparse_selection = gr.Plot(show_label=False, elem_id="hv-vasparse-selection")
-                    vasparse_logits = gr.Plot(show_label=False, elem_id="hv-vasparse-logits")
-                vasparse_sink = gr.Plot(show_label=False, elem_id="hv-vasparse-sink")
-                help_text("vasparse")
-            with gr.Column(visible=False) as vhr_box:
-                gr.Markdown("### VHR: vision-sensitive heads", elem_classes=["hv-subsection"])
-                with gr.Row(equal_height=False):
-                    vhd = gr.Plot(show_label=False, elem_id="hv-vhd")
-                    tvhd = gr.Plot(show_label=False)
-                help_text("vhr")
-            with gr.Column(visible=False, elem_id="hv-var-box") as var_box:
-                gr.Markdown("### VAR: sink tokens and the heads it redistributed", elem_classes=["hv-subsection"])
-                var_sinks = gr.Plot(show_label=False, elem_id="hv-var-sinks")
-                help_text("var_sinks")
-                with gr.Row(equal_height=False):
-                    with gr.Column():
-                        var_heads = gr.Plot(show_label=False, elem_id="hv-var-heads")
-                        help_text("var_heads")
-                    with gr.Column():
-                        var_moved = gr.Plot(show_label=False, elem_id="hv-var-moved")
-                        help_text("var_moved")
+            methods = [MethodBox.build(panel) for panel in PANELS]
         return cls(choice, info, empty, body, caption, step, layer, head, view, step_info, overlay, mask_box, mask, candidates,
-                   entropy, shares, top_keys, prunehal_box, prunehal, vasparse_box, vasparse_logits,
-                   vasparse_selection, vasparse_sink, vhr_box, vhd, tvhd, var_box, var_sinks, var_heads, var_moved,
-                   whatif)
+                   entropy, shares, top_keys, methods, whatif)
+
+    def method_box(self, method: str) -> MethodBox:
+        """The panel of method ``method`` (its registry name)."""
+        return next(m for m in self.methods if m.panel.method == method)
 
     # ---- component lists for event wiring -------------------------------------------------------
     @property
     def step_outputs(self) -> list:
         return [self.caption, self.head, self.step_info, self.overlay, self.mask_box, self.mask,
-                self.candidates, self.entropy, self.shares, self.top_keys, self.prunehal, self.vasparse_logits,
-                self.tvhd, self.var_heads, self.var_moved, *self.whatif.view_outputs]
+                self.candidates, self.entropy, self.shares, self.top_keys,
+                *(c for m in self.methods for c in m.step_outputs), *self.whatif.view_outputs]
 
     @property
     def trace_outputs(self) -> list:
-        return [self.choice, self.info, self.empty, self.body, self.step, self.layer, self.view, self.prunehal_box, self.vasparse_box,
-                self.vasparse_selection, self.vasparse_sink, self.vhr_box, self.vhd, self.var_box, self.var_sinks,
+        return [self.choice, self.info, self.empty, self.body, self.step, self.layer, self.view,
+                *(c for m in self.methods for c in m.trace_outputs),
                 self.whatif.selection, self.whatif.rerun, self.whatif.status,
                 *self.whatif.options, *self.step_outputs]
 
@@ -221,8 +179,6 @@ class DebuggerPanel:
                                label="Step (this trace has a single step)")
         layers = int(trace.meta.get("num_layers", 0))
         layer_options = [("all layers (mean)", "mean")] + [(f"layer {l}", str(l)) for l in range(layers)]
-        vhr, var = viz.vhr_maps(trace), viz.var_record(trace)
-        selection, sink = viz.vasparse_selection_figure(trace), viz.vasparse_sink_figure(trace)
         # The pickers start from this trace's own interventions (none for a plain column).
         chosen = selection_of(trace.meta.get("methods"), tuple(int(v) for v in trace.meta.get("grid", (0, 0))))
         updates = {
@@ -233,15 +189,7 @@ class DebuggerPanel:
             self.step: slider,
             self.layer: gr.Dropdown(choices=layer_options, value="mean"),
             self.view: view_picker(trace),
-            self.prunehal_box: gr.Column(visible=viz.prunehal_figure(trace) is not None),
-            self.vasparse_box: gr.Column(visible=any(f is not None for f in (
-                viz.vasparse_logits_figure(trace, 0), selection, sink))),
-            self.vasparse_selection: sized_plot(selection),
-            self.vasparse_sink: sized_plot(sink),
-            self.vhr_box: gr.Column(visible=vhr is not None),
-            self.vhd: sized_plot(viz.vhd_figure(trace, vhr) if vhr is not None else None),
-            self.var_box: gr.Column(visible=var is not None),
-            self.var_sinks: sized_plot(viz.var_sinks_figure(trace, var) if var is not None else None),
+            **{c: u for m in self.methods for c, u in m.show(trace).items()},
             self.whatif.selection: chosen,
             # Only a column decoded in this session has an image and a model behind it to decode again.
             self.whatif.rerun: gr.Button(interactive=rerunnable(entry)),
@@ -298,11 +246,7 @@ class DebuggerPanel:
             self.entropy: sized_plot(viz.entropy_figure(trace, layer, step)),
             self.shares: sized_plot(viz.segment_share_figure(trace, step, layer)),
             self.top_keys: sized_plot(viz.top_keys_figure(trace, step, layer)),
-            self.prunehal: sized_plot(viz.prunehal_figure(trace, step)),
-            self.vasparse_logits: sized_plot(viz.vasparse_logits_figure(trace, step)),
-            self.tvhd: sized_plot(viz.tvhd_figure(trace, step)),
-            self.var_heads: sized_plot(viz.var_heads_figure(trace, step)),
-            self.var_moved: sized_plot(viz.var_moved_figure(trace, step)),
+            **{c: u for m in self.methods for c, u in m.at_step(trace, step).items()},
             **self.whatif.view(entry, step, layer, head, selection),
         }
 
