@@ -15,27 +15,23 @@ import gradio as gr
 import numpy as np
 
 from halviz.methods.base import Method
-from halviz.models import LoadedModel, ModelLoadError
+from halviz.models import LoadedModel
 from halviz.trace import Trace, TraceFormatError
 from halviz.session import checks
 from halviz.session.results import (UPDATE_EVERY_S, ColumnResult, Progress, column_result, first_divergence,
                                with_divergence)
-from halviz.session.decoding import build_spec_stacks, gpu_decoder, gpu_stack_decoder
-from halviz.session import knob_geometry as geometry
+from halviz.session.decoding import build_spec_stacks
+# The Gradio-free comparison service; Request and toy_photo_notice lived here before.
+from halviz.session.service import CompareService, ModelUnavailable, Request, toy_photo_notice  # noqa: F401
 from halviz.session.runids import LatestRuns
 from halviz.session.budget import DROPPED, MemoryBudget, budget_from_env, check_kept
 from halviz.ui.debugger import DebuggerPanel
 from halviz.session.escaping import html_text, markdown_text
-from halviz.session.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
+from halviz.session.examples import Example, resolve_truth, truth_markdown
 from halviz.ui.knobs import MethodSettings
 from halviz.ui.pickers import EXPIRED
-from halviz.session.model_defaults import ModelDefaults, model_defaults
-from halviz.models.families.base import text_config
-from halviz.models.loading import TOY_KEY
-from halviz.toy.scenes import looks_like_toy_scene
-from halviz.session.model_cache import DEFAULT_MODELS, ModelCache, ModelPolicy
 from halviz.session.state import (MAX_SESSION_UPLOAD_BYTES, RunEntry, Runs, TraceFiles, display_copy, keep_uploads,
-                             truth_from_meta, truth_to_meta)
+                             truth_from_meta)
 from halviz.session.memory import release_memory
 from halviz.session.selection import (Selection, as_selection, intervention_specs, short_title, stack_specs,
                                  with_intervention)
@@ -100,148 +96,26 @@ class Layout:
     lesson: Any = None  # ui.lesson.LessonPanel when the toy model and its knife scene are offered
 
 
-@dataclass
-class Request:
-    """A checked comparison request."""
-
-    image: checks.ImageInput
-    prompt: str
-    methods: list[str]
-    stacks: list[list[Method]]  # built once here, so bad knob values are refused before any model work
-    settings: dict  # the knob values as plain data: what crosses to a ZeroGPU worker
-    max_new_tokens: int
-    truth: TruthInfo
-    model: str
-    notice: str = ""  # shown on the status line for the whole run (e.g. a photo given to the toy model)
-
-
-class HalvizApp:
-    """What lives as long as the server: the model cache, the examples, the trace files."""
+class HalvizApp(CompareService):
+    """What lives as long as the server: the comparison service (model cache, examples, checks, the
+    decode driver; ``session/service.py``, shared with the Python API) plus the page's own state
+    (trace files for download, each session's latest run, the memory budget)."""
 
     def __init__(self, models: Sequence[str | tuple[str, str]], default_model: str,
                  loader: Callable[[str], LoadedModel], examples: list[Example],
                  registry: Mapping[str, type[Method]], update_every_s: float = UPDATE_EVERY_S,
                  allow_local: bool = False):
-        self.models = list(models)
-        self.update_every_s = update_every_s
-        self.default_model = default_model
-        self.policy = ModelPolicy.build(self.models, default_model, allow_local)
+        super().__init__(models, default_model, loader, examples, registry, update_every_s, allow_local)
         self.session_upload_bytes = MAX_SESSION_UPLOAD_BYTES  # replayed traces one session keeps
-        self.cache = ModelCache(loader)
-        self.examples = examples
-        self.registry = dict(registry)
-        self.decode = gpu_decoder(self.cache, self.registry)  # the calls that hold a GPU
-        self.decode_stacks = gpu_stack_decoder(self.cache, self.registry)
         self.files = TraceFiles()
         self.latest = LatestRuns()  # each owner's latest comparison: a re-run of an older one writes nothing
         self.budget = MemoryBudget(budget_from_env())  # every session's traces and pictures, in all
 
-    def check(self, image, prompt, methods, max_new_tokens, truth_text, model, settings) -> Request:
-        """Cheap checks first, so a bad request never waits for a model."""
-        model = self.policy.check(model, self.default_model)  # before the image: no file work for a refused model
-        prompt = checks.check_prompt(prompt)
-        tokens = checks.check_max_new_tokens(max_new_tokens)
-        names = checks.check_methods(methods, self.registry)
-        checks.check_request_size(len(names), tokens)
-        knobs = model_defaults(model, self.registry).merged(checks.parse_settings(settings), names)
-        stacks = checks.build_stacks(names, knobs, self.registry)
-        if truth_text is not None and not isinstance(truth_text, str):
-            raise checks.InputError("The ground-truth objects must be text, such as “cat, cup”.")
-        checks.check_text_characters(truth_text or "", "The ground-truth box")
-        picture = checks.load_image(image)
-        truth = resolve_truth(truth_text, image_truth(None, self.examples, picture.digest, picture.image))
-        return Request(picture, prompt, names, stacks, knobs, tokens, truth, model, self.image_notice(model, picture))
-
-    def image_notice(self, model: str, picture: checks.ImageInput) -> str:
-        """A warning when the toy model is given a picture that is not one of its scenes."""
-        if model != TOY_KEY or looks_like_toy_scene(picture.image):
-            return ""
-        real = [k for k in self.policy.allowed if k != TOY_KEY] or [m for m, _ in DEFAULT_MODELS if m != TOY_KEY]
-        return toy_photo_notice(real)
-
-    def check_for_model(self, request: Request, loaded: LoadedModel) -> None:
-        """The limits only the chosen model knows: its special tokens, its tokens, its context."""
-        processor = loaded.processor
-        sequence = processor(text=loaded.adapter.chat_text(request.prompt), images=request.image.image,
-                             return_tensors="np")["input_ids"]
-        context = getattr(text_config(loaded.model.config), "max_position_embeddings", None)
-        checks.check_prompt_tokens(request.prompt, processor.tokenizer, int(sequence.shape[-1]), context,
-                                   request.max_new_tokens)
-        self.check_geometry(request, loaded)
-
-    @staticmethod
-    def check_geometry(request: Request, loaded: LoadedModel) -> None:
-        """Every layer, head and patch knob within the model and the image's grid (see ui/geometry.py)."""
-        adapter = loaded.adapter
-        grid = None
-        if geometry.needs_grid(request.stacks):  # the grid this image makes: only the processor knows it
-            import torch
-
-            _, layout = adapter.prepare(request.image.image, request.prompt, torch.device("cpu"), torch.float32)
-            grid = (int(layout.rows), int(layout.cols))
-        try:
-            geometry.check_stacks(request.stacks, geometry.Geometry(adapter.num_layers, adapter.num_heads, grid))
-        except ValueError as exc:
-            raise checks.InputError(str(exc)) from None
-
-    def warm(self, names: Sequence[str], decode: bool = True) -> list[str]:
-        """Load ``names`` now (start-up) and, unless ``decode`` is off, run every method for two tokens
-        on a grey image, so the first visitor does not pay for first-call set-up. Returns what failed:
-        a model that cannot load is logged and left to load (and fail) on first use."""
-        failed = []
-        grey = np.full((64, 64, 3), 128, dtype=np.uint8)
-        # First-call costs outside the model: labelling mentions imports inflect, which typeguard
-        # instruments on import (about 10 s on the 2-core machine).
-        column_result("vanilla", "", ["two cups and a fork"], 1.0, "eos", None)
-        for name in names:
-            try:
-                key = self.policy.check(name, self.default_model)
-                self.cache.get(key)
-                if decode:
-                    for _ in self.decode(key, grey, "Describe the image.", list(self.registry), {}, 2, 0.0):
-                        pass
-            except Exception:
-                log.exception("warming %s failed", name)
-                failed.append(name)
-        return failed
-
-    def method_defaults(self, name: object) -> ModelDefaults:
-        """The knob defaults of the model the picker names (the papers' for a name the app refuses)."""
-        try:
-            key = self.policy.check(name, self.default_model)
-        except checks.InputError:
-            return ModelDefaults()
-        return model_defaults(key, self.registry)
-
     def load(self, name: str) -> LoadedModel:
         try:
-            return self.cache.get(name)
-        except ModelLoadError as exc:
-            if getattr(exc, "offline", False):  # the loader's advice may name a local folder this page refuses
-                folder = " or a local model folder" if self.policy.allow_local else ""
-                raise ui_error(f"{name} is not cached on this server and the Hugging Face hub cannot be reached; "
-                               f"pick the toy model{folder} instead.", title="Model not available") from None
-            raise ui_error(f"Could not load the model: {exc}", title="Model not available") from None
-        except Exception as exc:  # still the user's model choice failing, whatever the loader raised
-            log.exception("loading %s failed", name)
-            raise ui_error(f"Could not load the model {name!r}; the details are in the server log.",
-                           title="Model not available") from None
-
-    def own_truth(self, image) -> ImageTruth | None:
-        """The ground truth that belongs to the picture in the Image box (None: nobody knows it)."""
-        return image_truth(checks.image_path(image), self.examples)
-
-    def truth_note(self, image, truth_text) -> str:
-        text = truth_text if isinstance(truth_text, str) else ""
-        return truth_markdown(resolve_truth(text, self.own_truth(image) if text.strip() else None))
-
-
-def toy_photo_notice(real_models: Sequence[str]) -> str:
-    """What the status line says when a photo (not a toy scene) goes to the toy model."""
-    named = " or ".join(f"**{markdown_text(m)}**" for m in real_models)
-    return ("⚠ **This picture is not a toy scene.** The toy model only knows its glyph world (coloured shapes "
-            "on a plain background), so its captions of a photo are noise. For photos pick a real model in "
-            f"the Model box: {named}. The comparison runs anyway.")
+            return super().load(name)
+        except ModelUnavailable as exc:
+            raise ui_error(str(exc), title=exc.title) from None
 
 
 def _number(value, default: float) -> float:
@@ -345,9 +219,7 @@ class Controller:
                 raise ui_error(str(exc), title="Please check the inputs") from None
             described = model_line(loaded)
             held: list[RunEntry] = []
-            for progress in self.app.decode(request.model, np.asarray(request.image.image), request.prompt,
-                                            request.methods, request.settings, request.max_new_tokens,
-                                            self.app.update_every_s):
+            for progress in self.app.decode_request(request):
                 update = self._progress(request, progress, described, started, runs, owner)
                 if self.ui.runs in update:  # this checkpoint's entries replace the last one's in the budget
                     fresh = [v for k, v in update[self.ui.runs].items() if k not in runs]
@@ -384,11 +256,7 @@ class Controller:
     def _progress(self, request: Request, progress: Progress, described: str, started: float, runs: Runs,
                   owner: str = "") -> dict:
         ui = self.ui
-        truth = request.truth.truth
-        results = with_divergence(
-            [column_result(name, self.app.registry[name].title or name, texts, compute, finish, truth)
-             for name, texts, compute, finish in zip(request.methods, progress.texts, progress.compute_s,
-                                                     progress.finish)], progress.tokens)
+        results = self.app.column_results(request, progress)
         done = all(f is not None for f in progress.finish)
         image_note = f" · image {markdown_text(request.image.note)}" if request.image.note else ""
         failed = [r.title for r in results if r.error]
@@ -415,16 +283,7 @@ class Controller:
         return updates
 
     def _entries(self, request: Request, traces: list[Trace | None]) -> Runs:
-        picture = display_copy(request.image.image)
-        entries: Runs = {}
-        for name, trace in zip(request.methods, traces):
-            if trace is None:  # the column failed before it recorded anything
-                continue
-            trace.meta["ground_truth"] = truth_to_meta(request.truth.truth)
-            trace.meta["image_digest"] = request.image.digest
-            entries[name] = RunEntry(name, self.app.registry[name].title or name, trace, picture,
-                                     request.truth.truth, request.image.image, request.model)
-        return entries
+        return self.app.entries(request, traces)  # the traces annotated as the API's are
 
     def stop(self, runs: Runs | None, slot_methods: list[str] | None, live: list[ColumnResult] | None,
              caller: gr.Request = None) -> dict:
