@@ -49,6 +49,7 @@ from halviz.methods import METHODS, build_stack
 from halviz.models import DEFAULT_PROMPT, load_model
 from halviz.models.real_geometry import save_real_geometry
 from halviz.models.tiny import TinySpec, save_tiny_llava
+from halviz.threads import add_threads_argument, use_threads
 
 
 @dataclass(frozen=True)
@@ -249,10 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated methods to time against vanilla")
     parser.add_argument("--tokens", type=int, help="new tokens per run (default: per model, see BENCH_MODELS)")
     parser.add_argument("--rounds", type=int, help="rounds (default: per model)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own, OMP_NUM_THREADS)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     method_names = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if unknown_methods := [m for m in method_names if m not in METHODS]:
         parser.error(f"unknown method(s): {', '.join(unknown_methods)}")

@@ -26,6 +26,7 @@ from halviz.engine.rows import SEGMENTS
 from halviz.eval import evaluate, format_table, timed_decode, toy_sample
 from halviz.hallucination import chair_metrics, extract_mentions
 from halviz.models import DEFAULT_PROMPT, load_model
+from halviz.threads import add_threads_argument, use_threads
 from halviz.toy.scenes import PRIOR_PAIRS
 
 
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--methods", default="vanilla", help="methods compared on held-out and broken-pair sets")
     parser.add_argument("--json", type=Path)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    use_threads(args.threads)
     loaded = load_model(args.model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     prompt = DEFAULT_PROMPT

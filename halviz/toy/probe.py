@@ -49,6 +49,7 @@ from halviz.hallucination import ChairResult, chair_metrics, extract_mentions
 from halviz.methods import METHODS, build_stack
 from halviz.methods.defaults import defaults_for, defaults_problems
 from halviz.models import DEFAULT_PROMPT, ModelLoadError, load_model
+from halviz.threads import add_threads_argument, use_threads
 from halviz.toy import scenes as toy_scenes
 from halviz.toy.captions import caption_for
 from halviz.toy.sink_metrics import decay_curve, mcnemar_exact, relative_change, sink_rate, sink_rate_per_layer
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                         "seed is a validation set for choosing recipe settings without looking at the probe sets")
     parser.add_argument("--methods", default=",".join(PROBE_METHODS))
     parser.add_argument("--max-new-tokens", type=int, default=ProbeConfig.max_new_tokens)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--paper-defaults", action="store_true",
                         help="run the methods at their papers' defaults, not this model's")
     parser.add_argument("--quick", action="store_true", help=f"small sets for development (n={QUICK.n}, "
@@ -359,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.n < 1 or cfg.n_pair < 1 or not 1 <= cfg.max_new_tokens <= 1024:
         print("halviz.toy.probe: --n and --n-pair must be ≥ 1 and --max-new-tokens in 1..1024", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     try:
         if args.json:  # fail now, not after a quarter of an hour of decoding
             args.json.parent.mkdir(parents=True, exist_ok=True)

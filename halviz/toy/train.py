@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
+from halviz.threads import add_threads_argument, use_threads
 from halviz.toy import checkpoint
 from halviz.toy.captions import TRAIN_PROMPTS, GrammarConfig, caption_for
 from halviz.toy.designed_sink import DesignedSink, impose
@@ -500,8 +501,7 @@ def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ToyModelConfig
           threads: int | None = None, log_every: int = 50, ckpt: Path | None = None, resume: bool = False,
           max_steps: int | None = None, init_from: Path | None = None) -> dict | None:
     """Run the recipe and save the model to `out`; None when `max_steps` stopped it early (resume later)."""
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = ckpt or out.parent / (out.name + "-ckpt")
     recipe = Recipe(cfg, model_cfg, ckpt, device, log_every)
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this many optimiser steps (checkpointed; continue with --resume)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start after the stage saved in this stage-end checkpoint (e.g. CKPT/text.pt)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    add_threads_argument(parser)
     for f in fields(TrainConfig):
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(f.default, bool):  # --text-packed / --no-text-packed

@@ -44,6 +44,7 @@ from halviz.hallucination import chair_metrics
 from halviz.methods import METHODS
 from halviz.methods.defaults import DEFAULTS_FILE, weights_sha256
 from halviz.models import ModelLoadError, load_model
+from halviz.threads import add_threads_argument, use_threads
 from halviz.toy import scenes as toy_scenes
 from halviz.toy.probe import ProbeConfig, caption_scenes, names_partner
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-pair", type=int, default=40, help="tuning scenes per planted pair")
     parser.add_argument("--methods", default=",".join(GRID))
     parser.add_argument("--max-new-tokens", type=int, default=ProbeConfig.max_new_tokens)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--out", type=Path, help=f"where to write (default: <model folder>/{DEFAULTS_FILE})")
     parser.add_argument("--rechoose", action="store_true",
                         help="apply the criterion again to the figures already in the output file, without decoding")
@@ -181,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not methods or args.n_pair < 1:
         print(f"halviz.toy.tune: methods must be among {', '.join(GRID)} and --n-pair ≥ 1", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     if args.out is not None and not args.out.parent.is_dir():  # fail now, not after the grid
         print(f"halviz.toy.tune: cannot write {args.out}: its folder does not exist", file=sys.stderr)
         return 2
