@@ -96,12 +96,14 @@ class Column:
 
 class Comparison(Mapping[str, Column]):
     """The columns of one comparison, by method name (``comparison["vcd"]``), by column title or by
-    position; iterating gives the method names. ``finished`` is false while a stream still runs."""
+    position; iterating gives the method names. ``finished`` is true on the last comparison of a
+    stream (and on the plain call's), whose traces are complete."""
 
     def __init__(self, columns: Sequence[Column], *, model: str, prompt: str, image: Image.Image,
                  truth: GroundTruth | None, unknown: Sequence[str] = (), notice: str = "",
-                 max_new_tokens: int = 0):
+                 max_new_tokens: int = 0, finished: bool = True):
         self.columns = list(columns)
+        self.finished = finished  # false on every streamed comparison but the last
         self.model = model  # the model's public name (never a server path)
         self.prompt = prompt
         self.image = image  # the picture as the model saw it (RGB, large ones shrunk as the app does)
@@ -123,10 +125,6 @@ class Comparison(Mapping[str, Column]):
 
     def __len__(self) -> int:
         return len(self.columns)
-
-    @property
-    def finished(self) -> bool:
-        return all(c.result.finish is not None for c in self.columns)
 
     @property
     def ground_truth(self) -> list[str] | None:
@@ -228,14 +226,20 @@ def compare(image, prompt: str | None = None, methods: Sequence[str] | str = ("v
 
 def _columns(service, request, model_name: str, update_every_s: float) -> Iterator[Comparison]:
     entries: dict[str, RunEntry] = {}
+    shown = None  # held back one update, so that the last one can say it is the last
     for progress in service.decode_request(request, update_every_s):
+        if shown is not None:
+            yield shown
         results = service.column_results(request, progress)
         if progress.traces is not None:
             entries = service.entries(request, progress.traces)
         columns = [Column(r.method, r.title, r, entries.get(r.method)) for r in results]
-        yield Comparison(columns, model=model_name, prompt=request.prompt, image=request.image.image,
-                         truth=request.truth.truth, unknown=request.truth.unknown, notice=request.notice,
-                         max_new_tokens=request.max_new_tokens)
+        shown = Comparison(columns, model=model_name, prompt=request.prompt, image=request.image.image,
+                           truth=request.truth.truth, unknown=request.truth.unknown, notice=request.notice,
+                           max_new_tokens=request.max_new_tokens, finished=False)
+    if shown is not None:
+        shown.finished = True
+        yield shown
 
 
 def load_trace(path: str | os.PathLike) -> Trace:
