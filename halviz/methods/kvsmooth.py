@@ -2,7 +2,7 @@
 
 Tokens whose attention is spread out (high entropy, sink-like) carry drifting semantics; KVSmooth
 pulls each new token's cached K and V towards the previous cached entry, more strongly the more
-sink-like the token is. There is no public code; this follows /work/shared/methods.md §2.
+sink-like the token is. There is no public code; this follows docs/methods.md (KVSmooth).
 """
 
 from __future__ import annotations

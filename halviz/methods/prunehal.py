@@ -2,7 +2,7 @@
 
 Hallucination grows when the current token's attention to the image collapses; PruneHal then
 drops the least-attended visual tokens so that the remaining attention concentrates on the
-informative ones. There is no public code; this follows /work/shared/methods.md §1.
+informative ones. There is no public code; this follows docs/methods.md (PruneHal).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """VASparse: visual-aware sparsification (Zhuang et al., CVPR 2025, arXiv 2501.06553).
 
-halviz implements **the paper** (``/work/shared/methods.md`` §3, second edition). Three parts,
+halviz implements **the paper** (docs/methods.md, VASparse, second edition). Three parts,
 each behind a switch, all in layers ``vasparse_layers`` (the paper's 2..31 of 32, scaled):
 
 1. Visual-aware selection of the **generated** tokens (Eq. 4: ℓ_θ(· | v, x, S^τ(y<t))). The image

@@ -1,6 +1,6 @@
 """Train the toy LLaVA from scratch with the seeded, staged recipe of the second edition.
 
-    python -m halviz.toy.train --out assets/toy-llava --ckpt /work/toy-ckpt [--resume] [--threads 2] [--seed 0]
+    python -m halviz.toy.train --out assets/toy-llava --ckpt CKPT_DIR [--resume] [--threads 2] [--seed 0]
 
 Stages (each checkpointed under ``--ckpt``; ``--resume`` continues from the last checkpoint):
 
