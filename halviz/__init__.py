@@ -21,6 +21,7 @@ _LAZY = {
     "Column": ("halviz.api", "Column"),
     "load_trace": ("halviz.api", "load_trace"),
     "export": ("halviz.viz.image_files", "export"),
+    "ExportError": ("halviz.viz.image_files", "ExportError"),
     "load_model": ("halviz.models.loading", "load_model"),
     "REGISTRY": ("halviz.methods", "REGISTRY"),
     "Trace": ("halviz.trace", "Trace"),
