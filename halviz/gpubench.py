@@ -33,7 +33,7 @@ from halviz.engine.decode import Decoder
 from halviz.engine.recorder import RecordOptions
 from halviz.methods import METHODS, build_stack
 from halviz.models import LoadedModel
-from halviz.models.adapters import adapter_for
+from halviz.models.families import family_for_config
 from halviz.models.real_geometry import GEOMETRIES, build_real_geometry_model, hub_id, real_geometry_config  # noqa: F401
 
 
@@ -42,7 +42,7 @@ def build_real_geometry(name: str, device: torch.device, dtype: torch.dtype, lay
     """Random weights of the real architecture, allocated on ``device``, wrapped as the app loads models."""
     register_attention()
     model, processor = build_real_geometry_model(name, device, dtype, layers, seed)
-    adapter = adapter_for(model, processor)
+    adapter = family_for_config(model.config.to_dict())(model, processor)  # the bound family
     model.set_attn_implementation(adapter.attn_implementation(ATTENTION_NAME))
     return LoadedModel(f"random-{name}", f"random weights, {hub_id(name)}", model, processor, adapter, device, dtype)
 

@@ -21,7 +21,7 @@ from test_viz import make_trace
 
 def test_entropy_panel_keeps_lambda_on_its_own_axis():
     trace = make_trace()
-    fig = viz.entropy_figure(trace, "mean", step=1)
+    fig = viz.entropy_figure(trace, 1, "mean")
     lam = next(t for t in fig.data if t.name.startswith("KVSmooth λ"))
     assert lam.yaxis == "y2"
     assert "λ" in fig.layout.yaxis2.title.text and "entropy" not in fig.layout.yaxis2.title.text
@@ -29,7 +29,7 @@ def test_entropy_panel_keeps_lambda_on_its_own_axis():
     assert tuple(fig.layout.yaxis2.range) == (0, 1.05)  # λ lies in [0, 1]
     # Without λ there is no right axis at all.
     del trace.arrays["method/kvsmooth/lambda"]
-    assert "yaxis2" not in viz.entropy_figure(trace, "mean", step=1).to_dict()["layout"]
+    assert "yaxis2" not in viz.entropy_figure(trace, 1, "mean").to_dict()["layout"]
 
 
 def test_candidates_title_states_this_steps_margin():
@@ -222,7 +222,7 @@ def test_figure_titles_fit_their_panels():
     ph = prunehal_trace(votes, [0], t=1)
     figures = {
         "candidates": (viz.candidates_figure(trace, 1), "half"),
-        "entropy": (viz.entropy_figure(trace, "mean", 1), "half"),
+        "entropy": (viz.entropy_figure(trace, 1, "mean"), "half"),
         "segment shares": (viz.segment_share_figure(trace, 1), "half"),
         "top tokens": (viz.top_keys_figure(trace, 1), "half"),
         "VASparse selection": (viz.vasparse_selection_figure(trace), "half"),

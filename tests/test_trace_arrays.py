@@ -24,7 +24,7 @@ def draw_every_panel(trace: Trace) -> None:
         viz.attention_overlay(trace, step, "mean", "mean")
         viz.segment_share_figure(trace, step)
         viz.top_keys_figure(trace, step)
-        viz.entropy_figure(trace, "mean", step)
+        viz.entropy_figure(trace, step, "mean")
         viz.candidates_figure(trace, step)
     layers = [int(l) for l in trace.meta.get("head_layers") or []]
     if layers:

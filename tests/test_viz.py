@@ -214,7 +214,7 @@ def test_vasparse_logits_name_the_phi_reading_of_the_trace():
 
 def test_entropy_curves_with_lambda_and_step_marker():
     trace = make_trace()
-    fig = viz.entropy_figure(trace, "mean", step=1)
+    fig = viz.entropy_figure(trace, 1, "mean")
     lines = {t.name: t for t in fig.data}
     np.testing.assert_allclose(lines["layer 1"].y, trace.arrays["entropy"][:, 1])
     np.testing.assert_allclose(lines["mean of 2 layers"].y, trace.arrays["entropy"].mean(1))
@@ -223,7 +223,7 @@ def test_entropy_curves_with_lambda_and_step_marker():
     assert any(s.x0 == 1 for s in fig.layout.shapes)  # the current step
     assert any(s.x0 == 0.5 for s in fig.layout.shapes)  # PruneHal's prune after step 0
     assert "mean of all 2 layers" in title(fig) and "mean over heads" in title(fig)
-    assert "layer 1" in title(viz.entropy_figure(trace, 1))
+    assert "layer 1" in title(viz.entropy_figure(trace, layer=1))
 
 
 def test_sinks_segment_shares_and_top_tokens():
@@ -270,7 +270,7 @@ def test_candidates_of_a_trace_without_probabilities_say_so():
 
 def test_single_step_trace_and_missing_attention():
     one = make_trace(steps=1)
-    for fig in (viz.attention_overlay(one, 0), viz.entropy_figure(one, "mean", 0), viz.segment_share_figure(one, 0),
+    for fig in (viz.attention_overlay(one, 0), viz.entropy_figure(one, 0, "mean"), viz.segment_share_figure(one, 0),
                 viz.top_keys_figure(one, 0), viz.candidates_figure(one, 0)):
         assert isinstance(fig, go.Figure)
     assert viz.attention_overlay(one, 5).layout.title.text.startswith("Step 0")  # clamped

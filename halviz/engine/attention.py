@@ -12,17 +12,11 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.llama.modeling_llama import repeat_kv
 
 from halviz.engine.run import active_forward
 
 ATTENTION_NAME = "halviz"
-
-
-def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    if n_rep == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
 def halviz_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -36,7 +30,7 @@ def attend(plan, layer: int, query, key, value, mask, scaling) -> tuple[torch.Te
     """query (B, H, q, D); key/value (B, KVH, kv, D) = the layer's cache after this step's update."""
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     n_rep = query.shape[1] // key.shape[1]
-    k, v = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    k, v = repeat_kv(key, n_rep), repeat_kv(value, n_rep)  # grouped-query heads, as transformers does
     kv_len, q_len = k.shape[2], query.shape[2]
     if mask is not None:
         mask = mask[..., -q_len:, :kv_len]

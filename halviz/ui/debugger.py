@@ -243,7 +243,7 @@ class DebuggerPanel:
             self.mask_box: gr.Column(visible=bool(masks)),
             self.mask: sized_plot(mask_figure),
             self.candidates: sized_plot(viz.candidates_figure(trace, step)),
-            self.entropy: sized_plot(viz.entropy_figure(trace, layer, step)),
+            self.entropy: sized_plot(viz.entropy_figure(trace, step, layer)),
             self.shares: sized_plot(viz.segment_share_figure(trace, step, layer)),
             self.top_keys: sized_plot(viz.top_keys_figure(trace, step, layer)),
             **{c: u for m in self.methods for c, u in m.at_step(trace, step).items()},

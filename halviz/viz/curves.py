@@ -29,8 +29,9 @@ def _nan_mean(values: np.ndarray, axis: int) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def entropy_figure(trace: Trace, layer: Choice = "mean", step: int | None = None, height: int = 320) -> go.Figure:
-    """Entropy (nats) of the predicting query's attention row at every step, per layer and averaged."""
+def entropy_figure(trace: Trace, step: int | None = None, layer: Choice = "mean", height: int = 320) -> go.Figure:
+    """Entropy (nats) of the predicting query's attention row at every step, per layer and averaged; ``step``
+    is marked. Arguments in the order every panel takes them: trace, step, layer."""
     if not trace.has_attention or trace.num_steps == 0:
         return message_figure("This trace has no recorded attention.")
     entropy = trace.arrays["entropy"].astype(np.float64)  # (T, L)
