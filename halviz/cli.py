@@ -18,11 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chair": ("halviz.chair", "score captions you already have with CHAIR"),
     "bench": ("halviz.bench", "speed and trace size of every method at a model's real geometry"),
     "gpubench": ("halviz.gpubench", "the GPU benchmark (needs a CUDA device)"),
-    "probe": ("halviz.toy.probe", "the toy model's measured claims (sink, decline, prior, methods)"),
-    "train": ("halviz.toy.train", "train the toy model from scratch (the recipe)"),
-    "tune": ("halviz.toy.tune", "choose the toy model's method defaults on its tuning split"),
-    "toy-eval": ("halviz.toy.evaluate", "CHAIR and the prior-pair rates of the toy model"),
-    "pick-examples": ("halviz.toy.pick_examples", "re-pick the toy 'X without Y' examples by their rule"),
+    "probe": ("halviz.toy.recipe.probe", "the toy model's measured claims (sink, decline, prior, methods)"),
+    "train": ("halviz.toy.recipe.train", "train the toy model from scratch (the recipe)"),
+    "tune": ("halviz.toy.recipe.tune", "choose the toy model's method defaults on its tuning split"),
+    "toy-eval": ("halviz.toy.recipe.evaluate", "CHAIR and the prior-pair rates of the toy model"),
+    "pick-examples": ("halviz.toy.recipe.pick_examples", "re-pick the toy 'X without Y' examples by their rule"),
 }
 OPTIONAL = {"pope": ("halviz.pope", "build POPE splits and score yes/no answers")}
 

@@ -17,7 +17,7 @@ from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
 from halviz.toy import scenes
 from halviz.toy.designed_sink import DesignedSink, impose, rotary_pair
 from halviz.toy.model import ToyModelConfig, build_model, build_processor
-from halviz.toy.train import TrainConfig, train
+from halviz.toy.recipe.train import TrainConfig, train
 
 TINY = ToyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=4,
                       text_heads=2, intermediate=64)

@@ -16,8 +16,9 @@ from halviz.engine.rows import SEGMENTS
 from halviz.methods import build_stack
 from halviz.methods.defaults import DEFAULTS_FILE, defaults_for, defaults_problems, weights_sha256
 from halviz.models import TOY_MODEL_DIR, load_model
-from halviz.toy import probe, scenes
-from halviz.toy.sink_metrics import (
+from halviz.toy import scenes
+from halviz.toy.recipe import probe
+from halviz.toy.recipe.sink_metrics import (
     decay_curve,
     mcnemar_exact,
     residual_norm_ratio,
@@ -25,7 +26,7 @@ from halviz.toy.sink_metrics import (
     sink_rate_per_layer,
     value_norm_ratio,
 )
-from halviz.toy.teacher_forcing import TeacherForcer, probe_attention
+from halviz.toy.recipe.teacher_forcing import TeacherForcer, probe_attention
 
 needs_toy = pytest.mark.skipif(not (TOY_MODEL_DIR / "config.json").exists(), reason="bundled toy model not built")
 
@@ -130,7 +131,7 @@ def test_defaults_for_reads_checks_and_flags_stale_weights(tmp_path):
 
 
 def test_probe_seed_is_its_own_stream():
-    from halviz.toy.tune import TUNING_SEED
+    from halviz.toy.recipe.tune import TUNING_SEED
 
     assert len({probe.PROBE_SEED, TUNING_SEED, scenes.HELDOUT_SEED}) == 3
 
@@ -194,7 +195,7 @@ def test_shipped_model_meets_s1_and_r1_on_a_small_probe_set(toy):
 
 
 def test_tuning_criterion_on_hand_made_figures():
-    from halviz.toy.tune import choose
+    from halviz.toy.recipe.tune import choose
 
     vanilla = {"partner_rate": 0.60, "recall": 0.60, "precision": 0.60, "len": 20.0}
 
@@ -222,7 +223,7 @@ def test_tuning_criterion_on_hand_made_figures():
 def test_shipped_without_examples_follow_the_pick_rule(toy, pair):
     from PIL import Image
 
-    from halviz.toy.pick_examples import first_prior_scene
+    from halviz.toy.recipe.pick_examples import first_prior_scene
 
     trigger, partner = pair
     index, scene, caption = first_prior_scene(toy, pair, max_objects=3)

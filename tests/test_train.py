@@ -13,9 +13,9 @@ from halviz.engine.decode import Decoder
 from halviz.models import load_model
 from halviz.toy import scenes
 from halviz.toy.model import ToyModelConfig
-from halviz.toy.sink_probe import bos_attention, summarise
-from halviz.toy.train import STAGES, TrainConfig, train
-from halviz.toy.vision_pretrain import DECORRELATED, patch_labels
+from halviz.toy.recipe.sink_probe import bos_attention, summarise
+from halviz.toy.recipe.train import STAGES, TrainConfig, train
+from halviz.toy.recipe.vision_pretrain import DECORRELATED, patch_labels
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 TINY = ToyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=3,
@@ -146,7 +146,7 @@ def test_later_stages_can_start_from_a_stage_checkpoint(tmp_path):
 
 
 def test_noise_rows_put_random_tokens_between_bos_and_the_caption(tmp_path):
-    from halviz.toy.train import Recipe
+    from halviz.toy.recipe.train import Recipe
 
     cfg = STEPS.__class__(**{**STEPS.__dict__, "text_noise_rate": 1.0, "text_noise_len": 9, "chat_rate": 0.0})
     recipe = Recipe(cfg, TINY, tmp_path / "ckpt", torch.device("cpu"))
@@ -185,7 +185,7 @@ def test_multimodal_stage_can_freeze_late_qk_and_rehearse_text(tmp_path):
 
 
 def test_qk_learning_rate_factor_scales_only_their_group():
-    from halviz.toy.train import _optimizer
+    from halviz.toy.recipe.train import _optimizer
 
     a, b, c = (torch.nn.Parameter(torch.ones(2, 2)) for _ in range(3))
     bias = torch.nn.Parameter(torch.zeros(2))

@@ -3,7 +3,7 @@
 The papers' defaults were set for LLaVA-1.5 (32 layers, 576 image tokens on 24×24); on a small
 model some leave nothing to act on (PruneHal r = 0.4, t = 3 keeps 9 of the toy's 144 image
 tokens). A model folder may therefore carry ``method_defaults.json``, written by
-``python -m halviz.toy.tune`` for the toy model::
+``python -m halviz.toy.recipe.tune`` for the toy model::
 
     {"methods": {"prunehal": {"r": 0.8, "t": 2}, ...},   # only the knobs that differ
      "model_sha256": "...",                               # the weights they were chosen on

@@ -90,7 +90,7 @@ class TeacherForcer:
         The caption queries are the positions that predict the targets: the last prompt token and
         every fed target token.
         """
-        from halviz.toy.sink_metrics import residual_norm_ratio, value_norm_ratio
+        from halviz.toy.recipe.sink_metrics import residual_norm_ratio, value_norm_ratio
 
         prompt = inputs["input_ids"]
         if int(prompt[0, 0]) != self.adapter.bos_token_id:

@@ -1,8 +1,8 @@
 """A quick look at a trained toy model on a validation stream of its own (seed 5_000_011: not the
 held-out, probe or tuning seeds), to steer the recipe; the shipped figures come from
-``python -m halviz.toy.probe``.
+``python -m halviz.toy.recipe.probe``.
 
-    python -m halviz.toy.quick_check --model DIR [--n 60]
+    python -m halviz.toy.recipe.quick_check --model DIR [--n 60]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def check(model, processor, n: int = 60) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m halviz.toy.quick_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m halviz.toy.recipe.quick_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--n", type=int, default=60)
     args = parser.parse_args(argv)

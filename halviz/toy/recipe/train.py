@@ -1,6 +1,6 @@
 """Train the toy LLaVA from scratch with the seeded, staged recipe of the second edition.
 
-    python -m halviz.toy.train --out assets/toy-llava --ckpt CKPT_DIR [--resume] [--threads 2] [--seed 0]
+    python -m halviz.toy.recipe.train --out assets/toy-llava --ckpt CKPT_DIR [--resume] [--threads 2] [--seed 0]
 
 Stages (each checkpointed under ``--ckpt``; ``--resume`` continues from the last checkpoint):
 
@@ -14,7 +14,7 @@ With ``--designed-sink`` (the default) the decoder carries a fixed BOS sink from
 (``halviz.toy.designed_sink``): no sink emerged in this short training, so it is built in and named.
 
 Scenes and captions come from seed streams ``[seed, k]``, never the held-out, probe or tuning seeds.
-The in-loop sink probe (``halviz.toy.sink_probe``) runs every ``probe_every`` steps on a fixed batch
+The in-loop sink probe (``halviz.toy.recipe.sink_probe``) runs every ``probe_every`` steps on a fixed batch
 and goes into the training history. Fixed step counts keep the recipe reproducible; a CUDA device
 is used when present.
 """
@@ -33,14 +33,14 @@ import torch
 
 from halviz.models.tokenizer import IMAGE_TOKEN, train_tokenizer
 from halviz.threads import add_threads_argument, use_threads
-from halviz.toy import checkpoint
+from halviz.toy.recipe import checkpoint
 from halviz.toy.captions import TRAIN_PROMPTS, GrammarConfig, caption_for
 from halviz.toy.designed_sink import DesignedSink, impose
 from halviz.toy.model import ToyModelConfig, build_model, build_processor
-from halviz.toy.packing import pack_rows
+from halviz.toy.recipe.packing import pack_rows
 from halviz.toy.scenes import WorldConfig, generate_scene
-from halviz.toy.sink_probe import bos_attention, summarise
-from halviz.toy.vision_pretrain import PatchHead, patch_metrics, vision_batch
+from halviz.toy.recipe.sink_probe import bos_attention, summarise
+from halviz.toy.recipe.vision_pretrain import PatchHead, patch_metrics, vision_batch
 
 STAGES = ("vision", "text", "align", "multi")
 # Seed-stream tags: [seed, tag]. Probe (2_000_029), tuning (3_000_017) and held-out (1_000_003)
@@ -508,13 +508,13 @@ def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ToyModelConfig
     if not recipe.run(resume, max_steps, init_from):
         return None
     overrides = " ".join(_flag(f.name, getattr(cfg, f.name)) for f in fields(cfg) if getattr(cfg, f.name) != f.default)
-    command = (f"python -m halviz.toy.train --out {out} --ckpt {ckpt} --threads {threads or torch.get_num_threads()}"
+    command = (f"python -m halviz.toy.recipe.train --out {out} --ckpt {ckpt} --threads {threads or torch.get_num_threads()}"
                + (f" {overrides}" if overrides else "") + (f" --init-from {init_from}" if init_from else ""))
     return recipe.save(out, command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m halviz.toy.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m halviz.toy.recipe.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("assets/toy-llava"))
     parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: OUT-ckpt next to OUT)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --ckpt")

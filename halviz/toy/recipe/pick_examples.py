@@ -1,6 +1,6 @@
 """Choose the app's three "X without Y" toy examples for the shipped model and write them.
 
-    python -m halviz.toy.pick_examples [--model toy] [--examples assets/examples] [--dry-run]
+    python -m halviz.toy.recipe.pick_examples [--model toy] [--examples assets/examples] [--dry-run]
 
 For each planted pair, the example is the first scene of its broken-pair set (halviz.eval's
 HELDOUT_SEED, never the probe's or the tuning split's) with at most ``max_objects`` objects on which
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from halviz.models import DEFAULT_PROMPT, load_model
 from halviz.toy import scenes as toy_scenes
-from halviz.toy.probe import greedy_caption, names_partner
+from halviz.toy.recipe.probe import greedy_caption, names_partner
 
 SEARCH = 100  # broken-pair scenes looked at per pair before giving up
 
@@ -36,7 +36,7 @@ def first_prior_scene(loaded, pair: tuple[str, str], max_objects: int, max_new_t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m halviz.toy.pick_examples", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m halviz.toy.recipe.pick_examples", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy")
     parser.add_argument("--examples", type=Path, default=Path("assets/examples"))
     parser.add_argument("--max-objects", type=int, default=3)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         by_file[name]["source"] = (
             f"toy scene generator (broken pair {trigger}→{partner}, scene {index}: the first of its kind, from "
             f"scene 0, with at most {args.max_objects} objects on which the shipped model names the absent "
-            f"{partner}; python -m halviz.toy.pick_examples): the objects it drew")
+            f"{partner}; python -m halviz.toy.recipe.pick_examples): the objects it drew")
     if not args.dry_run:
         listing.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0

@@ -1,6 +1,6 @@
 """Everything the README says about the toy model, measured in one run.
 
-    python -m halviz.toy.evaluate [--model toy] [--n 200] [--max-new-tokens 64] [--methods vanilla,...] [--json PATH]
+    python -m halviz.toy.recipe.evaluate [--model toy] [--n 200] [--max-new-tokens 64] [--methods vanilla,...] [--json PATH]
 
 Prints: caption precision/recall and CHAIR on held-out scenes, with what CHAIR cannot see (looping
 captions, seq-rep-4, mentions beyond a scene's object counts); CHAIR and the partner rate on
@@ -74,7 +74,7 @@ def pair_report(loaded, n: int, max_new_tokens: int, prompt: str, methods: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m halviz.toy.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m halviz.toy.recipe.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy")
     parser.add_argument("--n", type=int, default=200, help="held-out scenes (broken-pair and control sets: n/2 each)")
     parser.add_argument("--max-new-tokens", type=int, default=64)

@@ -2,7 +2,7 @@
 
 A head counts as a sink head when its mean attention to position 0 (BOS), averaged over the
 chosen query positions of a fixed batch, exceeds ε. Figures per layer are the share of heads
-that do. The probe helper's ``halviz.toy.probe`` measures the shipped model on its own sets;
+that do. The probe helper's ``halviz.toy.recipe.probe`` measures the shipped model on its own sets;
 this one only tells a running stage whether the sink is forming.
 """
 

@@ -1,6 +1,6 @@
 """Choose a toy model's method defaults on a seeded tuning split, never on the probe sets.
 
-    python -m halviz.toy.tune [--model toy] [--n-pair 40] [--methods prunehal,kvsmooth,vasparse,vhr]
+    python -m halviz.toy.recipe.tune [--model toy] [--n-pair 40] [--methods prunehal,kvsmooth,vasparse,vhr]
         [--max-new-tokens 64] [--threads N] [--out PATH]
 
 The papers' defaults were set for 32 layers and 576 image tokens. Layer ranges already scale with
@@ -46,7 +46,7 @@ from halviz.methods.defaults import DEFAULTS_FILE, weights_sha256
 from halviz.models import ModelLoadError, load_model
 from halviz.threads import add_threads_argument, use_threads
 from halviz.toy import scenes as toy_scenes
-from halviz.toy.probe import ProbeConfig, caption_scenes, names_partner
+from halviz.toy.recipe.probe import ProbeConfig, caption_scenes, names_partner
 
 TUNING_SEED = 3_000_017
 MAX_LOSS_POINTS = 3.0
@@ -164,7 +164,7 @@ def tune(loaded, methods, n_pair: int, max_new_tokens: int, log=print) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     from halviz.chair import InputError, write_json_atomically
 
-    parser = argparse.ArgumentParser(prog="python -m halviz.toy.tune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m halviz.toy.recipe.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy", help="'toy' or a local toy-model folder")
     parser.add_argument("--n-pair", type=int, default=40, help="tuning scenes per planted pair")
     parser.add_argument("--methods", default=",".join(GRID))
@@ -180,25 +180,25 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in GRID]
     if unknown or not methods or args.n_pair < 1:
-        print(f"halviz.toy.tune: methods must be among {', '.join(GRID)} and --n-pair ≥ 1", file=sys.stderr)
+        print(f"halviz.toy.recipe.tune: methods must be among {', '.join(GRID)} and --n-pair ≥ 1", file=sys.stderr)
         return 2
     use_threads(args.threads)
     if args.out is not None and not args.out.parent.is_dir():  # fail now, not after the grid
-        print(f"halviz.toy.tune: cannot write {args.out}: its folder does not exist", file=sys.stderr)
+        print(f"halviz.toy.recipe.tune: cannot write {args.out}: its folder does not exist", file=sys.stderr)
         return 2
     try:
         loaded = load_model(args.model)
     except ModelLoadError as exc:
-        print(f"halviz.toy.tune: {exc}", file=sys.stderr)
+        print(f"halviz.toy.recipe.tune: {exc}", file=sys.stderr)
         return 2
     record = tune(loaded, methods, args.n_pair, args.max_new_tokens)
-    record["chosen_by"]["command"] = "python -m halviz.toy.tune " + " ".join(
+    record["chosen_by"]["command"] = "python -m halviz.toy.recipe.tune " + " ".join(
         argv if argv is not None else sys.argv[1:])
     out = args.out or Path(loaded.source) / DEFAULTS_FILE
     try:
         write_json_atomically(out, record)
     except InputError as exc:
-        print(f"halviz.toy.tune: {exc}", file=sys.stderr)
+        print(f"halviz.toy.recipe.tune: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out} in {record['chosen_by']['seconds']:.0f} s")
     for method, params in record["methods"].items():
@@ -217,10 +217,10 @@ def _rechoose_file(args) -> int:
         if record is None:
             raise ValueError(f"{out}: no stored tuning record to choose from")
     except ValueError as exc:
-        print(f"halviz.toy.tune: {exc}", file=sys.stderr)
+        print(f"halviz.toy.recipe.tune: {exc}", file=sys.stderr)
         return 2
     record = rechoose(record)
-    record["chosen_by"]["rechosen_with"] = "python -m halviz.toy.tune " + " ".join(
+    record["chosen_by"]["rechosen_with"] = "python -m halviz.toy.recipe.tune " + " ".join(
         sys.argv[1:] if args.argv is None else args.argv)
     write_json_atomically(out, record)
     for method, params in record["methods"].items():

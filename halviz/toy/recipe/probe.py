@@ -1,15 +1,15 @@
 """The toy probe: does a model carry the mechanisms the app exists to show?
 
-    python -m halviz.toy.probe [--model toy|PATH] [--json PATH] [--n 200] [--n-pair 170]
+    python -m halviz.toy.recipe.probe [--model toy|PATH] [--json PATH] [--n 200] [--n-pair 170]
         [--methods prunehal,kvsmooth,vasparse,vhr] [--max-new-tokens 64] [--threads N]
         [--paper-defaults] [--quick] [--seed N]
 
 Scenes come from the seed stream ``PROBE_SEED``, which nothing else uses: training draws from
-small seeds, ``halviz.toy.tune`` from ``TUNING_SEED`` and ``halviz.eval`` from ``HELDOUT_SEED``.
+small seeds, ``halviz.toy.recipe.tune`` from ``TUNING_SEED`` and ``halviz.eval`` from ``HELDOUT_SEED``.
 Every caption is one greedy decode at batch 1 without padding through the project's engine
 (``halviz.engine.decode.Decoder``, as ``halviz.eval`` runs it); attention is then read from a
 teacher-forced pass with transformers' eager attention over the same tokens
-(:mod:`halviz.toy.teacher_forcing`), which equals what the decode computed. One table:
+(:mod:`halviz.toy.recipe.teacher_forcing`), which equals what the decode computed. One table:
 
 - S1 sink: Sink^0.3 on BOS (Gu et al. 2025): share of heads whose mean attention to BOS over the
   caption queries exceeds 0.3; goal ≥ 0.25 over layers 2..L−1 and ≤ 0.05 over layers 0–1.
@@ -52,7 +52,7 @@ from halviz.models import DEFAULT_PROMPT, ModelLoadError, load_model
 from halviz.threads import add_threads_argument, use_threads
 from halviz.toy import scenes as toy_scenes
 from halviz.toy.captions import caption_for
-from halviz.toy.sink_metrics import decay_curve, mcnemar_exact, relative_change, sink_rate, sink_rate_per_layer
+from halviz.toy.recipe.sink_metrics import decay_curve, mcnemar_exact, relative_change, sink_rate, sink_rate_per_layer
 
 PROBE_SEED = 2_000_029
 PROBE_METHODS = ("prunehal", "kvsmooth", "vasparse", "vhr", "vcd", "var")
@@ -121,7 +121,7 @@ def ground_truth_targets(tokenizer, caption: str) -> list[int]:
 # ---- S1, S2, S3, D1, R1: the held-out-distribution scenes ------------------------------------
 
 def measure_heldout(loaded, cfg: ProbeConfig) -> dict[str, Any]:
-    from halviz.toy.teacher_forcing import TeacherForcer
+    from halviz.toy.recipe.teacher_forcing import TeacherForcer
 
     forcer = TeacherForcer(loaded)
     tokenizer = loaded.processor.tokenizer
@@ -328,7 +328,7 @@ def _jsonable(value):
 def main(argv: list[str] | None = None) -> int:
     from halviz.chair import InputError, write_json_atomically
 
-    parser = argparse.ArgumentParser(prog="python -m halviz.toy.probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m halviz.toy.recipe.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy", help="'toy' or a local toy-model folder")
     parser.add_argument("--json", type=Path, help="write the full report here")
     parser.add_argument("--n", type=int, help=f"held-out-distribution scenes (S1-S3, D1, R1; default {ProbeConfig.n})")
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS or m == "vanilla"]
     if unknown:
-        print(f"halviz.toy.probe: unknown method {', '.join(unknown)}; known: "
+        print(f"halviz.toy.recipe.probe: unknown method {', '.join(unknown)}; known: "
               f"{', '.join(m for m in METHODS if m != 'vanilla')}", file=sys.stderr)
         return 2
     cfg = replace(QUICK if args.quick else ProbeConfig(), methods=methods, max_new_tokens=args.max_new_tokens)
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
     if cfg.n < 1 or cfg.n_pair < 1 or not 1 <= cfg.max_new_tokens <= 1024:
-        print("halviz.toy.probe: --n and --n-pair must be ≥ 1 and --max-new-tokens in 1..1024", file=sys.stderr)
+        print("halviz.toy.recipe.probe: --n and --n-pair must be ≥ 1 and --max-new-tokens in 1..1024", file=sys.stderr)
         return 2
     use_threads(args.threads)
     try:
@@ -368,17 +368,17 @@ def main(argv: list[str] | None = None) -> int:
         params = {} if args.paper_defaults else defaults_for(loaded.source)
         problems = [] if args.paper_defaults else defaults_problems(loaded.source)
     except OSError as exc:
-        print(f"halviz.toy.probe: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"halviz.toy.recipe.probe: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except (ModelLoadError, ValueError) as exc:
-        print(f"halviz.toy.probe: {exc}", file=sys.stderr)
+        print(f"halviz.toy.recipe.probe: {exc}", file=sys.stderr)
         return 2
     for problem in problems:
         print(f"note: method defaults: {problem}", file=sys.stderr)
     report = run_probe(loaded, cfg, params)
     report = {"config": {**asdict(cfg), "model": args.model, "source": loaded.source, "threads": torch.get_num_threads(),
                          "defaults": "paper" if args.paper_defaults else ("model" if params else "paper (none stored)"),
-                         "defaults_problems": problems, "command": "python -m halviz.toy.probe "
+                         "defaults_problems": problems, "command": "python -m halviz.toy.recipe.probe "
                          + " ".join(argv if argv is not None else sys.argv[1:])}, **report}
     print(f"toy probe of {loaded.source}: {cfg.n} held-out-distribution scenes, {cfg.n_pair} broken-pair and "
           f"control scenes per pair, seed {cfg.seed}, max_new_tokens {cfg.max_new_tokens}, prompt {cfg.prompt!r}, "
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             write_json_atomically(args.json, _jsonable(report))
         except InputError as exc:
-            print(f"halviz.toy.probe: {exc}", file=sys.stderr)
+            print(f"halviz.toy.recipe.probe: {exc}", file=sys.stderr)
             return 2
     return 0
 
