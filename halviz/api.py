@@ -34,6 +34,7 @@ from halviz.trace import Trace
 DEFAULT_MODEL = "toy"
 _lock = threading.Lock()
 _shared = None  # the process's CompareService: its model cache outlives one call
+_threads_chosen = False
 
 
 @dataclass
@@ -263,11 +264,29 @@ def _service(model):
         return service, model.name
     if not isinstance(model, (str, os.PathLike)):
         raise checks.InputError("model must be a name (\"toy\", a hub id, a folder) or a model from halviz.load_model.")
+    _choose_threads()
     with _lock:
         if _shared is None:
             _shared = CompareService([], DEFAULT_MODEL, load_model, load_examples(), REGISTRY,
                                      policy=AnyModel((), True))
     return _shared, os.fspath(model)
+
+
+def _choose_threads() -> None:
+    """On the first comparison of the process, lower torch's thread count from its default (one per
+    core, which oversubscribes a shared machine) to halviz's (``$OMP_NUM_THREADS``, else half the
+    cores; halviz/threads.py). A count the caller set with ``torch.set_num_threads`` is kept."""
+    global _threads_chosen
+    with _lock:
+        if _threads_chosen:
+            return
+        _threads_chosen = True
+    import torch
+
+    from halviz.threads import default_threads, usable_cores
+
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() == usable_cores():
+        torch.set_num_threads(default_threads())
 
 
 def _image_source(image):

@@ -182,3 +182,14 @@ def test_a_model_that_cannot_load_raises_model_unavailable(tmp_path):
 def test_a_model_loaded_by_the_caller_is_used_as_it_is(toy, knife):
     again = halviz.compare(KNIFE, methods=["vanilla", "vcd"], max_new_tokens=16, model=toy)
     assert again.model == "toy" and again["vcd"].caption == knife["vcd"].caption
+
+
+def test_the_first_comparison_chooses_halvizs_thread_count_unless_the_caller_chose(tmp_path):
+    code = ("import torch, halviz, halviz.threads as t; torch.set_num_threads(t.usable_cores()); "
+            "halviz.compare({knife!r}, max_new_tokens=2); print(torch.get_num_threads(), t.default_threads())")
+    env = {k: v for k, v in _env().items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code.format(knife=str(KNIFE))], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got, default = done.stdout.split()[-2:]
+    assert got == default, done.stdout
