@@ -449,8 +449,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-hostile", action="store_true",
                         help="skip the hostile-user attacks (trace bombs, queue filling, slow loads, SIGTERM…)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--load", action="store_true",
+                        help="only the load test: polite clients beside one hostile client (tools.load; "
+                             "with --quick, 3 clients)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.load:
+        from tools import load
+
+        return load.main((["--quick"] if args.quick else []) + (["--json", str(args.json)] if args.json else []))
     logging.basicConfig(level=logging.CRITICAL)  # the deliberate fault's stack trace is expected
     logging.getLogger("halviz").setLevel(logging.CRITICAL)
     summary = run_scenarios(runs=max(10, args.runs), quick=args.quick, hostile=not args.no_hostile)

@@ -18,6 +18,10 @@ gets one client's share and no more:
 - **Uploads and request bodies** (``ClientGate``, an ASGI middleware that ``launch_options()``
   installs): ``/gradio_api/upload`` is metered per client (files and bytes per window) and against a
   quota on the size of Gradio's upload folder (HTTP 429 / 413); other requests' bodies are capped.
+- **Workers** (``fair_workers``): the queue starts the waiting event of the client running the
+  fewest events in that pool (first come among equals), and a client never takes the last
+  ``workers_left_to_others`` workers of a pool of several: one client's comparisons, however many,
+  hold one of the two decode workers and others' comparisons start on the other at once.
 - **The log**: one line per refusal; Gradio's own traceback for every ``gr.Error`` (a refusal,
   not a fault) becomes one line too (``quiet_refusals``), unexpected errors keep theirs.
 """
@@ -28,6 +32,7 @@ import contextvars
 import datetime
 import logging
 import os
+import random
 import sys
 import threading
 import time
@@ -69,6 +74,8 @@ class Limits:
     request_bytes: int = 1 * MB  # the body of any request other than an upload
     state_sessions: int = 10_000  # sessions whose state Gradio keeps
     unread_messages: int = 512  # a session's messages nobody reads; past it its events run on as hung up
+    workers_left_to_others: int = 1  # of each pool of workers (2 decode workers by default): one client
+    # never holds the last ones while it runs others (a pool of one is shared by taking turns)
     window_s: float = 3600.0
 
     def sentence(self, what: str) -> str:
@@ -436,6 +443,55 @@ def limit_events(demo: gr.Blocks, guard: ClientGuard, decode_fns: Iterable[int])
     queue.send_message = send_message
 
 
+def fair_workers(demo: gr.Blocks, guard: ClientGuard) -> None:
+    """Replace the queue's choice of the next event (Gradio 6.31: the first waiting event of a pool
+    with a free worker) by a fair one: in each pool, the earliest event of the client that runs the
+    fewest there, and none from a client that would hold all but ``workers_left_to_others`` of a
+    pool's workers. Pools are visited in Gradio's (random) order; batches are formed as Gradio does."""
+    queue = demo._queue
+    keep_free = guard.limits.workers_left_to_others
+    original = queue.get_events
+
+    def client_of(event) -> str:
+        request = getattr(event, "request", None)
+        return guard.key_of_request(request) if request is not None else f"session:{event.session_hash}"
+
+    def get_events():
+        try:
+            return fair_choice()
+        except Exception:  # never let the queue's loop die of this: Gradio's own choice instead
+            log.exception("the fair choice of the next event failed; using Gradio's")
+            return original()
+
+    def fair_choice():
+        running: dict[str, Counter] = {}
+        for job in queue.active_jobs:
+            if job:
+                running.setdefault(job[0].fn.concurrency_id, Counter())[client_of(job[0])] += 1
+        pools = list(queue.event_queue_per_concurrency_id.items())
+        random.shuffle(pools)
+        for pool_id, pool in pools:
+            limit = pool.concurrency_limit
+            if not pool.queue or (limit is not None and pool.current_concurrency >= limit):
+                continue
+            held = running.get(pool_id, Counter())
+            most = limit - keep_free if limit is not None and limit > keep_free else None
+            waiting = [(held[client], i, event) for i, event in enumerate(pool.queue)
+                       for client in (client_of(event),) if most is None or held[client] < most]
+            if not waiting:
+                continue
+            first = min(waiting, key=lambda w: w[:2])[2]
+            events = [first]
+            if first.fn.batch:
+                events += [e for e in pool.queue if e is not first and e.fn == first.fn][:first.fn.max_batch_size - 1]
+            for event in events:
+                pool.queue.remove(event)
+            return events, first.fn.batch, pool_id
+        return None
+
+    queue.get_events = get_events
+
+
 # ---- the HTTP door --------------------------------------------------------------------------------
 
 class ClientGate:
@@ -560,5 +616,6 @@ def install(demo: gr.Blocks, decode_fns: Iterable[int], limits: Limits | None = 
         log.warning("running on a Space without HALVIZ_TRUSTED_PROXIES=1: every visitor counts as one client")
     demo.client_guard = guard
     limit_events(demo, guard, decode_fns)
+    fair_workers(demo, guard)
     quiet_refusals()
     return guard
