@@ -12,9 +12,7 @@ from pathlib import Path
 
 import halviz
 
-here = Path.cwd()  # run from the repository or from examples/
-ROOT = next(p for p in (here, *here.parents) if (p / "assets" / "examples").is_dir())
-KNIFE = ROOT / "assets" / "examples" / "toy-knife-no-fork.png"
+KNIFE = halviz.EXAMPLES_DIR / "toy-knife-no-fork.png"  # the examples ship inside the package
 OUT = Path(os.environ.get("HALVIZ_QUICKSTART_OUT", "quickstart-output"))
 
 # %% [markdown]

@@ -1,7 +1,7 @@
 """halviz: a visual debugger for hallucination in multimodal LLMs, as a web app and a Python library.
 
     import halviz
-    comparison = halviz.compare("assets/examples/toy-knife-no-fork.png", methods=["vanilla", "vcd"])
+    comparison = halviz.compare(halviz.EXAMPLES_DIR / "toy-knife-no-fork.png", methods=["vanilla", "vcd"])
     comparison["vcd"].caption, comparison["vcd"].hallucinated
     fig = halviz.viz.entropy_figure(comparison["vcd"].trace)
     halviz.export(fig, "entropy.png")
@@ -13,6 +13,9 @@ See docs/api.md.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"  # the example pictures, installed with halviz
 
 # public name → (module, attribute)
 _LAZY = {
@@ -29,7 +32,7 @@ _LAZY = {
     "ModelUnavailable": ("halviz.session.service", "ModelUnavailable"),
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "EXAMPLES_DIR"])
 
 
 def __getattr__(name: str):

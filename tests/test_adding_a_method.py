@@ -57,7 +57,7 @@ def test_the_example_decodes_and_its_panel_is_drawn(example, toy, monkeypatch):
     from halviz.viz.panels import PANELS
 
     cls, panel = example
-    picture = Image.open(Path(__file__).resolve().parents[1] / "assets" / "examples" / "toy-knife-no-fork.png")
+    picture = Image.open(Path(__file__).resolve().parents[1] / "halviz" / "assets" / "examples" / "toy-knife-no-fork.png")
     plain = Decoder(toy, picture.convert("RGB"), "Describe the image.", [], 8).run_to_end()
     same = Decoder(toy, picture.convert("RGB"), "Describe the image.", [cls(temperature=1.0)], 8).run_to_end()
     assert same.caption == plain.caption  # T = 1 changes nothing

@@ -15,7 +15,7 @@ import halviz
 from halviz.session.checks import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "assets" / "examples"
+EXAMPLES = ROOT / "halviz" / "assets" / "examples"
 KNIFE = EXAMPLES / "toy-knife-no-fork.png"
 CUP = EXAMPLES / "toy-cup-no-spoon.png"
 PHOTO = EXAMPLES / "chelsea.jpg"

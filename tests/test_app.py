@@ -20,7 +20,7 @@ from halviz.models import load_model
 from halviz.trace import Trace
 from halviz.session.checks import InputError, load_image
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "halviz" / "assets" / "examples"
 PHOTO = EXAMPLES / "chelsea.jpg"
 PROMPT = "Describe the picture."
 

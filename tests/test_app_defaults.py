@@ -17,7 +17,7 @@ from halviz.models import TOY_MODEL_DIR, load_model
 from halviz.trace import Trace
 from halviz.session.escaping import markdown_text
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "halviz" / "assets" / "examples"
 PHOTO = EXAMPLES / "coffee.jpg"
 TOY_SCENE = EXAMPLES / "toy-cup-no-spoon.png"
 PROMPT = "Describe the picture."

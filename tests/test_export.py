@@ -50,7 +50,7 @@ def test_png_svg_and_pdf_are_valid_files_of_the_size_asked_for(tmp_path):
 
 @needs_browser
 def test_a_panel_of_a_real_trace_exports(tmp_path, toy):
-    comparison = halviz.compare(ROOT / "assets" / "examples" / "toy-knife-no-fork.png", model=toy, max_new_tokens=6)
+    comparison = halviz.compare(ROOT / "halviz" / "assets" / "examples" / "toy-knife-no-fork.png", model=toy, max_new_tokens=6)
     fig = halviz.viz.entropy_figure(comparison["vanilla"].trace, layer="mean", step=2)
     path = halviz.export(fig, tmp_path / "entropy.png")
     with Image.open(path) as image:

@@ -96,7 +96,7 @@ def test_prunehal_panel_states_its_budget_and_when_it_ran_out():
 def test_prunehal_panel_on_a_toy_decode(toy):
     """The toy model's defaults (r = 0.8, t = 1) on its cup-without-spoon example: the forced prune spends
     the budget, and every later majority is drawn as one that could not prune."""
-    image = Image.open("assets/examples/toy-cup-no-spoon.png")
+    image = Image.open("halviz/assets/examples/toy-cup-no-spoon.png")
     trace = Decoder(toy, image, methods=[PruneHal(r=0.8, t=1)], max_new_tokens=32).run_to_end()
     mass = trace.method_array("prunehal", "mass").astype(np.float64)
     reference = trace.method_array("prunehal", "reference").astype(np.float64)
@@ -169,7 +169,7 @@ def test_vhr_map_on_a_toy_decode(toy):
     """The toy model (6 layers × 6 heads) under VHR: the coloured rows are exactly those of the paper's
     layer rule, each outline is a head the rule re-implemented in numpy picks, and the skipped rows
     show their (real) VHD on hover."""
-    image = Image.open("assets/examples/toy-cup-no-spoon.png")
+    image = Image.open("halviz/assets/examples/toy-cup-no-spoon.png")
     trace = Decoder(toy, image, methods=[VHR(alpha=1.5)], max_new_tokens=2).run_to_end()
     vhd = trace.method_array("vhr", "vhd").astype(np.float64)
     text_norm = trace.method_array("vhr", "text_norm").astype(np.float64)

@@ -67,7 +67,7 @@ def test_bundled_model_captions_held_out_scenes():
     assert result.precision >= PRECISION_FLOOR and result.recall >= RECALL_FLOOR, (result.precision, result.recall)
 
 
-# Shipped model (fifth edition, assets/toy-llava/training_info.json) on this 20-scene set:
+# Shipped model (fifth edition, halviz/assets/toy-llava/training_info.json) on this 20-scene set:
 # precision 0.987, recall 0.962; the floors leave room for a retrained model without accepting the
 # first edition's 0.657 / 0.590.
 PRECISION_FLOOR = 0.85

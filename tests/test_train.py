@@ -17,7 +17,7 @@ from halviz.toy.recipe.sink_probe import bos_attention, summarise
 from halviz.toy.recipe.train import STAGES, TrainConfig, train
 from halviz.toy.recipe.vision_pretrain import DECORRELATED, patch_labels
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "halviz" / "assets" / "examples"
 TINY = ToyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=3,
                       text_heads=2, intermediate=64)
 STEPS = TrainConfig(vision_steps=3, vision_batch=4, text_steps=4, text_batch=2, text_len=32, align_steps=2,

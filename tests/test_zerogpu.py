@@ -21,7 +21,7 @@ from tools.stress import free_port
 from halviz.session.decoding import gpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENE = ROOT / "assets" / "examples" / "toy-cup-no-spoon.png"
+SCENE = ROOT / "halviz" / "assets" / "examples" / "toy-cup-no-spoon.png"
 PROMPT = "Please describe this image in detail."
 
 

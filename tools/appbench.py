@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "halviz" / "assets" / "examples"
 IMAGE = "toy-scene.png"
 PROMPT = "Describe the image."
 METHODS = ("vanilla", "prunehal", "vasparse", "vhr", "kvsmooth")

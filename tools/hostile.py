@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "assets" / "examples"
+EXAMPLES = ROOT / "halviz" / "assets" / "examples"
 PROMPT = "Describe the picture."
 PYTHON_ERROR_NAMES = ("Traceback", "OverflowError", "RecursionError", "ValueError", "TypeError", "KeyError",
                       "IndexError", "UnicodeEncodeError", 'File "')
@@ -256,7 +256,7 @@ def prompt_attacks(url: str, demo, model: str = "toy") -> list[Attack]:
         session.close()
 
 
-MODEL_PROBES = ("/etc", "/nonexistent-folder", "../..", "/tmp", "assets/toy-llava-missing", "~root")
+MODEL_PROBES = ("/etc", "/nonexistent-folder", "../..", "/tmp", "halviz/assets/toy-llava-missing", "~root")
 
 
 def model_box_probes(url: str, demo) -> dict[str, str]:

@@ -36,7 +36,7 @@ import numpy as np
 from halviz.methods import METHODS
 from halviz.methods.base import Knob, Method
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "halviz" / "assets" / "examples"
 PROMPT = "Describe the picture."
 TIME_LIMIT_S = 540  # the whole command never runs longer than this
 RSS_GROWTH_LIMIT_MB = 50  # from soak run 10 to the last

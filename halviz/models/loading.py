@@ -17,7 +17,7 @@ import torch
 from halviz.engine.attention import ATTENTION_NAME, register_attention
 from halviz.models.families import Family, family_for_config, raw_text_config, supported
 
-TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "toy-llava"
+TOY_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy-llava"
 TOY_ALIASES = ("toy", "toy-llava", "")
 TOY_KEY = "toy"
 HUB_HOST = "huggingface.co"

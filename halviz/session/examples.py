@@ -15,7 +15,7 @@ from halviz.toy.scenes import IMAGE_SIZE
 from halviz.session.escaping import markdown_text
 from halviz.session.checks import file_digest
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
 @dataclass(frozen=True)

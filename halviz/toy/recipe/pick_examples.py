@@ -1,6 +1,6 @@
 """Choose the app's three "X without Y" toy examples for the shipped model and write them.
 
-    python -m halviz.toy.recipe.pick_examples [--model toy] [--examples assets/examples] [--dry-run]
+    python -m halviz.toy.recipe.pick_examples [--model toy] [--examples halviz/assets/examples] [--dry-run]
 
 For each planted pair, the example is the first scene of its broken-pair set (halviz.eval's
 HELDOUT_SEED, never the probe's or the tuning split's) with at most ``max_objects`` objects on which
@@ -38,7 +38,7 @@ def first_prior_scene(loaded, pair: tuple[str, str], max_objects: int, max_new_t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m halviz.toy.recipe.pick_examples", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="toy")
-    parser.add_argument("--examples", type=Path, default=Path("assets/examples"))
+    parser.add_argument("--examples", type=Path, default=Path("halviz/assets/examples"))
     parser.add_argument("--max-objects", type=int, default=3)
     parser.add_argument("--dry-run", action="store_true", help="print the choices, write nothing")
     args = parser.parse_args(argv)

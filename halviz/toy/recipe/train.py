@@ -1,6 +1,6 @@
 """Train the toy LLaVA from scratch with the seeded, staged recipe of the second edition.
 
-    python -m halviz.toy.recipe.train --out assets/toy-llava --ckpt CKPT_DIR [--resume] [--threads 2] [--seed 0]
+    python -m halviz.toy.recipe.train --out halviz/assets/toy-llava --ckpt CKPT_DIR [--resume] [--threads 2] [--seed 0]
 
 Stages (each checkpointed under ``--ckpt``; ``--resume`` continues from the last checkpoint):
 
@@ -515,7 +515,7 @@ def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ToyModelConfig
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m halviz.toy.recipe.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("assets/toy-llava"))
+    parser.add_argument("--out", type=Path, default=Path("halviz/assets/toy-llava"))
     parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder (default: OUT-ckpt next to OUT)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --ckpt")
     parser.add_argument("--max-steps", type=int, default=None,
