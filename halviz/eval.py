@@ -211,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         params = parse_params(args.param)
         for name in names:  # fail on bad knobs before any decoding
             build_stack(name.split("+"), params)
-        if (args.images is None) != (args.annotations is None):
-            raise InputError("--images and --annotations go together")
         chair = "chair" in args.benchmarks.split(",")
+        released_pope = args.pope_questions and not chair  # POPE files name their images: --images alone
+        if (args.images is None) != (args.annotations is None) and not (released_pope and args.images is not None):
+            raise InputError("--images and --annotations go together")
         if args.legacy_loop:
             sample, partner = toy_sample(args.scenes, args.n, args.seed) if args.images is None else (
                 folder_sample(args.images, args.annotations, args.captions_annotations, args.n, args.seed), None)
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _legacy_main(args, names, params, sample, partner, source) -> int:
-    """The one-process, one-method-at-a-time loop before the harness (kept for halviz.toy.evaluate's helpers)."""
+    """The one-process, one-method-at-a-time loop before the harness (kept for halviz.toy.recipe.evaluate's helpers)."""
     loaded = load_model(args.model)
     rows = evaluate(loaded, sample, names, params, args.max_new_tokens, args.prompt, partner, not args.no_progress,
                     system=args.system)

@@ -20,6 +20,8 @@ ARGS = ["--model", "toy", "--methods", "vanilla,prunehal,vcd", "--num-images", "
 def _files(folder):
     results = json.loads((folder / "results.json").read_text())
     results.pop("timing")
+    # git describe --dirty: other work in the same checkout may change it between two runs
+    results["config"].pop("halviz_version")
     samples = sorted((folder / "samples.jsonl").read_text().splitlines())
     return results, samples
 
@@ -34,10 +36,11 @@ def single(tmp_path_factory):
 def test_results_files_hold_every_setting_and_sample(single):
     results, samples = _files(single)
     config = results["config"]
-    for key in ("halviz_version", "model", "source", "dtype", "methods", "max_new_tokens", "prompt", "system",
+    for key in ("model", "source", "dtype", "methods", "max_new_tokens", "prompt", "system",
                 "params", "pope", "bootstrap", "seed"):
         assert key in config
-    assert config["halviz_version"] != "" and results["baseline"] == "vanilla"
+    assert results["baseline"] == "vanilla"
+    assert json.loads((single / "results.json").read_text())["config"]["halviz_version"] != ""
     chair = results["chair"]["methods"]["vanilla"]
     for metric in ("chair_s", "chair_i", "recall", "precision", "f1", "len", "looping", "repetition"):
         lo, hi = chair[metric]["ci"]
@@ -100,6 +103,13 @@ def test_two_torchrun_processes_equal_one_process(single, tmp_path):
     assert ranks == ["rank-0.jsonl", "rank-1.jsonl"]
     assert all((out / "cache" / r).read_text().strip() for r in ranks)  # both ranks decoded a share
     assert _files(out) == _files(single)
+    # without --out the ranks share rank 0's temporary cache folder
+    plain = subprocess.run([*cmd[:-2], "--json", str(tmp_path / "plain.json")], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    rows = json.loads((tmp_path / "plain.json").read_text())["methods"]
+    want = json.loads((single / "results.json").read_text())["chair"]["methods"]
+    assert {m: r["chair_s"] for m, r in rows.items()} == {m: r["chair_s"]["value"] for m, r in want.items()}
 
 
 def test_pope_presets_list_their_sources_and_guesses(capsys):
@@ -123,3 +133,29 @@ def test_batching_never_changes_a_sample(single, tmp_path, mode):
     for results in (got[0], want[0]):
         results.pop("config")
     assert got[0] == want[0]
+
+
+def test_released_pope_files_with_a_folder_of_images(tiny_model_dirs, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from halviz.evaluation.pope import Question, write_questions
+
+    images = tmp_path / "val2014"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("COCO_1.jpg", "COCO_2.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / name)
+    questions = [Question(1, "COCO_1.jpg", "Is there a dog in the image?", "yes"),
+                 Question(2, "COCO_1.jpg", "Is there an umbrella in the image?", "no"),
+                 Question(3, "COCO_2.jpg", "Is there a dog in the image?", "no")]
+    write_questions(tmp_path / "coco_pope_random.json", questions)
+    out = tmp_path / "out"
+    code = heval.main(["--model", str(tiny_model_dirs["llava-1.5"]), "--methods", "vanilla,prunehal", "--benchmarks",
+                       "pope", "--images", str(images), "--pope-questions", str(tmp_path / "coco_pope_random.json"),
+                       "--pope-max-new-tokens", "2", "--bootstrap", "50", "--out", str(out), "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["pope"]["random"]["n"] == 3 and "chair" not in results
+    lines = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and {l["question_id"] for l in lines} == {1, 2, 3}

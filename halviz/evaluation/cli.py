@@ -95,7 +95,8 @@ def run(args, names: list[str], params: dict, sample, partner, source: str, load
                         prompt=args.prompt, max_new_tokens=args.max_new_tokens, pope_splits=pope_splits,
                         pope_images=pope_images, pope_folder=args.images, pope_suffix=args.pope_suffix,
                         pope_max_new_tokens=args.pope_max_new_tokens)
-        out = args.out or Path(tempfile.mkdtemp(prefix="halviz-eval-"))
+        # without --out the cache is a fresh folder, rank 0's, shared with every rank (one machine)
+        out = args.out or Path(processes.share(tempfile.mkdtemp(prefix="halviz-eval-") if processes.rank == 0 else None))
         t0 = time.perf_counter()
         try:
             mode = "solo" if args.no_batch else ("images" if args.batch_images > 1 else "columns")

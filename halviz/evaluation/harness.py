@@ -271,6 +271,16 @@ class Processes:
 
             dist.barrier()
 
+    def share(self, value):
+        """Rank 0's ``value`` on every rank (a picklable object through the gloo group)."""
+        if not self.group:
+            return value
+        import torch.distributed as dist
+
+        box = [value if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self.group:
             import torch.distributed as dist
