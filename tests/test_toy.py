@@ -63,7 +63,7 @@ def test_bundled_model_captions_held_out_scenes():
     sample = scenes.heldout(20, seed=4242)
     captions = [Decoder(loaded, s.image, max_new_tokens=64).run_to_end().caption for s in sample]
     result = chair_metrics(captions, [frozenset(s.names) for s in sample])
-    # Thresholds: measured figures on this set minus a margin (see the README's toy-model table).
+    # Thresholds: measured figures on this set minus a margin (see the toy-model table in docs/measured-figures.md).
     assert result.precision >= PRECISION_FLOOR and result.recall >= RECALL_FLOOR, (result.precision, result.recall)
 
 
