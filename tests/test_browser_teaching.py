@@ -97,8 +97,10 @@ def test_the_ground_truth_follows_the_picture(page, tmp_path):
     upload_image(page, fresh)
     page.wait_for_selector("#hv-truth-note:has-text('recognised from the pixels')", timeout=30_000)
     assert set(page.locator("#hv-truth textarea").input_value().split(", ")) == scene.names
+    page.wait_for_timeout(1000)  # the box's own change event (set by the picture) is answered first
     page.fill("#hv-truth textarea", "cat")
-    page.wait_for_selector("#hv-truth-note:has-text('typed by the user')", timeout=30_000)
+    page.locator("#hv-truth textarea").press("Tab")
+    page.wait_for_selector("#hv-truth-note:has-text('typed by the user')", timeout=60_000)
     no_error_toast(page)
 
 
