@@ -159,3 +159,17 @@ def test_released_pope_files_with_a_folder_of_images(tiny_model_dirs, tmp_path):
     assert results["pope"]["random"]["n"] == 3 and "chair" not in results
     lines = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == 6 and {l["question_id"] for l in lines} == {1, 2, 3}
+
+
+def test_save_traces_keeps_one_replayable_trace_per_decode(tmp_path):
+    out = tmp_path / "traced"
+    args = ["--model", "toy", "--methods", "vanilla,vhr", "--num-images", "2", "--max-new-tokens", "8",
+            "--bootstrap", "20", "--no-progress", "--out", str(out), "--save-traces"]
+    assert heval.main(args) == 0
+    res = Results.load(out)
+    for line in res.samples:
+        trace = res.trace(line)
+        assert trace.caption == line["caption"] and trace.has_attention
+    (out / "traces" / f"{res.samples[0]['key']}.npz").unlink()  # a lost trace is decoded again on resume
+    assert heval.main(args) == 0
+    assert res.trace(res.samples[0]).caption == res.samples[0]["caption"]

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-images", type=int, default=1,
                    help="images whose decodes share one batch (rows of equal prompt length: the same prompt on "
                         "K images, the POPE questions of equal length); 1: one image's method columns a batch")
+    g.add_argument("--save-traces", action="store_true",
+                   help="keep each decode's compact trace in OUT/traces/KEY.npz (needs --out; replayable in the app)")
     g.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop after K decodes (exit 3)
 
 
@@ -89,8 +91,10 @@ def run(args, names: list[str], params: dict, sample, partner, source: str, load
         pope_splits, pope_images = ({}, {})
         if "pope" in benchmarks or "opope" in benchmarks:
             pope_splits, pope_images = pope_questions(args, args.images is not None)
+        if args.save_traces and args.out is None:
+            raise PopeError("--save-traces needs --out DIR")
         loaded = load(device_for(processes))
-        plan = Plan(model_identity(loaded), args.system, params)
+        plan = Plan(model_identity(loaded), args.system, params, args.out / "traces" if args.save_traces else None)
         job = build_job(plan, names, benchmarks, chair_sample=sample if "chair" in benchmarks else (), partner=partner,
                         prompt=args.prompt, max_new_tokens=args.max_new_tokens, pope_splits=pope_splits,
                         pope_images=pope_images, pope_folder=args.images, pope_suffix=args.pope_suffix,
@@ -123,7 +127,7 @@ def run(args, names: list[str], params: dict, sample, partner, source: str, load
                       "max_new_tokens": args.pope_max_new_tokens, "parser": args.pope_parser}
                      if pope_splits else None),
             "bootstrap": {"replicates": args.bootstrap, "seed": args.bootstrap_seed, "level": 0.95},
-            "decoding": "greedy", "batching": mode, "batch_images": args.batch_images,
+            "decoding": "greedy", "save_traces": args.save_traces, "batching": mode, "batch_images": args.batch_images,
         }
         summary = job_summary(job)
         print(f"{source}, max_new_tokens={args.max_new_tokens}, prompt={args.prompt!r}"

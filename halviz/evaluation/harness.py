@@ -74,6 +74,7 @@ class Plan:
     model_id: dict[str, str]
     system: str | None
     params: dict[str, dict[str, Any]]
+    traces: Path | None = None  # --save-traces: each decode's compact trace as traces/<key>.npz/.json
     images: dict[str, Image.Image] = field(default_factory=dict)
     units: dict[str, Unit] = field(default_factory=dict)  # key -> unit, in first-asked order
     _digests: dict[str, str] = field(default_factory=dict)
@@ -153,13 +154,14 @@ def decode_group(loaded, plan: Plan, units: Sequence[Unit], batch: str = "column
     have equal token length as rows of one batch (:func:`halviz.engine.multi.decode_requests`). All three
     give the same tokens (each column equals its solo run)."""
     records = []
+    record = RecordOptions(enabled=plan.traces is not None)
     if batch == "solo":
         for unit in units:
             decoder = Decoder(loaded, plan.images[unit.image_id], unit.prompt, make_stack(unit.method, plan.params),
-                              unit.max_new_tokens, record=RecordOptions(enabled=False), system=plan.system)
+                              unit.max_new_tokens, record=record, system=plan.system)
             t0 = time.perf_counter()
             trace = decoder.run_to_end()
-            records.append(_record(unit, trace, time.perf_counter() - t0))
+            records.append(_record(unit, trace, time.perf_counter() - t0, plan.traces))
         return records
     groups: dict[tuple[str, str, int], list[Unit]] = {}
     for unit in units:
@@ -170,10 +172,10 @@ def decode_group(loaded, plan: Plan, units: Sequence[Unit], batch: str = "column
                 chunk = members[start:start + MAX_COLUMNS]
                 decoder = BatchDecoder(loaded, plan.images[image_id], prompt,
                                        [make_stack(u.method, plan.params) for u in chunk], max_new_tokens,
-                                       record=RecordOptions(enabled=False), system=plan.system)
+                                       record=record, system=plan.system)
                 t0 = time.perf_counter()
                 traces = decoder.run_to_end()
-                records += _records(chunk, traces, decoder.columns, time.perf_counter() - t0)
+                records += _records(chunk, traces, decoder.columns, time.perf_counter() - t0, plan.traces)
         return records
     if batch != "images":
         raise ValueError(f"unknown batch mode {batch!r}")
@@ -186,25 +188,30 @@ def decode_group(loaded, plan: Plan, units: Sequence[Unit], batch: str = "column
         requests = [Request(plan.images[image_id], prompt, [make_stack(u.method, plan.params) for u in members])
                     for (image_id, prompt, _), members in entries]
         t0 = time.perf_counter()
-        results = decode_requests(loaded, requests, max_new_tokens, system=plan.system, max_columns=MAX_MULTI_COLUMNS)
+        results = decode_requests(loaded, requests, max_new_tokens, record=record, system=plan.system,
+                                  max_columns=MAX_MULTI_COLUMNS)
         spent = time.perf_counter() - t0
         flat = [(u, trace, column) for (_, members), pairs in zip(entries, results) for u, (trace, column) in zip(members, pairs)]
-        records += _records([f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat], spent)
+        records += _records([f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat], spent, plan.traces)
     return records
 
 
-def _records(units, traces, columns, seconds: float) -> list[dict[str, Any]]:
+def _records(units, traces, columns, seconds: float, traces_dir: Path | None = None) -> list[dict[str, Any]]:
     """Records of a batch; its time shared in proportion to each column's tokens."""
     total = max(sum(t.num_steps for t in traces), 1)
     out = []
     for unit, column, trace in zip(units, columns, traces):
         if column.error is not None:
             raise RuntimeError(f"{unit.method} failed on {unit.image_id}: {column.error}") from column.error
-        out.append(_record(unit, trace, seconds * trace.num_steps / total))
+        out.append(_record(unit, trace, seconds * trace.num_steps / total, traces_dir))
     return out
 
 
-def _record(unit: Unit, trace, seconds: float) -> dict[str, Any]:
+def _record(unit: Unit, trace, seconds: float, traces_dir: Path | None = None) -> dict[str, Any]:
+    """The cache line of a finished decode; with ``traces_dir`` its trace is saved first (a line means a trace)."""
+    if traces_dir is not None:
+        traces_dir.mkdir(parents=True, exist_ok=True)
+        trace.save(traces_dir / unit.key)
     return {"key": unit.key, "image_id": unit.image_id, "method": unit.method, "prompt": unit.prompt,
             "text": trace.caption, "tokens": trace.num_steps, "finish": trace.meta.get("finish_reason"),
             "seconds": seconds}
@@ -226,6 +233,8 @@ def run_plan(loaded, plan: Plan, out: Path, rank: int = 0, world: int = 1, batch
     """Decode this rank's missing units and append them to its cache file, ``batch_images`` images at a time
     (``batch="images"``: their units as rows of shared batches; each finished group fsync'd)."""
     done = read_cache(out)
+    if plan.traces is not None:  # --save-traces: a decode whose trace is missing is not done
+        done = {k: r for k, r in done.items() if (plan.traces / f"{k}.npz").exists()}
     order = list(dict.fromkeys(u.image_id for u in plan.units.values()))
     mine = [image_id for i, image_id in enumerate(order) if i % world == rank]
     by_image: dict[str, list[Unit]] = {}

@@ -17,7 +17,8 @@ hallucinates", POPE on "the answer is right"; ``diff`` = method − baseline on 
 
 ``samples.jsonl``: one line per image × method (``benchmark: "chair"``: image_id, method, caption,
 correct, hallucinated) and per question × method (``"pope"``/``"opope"``: split, question_id,
-image_id, method, answer, parsed, label), in the job's order.
+image_id, method, answer, parsed, label), in the job's order; ``key`` names the decode (its cache
+line, and with ``--save-traces`` its trace ``traces/KEY.npz``).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def score_job(job: Job, records: dict[str, dict[str, Any]], parser: str = DEFAUL
             for item, caption, per in zip(job.chair, captions, result.per_caption):
                 samples.append({"benchmark": "chair", "image_id": item.image_id, "method": method, "caption": caption,
                                 "correct": sorted(set(per.mentions) & item.objects),
-                                "hallucinated": sorted(set(per.hallucinated))})
+                                "hallucinated": sorted(set(per.hallucinated)), "key": item.keys[method]})
         for method in job.methods[1:]:
             section["vs_baseline"][method] = _vs_baseline(comps[base], comps[method], CHAIR_METRICS,
                                                           comps[base]["hallucinates"], comps[method]["hallucinates"],
@@ -141,7 +142,8 @@ def score_job(job: Job, records: dict[str, dict[str, Any]], parser: str = DEFAUL
                 for item, a, p in zip(items, answers, parsed):
                     line = {"benchmark": bench, "split": split, "question_id": item.question.question_id,
                             "image_id": item.question.image, "method": method, "answer": a, "parsed": p,
-                            "label": item.question.label}
+                            "label": item.question.label,
+                            "key": (item.keys if bench == "pope" else item.caption_keys)[method]}
                     if bench == "opope":
                         line["object"] = item.object
                     samples.append(line)
@@ -237,6 +239,12 @@ class Results:
     @property
     def baseline(self) -> str:
         return self.data["baseline"]
+
+    def trace(self, sample: dict[str, Any]):
+        """The saved trace of a sample line (``--save-traces``), as a :class:`~halviz.trace.Trace`."""
+        from halviz.trace import Trace
+
+        return Trace.load(self.folder / "traces" / f"{sample['key']}.npz")
 
     def discordant(self, method: str, benchmark: str = "chair", split: str | None = None) -> dict[str, list[dict]]:
         """Samples ``method`` fixed (baseline wrong, method right) and broke (the reverse) against the baseline.
