@@ -84,11 +84,19 @@ class LocalApp:
         _, self.url, _ = self.demo.launch(server_name="127.0.0.1", server_port=free_port(),
                                           prevent_thread_lock=True, quiet=True, **launch_options())
         self.downloads = Path(tempfile.mkdtemp(prefix="halviz-stress-downloads-"))
+        # Every client of the harness is its own visitor, as separate browsers are: each arrives with its own
+        # address in X-Forwarded-For, and the app trusts one proxy hop (as on a Space).
+        self.demo.client_guard.trusted_proxies = 1
+        self.clients_made = 0
 
-    def client(self):
+    def client(self, address: str | None = None):
+        """A gradio_client for a new visitor (a fresh address unless ``address`` names one)."""
         from gradio_client import Client
 
-        return Client(self.url, verbose=False, download_files=str(self.downloads))
+        self.clients_made += 1
+        address = address or f"198.18.{self.clients_made // 250}.{self.clients_made % 250 + 1}"
+        return Client(self.url, verbose=False, download_files=str(self.downloads),
+                      headers={"X-Forwarded-For": address})
 
     def close(self) -> None:
         from halviz.ui import shutdown
