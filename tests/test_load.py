@@ -21,7 +21,9 @@ def test_polite_clients_beside_a_hostile_one(toy):
     assert figures["checks"]["captions_equal_solo_runs"], figures["clients"]
     assert figures["checks"][f"within_{LIMIT_RATIO:g}x_alone"], figures["clients"]
     answers = figures["hostile_answers"]
-    assert set(answers["calls without a session"]) == {"422"}  # its share was held by its other comparisons
+    # Calls without a session count against the hostile client: refused while its share is held by its other
+    # comparisons (a call that arrives in a moment when one just finished is served, as any client's would be).
+    assert "422" in answers["calls without a session"] and set(answers["calls without a session"]) <= {"200", "422"}
     assert "422" in answers["walk-away comparisons"]
     assert figures["refusals_logged"].get("decodes_per_client", 0) > 0
 
