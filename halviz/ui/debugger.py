@@ -16,7 +16,7 @@ from halviz.session.results import mention_ranges
 from halviz.session.escaping import markdown_text as md
 from halviz.session.state import RunEntry, Runs
 from halviz.ui.pickers import EXPIRED, SessionDropdown, SessionRadio, SessionSlider
-from halviz.ui.method_panels import MethodBox
+from halviz.ui.method_panels import MethodBox, how_to_read
 from halviz.ui.style import sized_plot
 from halviz.ui.texts import CAPTION_COLOURS, DEBUGGER_INTRO, HELP
 
@@ -63,7 +63,7 @@ def head_layers(trace: Trace) -> list[int]:
 
 
 def help_text(key: str) -> gr.Markdown:
-    return gr.Markdown(f"<div class='hv-help'><b>How to read this.</b> {HELP[key]}</div>")
+    return how_to_read(HELP[key])
 
 
 @dataclass

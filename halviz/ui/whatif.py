@@ -16,7 +16,7 @@ from halviz import viz
 from halviz.trace import Trace
 from halviz.session.selection import Selection, as_selection, describe
 from halviz.session.state import RunEntry
-from halviz.ui.style import height_class
+from halviz.ui.style import sized_plot
 from halviz.ui.texts import CAPTION_COLOURS
 from halviz.viz.patch_tokens import patch_token_figure, patch_token_heads_figure
 from halviz.viz.pickers import head_picker, head_picker_image, head_scores, patch_picker, patch_picker_image
@@ -38,10 +38,6 @@ PATCH_TOKENS_HELP = (
     "Every cell is one step (x: the token that step's query predicted) and one layer (or head): the attention "
     "weight that query gave the chosen patch, i.e. its share (0–1) of the query's whole softmax. The green patch "
     "on the map is the one shown. Attention shows where the model looked, not why it answered.")
-
-
-def sized(figure) -> gr.Plot:
-    return gr.Plot(value=figure, elem_classes=[height_class(figure.layout.height)], visible=True)
 
 
 @dataclass
@@ -169,9 +165,9 @@ class InterventionPanel:
             self.heads_note: f"Colour: {meaning} (grey: not recorded). {scores.shape[0]} layers × "
                              f"{scores.shape[1]} heads.",
             self.chosen: describe(selection, grid),
-            self.token_layers: sized(patch_token_figure(trace, *inspected, step) if inspected else
+            self.token_layers: sized_plot(patch_token_figure(trace, *inspected, step) if inspected else
                                      viz.message_figure("This trace has no recorded attention.")),
-            self.token_heads: sized(patch_token_heads_figure(trace, *inspected, head_layer, step) if inspected
+            self.token_heads: sized_plot(patch_token_heads_figure(trace, *inspected, head_layer, step) if inspected
                                     else viz.message_figure("This trace has no recorded attention.")),
         }
 
