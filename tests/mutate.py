@@ -2,7 +2,7 @@
 
     python tests/mutate.py [--only NAME[,NAME...]] [--timeout 300] [--list] [--no-baseline]
 
-Copies ``halviz/``, ``tests/`` and ``pytest.ini`` into a temporary folder (the working tree is
+Copies ``halviz/``, ``tests/``, ``tools/`` and ``pytest.ini`` into a temporary folder (the working tree is
 never touched), checks that the method tests pass there unchanged, then applies each mutation as
 an exact text substitution, runs the relevant test files with a timeout, restores the file and
 prints mutation → caught / MISSED. A mutation whose pattern does not occur exactly once stops the
@@ -200,7 +200,7 @@ MUTATIONS = (
 
 def copy_tree(dest: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-    for name in ("halviz", "tests"):
+    for name in ("halviz", "tests", "tools"):  # tests import the harnesses in tools/
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     shutil.copy2(ROOT / "pytest.ini", dest / "pytest.ini")
 
