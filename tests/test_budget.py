@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import run_greedy
 from tools.hostile import looks_like_python
 from halviz.trace import Trace
-from halviz.ui.controller import user_errors
+from halviz.ui.errors import user_errors
 from halviz.session.budget import DROPPED, MemoryBudget, budget_from_env, check_kept, picture_bytes, trace_bytes
 from halviz.session.checks import InputError
 from halviz.session.selection import Selection

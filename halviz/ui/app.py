@@ -18,7 +18,8 @@ from halviz.models.loading import TOY_KEY
 from halviz.toy.lesson import EXAMPLE_FILE as LESSON_EXAMPLE
 from halviz.session import checks
 from halviz.session.results import UPDATE_EVERY_S
-from halviz.ui.controller import Controller, HalvizApp, Layout, Slot
+from halviz.ui.controller import Controller, HalvizApp
+from halviz.ui.layout import Layout, Slot
 from halviz.ui.debugger import DebuggerPanel
 from halviz.session.examples import EXAMPLES_DIR, TruthInfo, load_examples, truth_markdown
 from halviz.ui.fairness import ClientGate, Limits, install as install_limits

@@ -12,7 +12,8 @@ import gradio as gr
 from halviz.models import DEFAULT_PROMPT
 from halviz.models.loading import TOY_KEY
 from halviz.toy.lesson import EXAMPLE_FILE, PARTNER, STEPS, TRIGGER, patches_covering, sink_sentence, step_naming
-from halviz.ui.controller import Controller, user_errors
+from halviz.ui.controller import Controller
+from halviz.ui.errors import user_errors
 from halviz.session.escaping import markdown_text
 from halviz.session.selection import Selection
 

@@ -1,7 +1,7 @@
 """The debugger's "what if": choose patches, a head or the sink on clickable maps, re-run the column
 with that intervention beside the original, and look at one patch's attention over the tokens.
 
-Layout and drawing only; the re-run itself is :meth:`halviz.ui.controller.Controller.rerun`.
+Layout and drawing only; the re-run itself is :meth:`halviz.ui.whatif_callbacks.WhatIfCallbacks.rerun`.
 """
 
 from __future__ import annotations
