@@ -102,8 +102,9 @@ class Comparison(Mapping[str, Column]):
 
     def __init__(self, columns: Sequence[Column], *, model: str, prompt: str, image: Image.Image,
                  truth: GroundTruth | None, unknown: Sequence[str] = (), notice: str = "",
-                 max_new_tokens: int = 0, finished: bool = True):
+                 max_new_tokens: int = 0, finished: bool = True, image_budget: str = "default"):
         self.columns = list(columns)
+        self.image_budget = image_budget  # the image-token budget the model's processor applied
         self.finished = finished  # false on every streamed comparison but the last
         self.model = model  # the model's public name (never a server path)
         self.prompt = prompt
@@ -179,7 +180,7 @@ class Comparison(Mapping[str, Column]):
 def compare(image, prompt: str | None = None, methods: Sequence[str] | str = ("vanilla",), model=DEFAULT_MODEL,
             max_new_tokens: int = 64, ground_truth: Iterable[str] | None = None,
             params: Mapping[str, Mapping[str, Any]] | None = None,
-            stream: bool = False) -> Comparison | Iterator[Comparison]:
+            stream: bool = False, image_budget: str | None = None) -> Comparison | Iterator[Comparison]:
     """Caption ``image`` with each of ``methods`` (decoded together, as rows of one batch) and label
     every object mention against the ground truth, exactly as the app's ``/compare`` does.
 
@@ -195,6 +196,12 @@ def compare(image, prompt: str | None = None, methods: Sequence[str] | str = ("v
       own list keeps that list's source and trust (and a toy scene's known counts).
     - ``params``: knob values per method, ``{"vcd": {"alpha": 1.0}}``, the same mapping as
       ``/compare``'s settings JSON; knobs left out take the model's stored defaults, else the papers'.
+    - ``image_budget``: how many image tokens the picture becomes, one of the model family's budgets
+      (SmolVLM ``"global"``, ``"2x2"``, ``"3x3"``; Qwen2.5-VL ``"64"``, ``"256"``; LLaVA-OneVision
+      ``"anyres_max_1"``, ``"anyres_max_4"``), ``"min"`` (the cheapest) or ``"default"`` (the checkpoint's
+      own); None: the cheapest on a CPU, the checkpoint's own on a GPU. Fixed-resolution families
+      (LLaVA-1.5, LLaVA-interleave, the toy) take ``"default"``/``"min"`` only. Also accepted in
+      ``params`` as ``{"image": {"budget": ...}}``, as ``/compare``'s settings JSON takes it.
     - ``stream``: return an iterator of the growing comparison instead (about ten a second, as the
       app streams; traces appear at checkpoints and on the last one, whose ``finished`` is true).
 
@@ -208,7 +215,8 @@ def compare(image, prompt: str | None = None, methods: Sequence[str] | str = ("v
 
     service, key = _service(model)
     request = service.check(_image_source(image), DEFAULT_PROMPT if prompt is None else prompt,
-                            methods, max_new_tokens, _truth_text(ground_truth), key, params or {}, own_truth=True)
+                            methods, max_new_tokens, _truth_text(ground_truth), key, params or {}, own_truth=True,
+                            image_budget=image_budget)
     loaded = service.load(request.model)
     service.check_for_model(request, loaded)
     if request.notice:
@@ -237,7 +245,8 @@ def _columns(service, request, model_name: str, update_every_s: float) -> Iterat
         columns = [Column(r.method, r.title, r, entries.get(r.method)) for r in results]
         shown = Comparison(columns, model=model_name, prompt=request.prompt, image=request.image.image,
                            truth=request.truth.truth, unknown=request.truth.unknown, notice=request.notice,
-                           max_new_tokens=request.max_new_tokens, finished=False)
+                           max_new_tokens=request.max_new_tokens, finished=False,
+                           image_budget=request.image_budget or "default")
     if shown is not None:
         shown.finished = True
         yield shown

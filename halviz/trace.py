@@ -189,7 +189,8 @@ def _validate(meta: dict, arrays: dict[str, np.ndarray], origin: str) -> None:
             raise ValueError(f"grid must be two whole numbers up to {MAX_GRID_SIDE}")
         n_image = grid[0] * grid[1]
         _strings(meta.get("texts"), "texts", MAX_PIECE_CHARS, exact=steps)
-        for key in ("model", "source", "family", "prompt", "finish_reason", "device", "step_semantics", "format"):
+        for key in ("model", "source", "family", "prompt", "finish_reason", "device", "step_semantics", "format",
+                    "image_budget"):
             if key in meta and not (isinstance(meta[key], str) and len(meta[key]) <= MAX_TEXT_CHARS):
                 raise ValueError(f"{key} must be text of at most {MAX_TEXT_CHARS} characters")
         _strings(meta.get("prompt_tokens", []), "prompt_tokens", MAX_PIECE_CHARS, most=max(prompt_len, 0))

@@ -79,8 +79,10 @@ def test_smolvlm_pixel_shuffle_folds_square_blocks_row_major():
         assert set(shuffled[token].long().tolist()) == block
 
 
+@pytest.mark.parametrize("budget", ["default", "global", "2x2"])
 @pytest.mark.parametrize("size", UPLOADS)
-def test_smolvlm_layout_matches_the_processor(smolvlm, size):
+def test_smolvlm_layout_matches_the_processor(smolvlm, size, budget):
+    smolvlm = smolvlm.with_budget(budget)  # image-token budgets: the same checks at every one
     width, height = size
     processor = smolvlm.processor
     image_processor = processor.image_processor
@@ -135,9 +137,12 @@ def qwen():
     return bind(Qwen2_5_VL, fixture, Qwen2_5_VL.fixture_processor(fixture))
 
 
+@pytest.mark.parametrize("budget", ["default", "64"])
 @pytest.mark.parametrize("size", [(448, 448), (500, 333), (200, 700), (37, 23), (3000, 2000)])
-def test_qwen_layout_matches_the_processor(qwen, size):
+def test_qwen_layout_matches_the_processor(qwen, size, budget):
     from halviz.models.families.qwen2_5_vl import MAX_PIXELS
+
+    qwen = qwen.with_budget(budget)
 
     width, height = size
     image_processor = qwen.processor.image_processor
@@ -195,12 +200,14 @@ def onevision():
     return bind(LlavaOnevision, fixture, LlavaOnevision.fixture_processor(fixture))
 
 
+@pytest.mark.parametrize("budget", ["default", "anyres_max_1"])
 @pytest.mark.parametrize("size", [(384, 384), (500, 333), (200, 700), (37, 23), (3000, 2000), (1600, 300)])
-def test_onevision_layout_matches_the_processor_and_the_model_packing(onevision, size):
+def test_onevision_layout_matches_the_processor_and_the_model_packing(onevision, size, budget):
     """The model's own pack_image_features (unpad, shrink, newlines) run on stand-in features that hold
     each patch's mean ramp colour: every grid token's colour must point inside its box, at its centre."""
     from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
 
+    onevision = onevision.with_budget(budget)
     width, height = size
     image_processor = onevision.processor.image_processor
     inputs, layout = onevision.prepare(ramp(width, height), "describe", torch.device("cpu"), torch.float32)
@@ -220,7 +227,8 @@ def test_onevision_layout_matches_the_processor_and_the_model_packing(onevision,
 
     packed, lengths = LlavaOnevisionModel.pack_image_features(
         Packer(), [features], inputs["image_sizes"], image_newline=torch.full((2,), float("nan"), dtype=torch.float64),
-        vision_aspect_ratio=onevision.model_config.vision_aspect_ratio)
+        vision_aspect_ratio=onevision.processor.vision_aspect_ratio if budget != "default"
+        else onevision.model_config.vision_aspect_ratio)
     packed = packed[0]
     assert packed.shape[0] == len(image_at)
     in_grid = sorted(i for g in layout.grids for i in g.index)

@@ -22,6 +22,7 @@ from PIL import Image
 from halviz.methods.base import Method
 from halviz.session.results import Progress, decode_rounds
 from halviz.session.checks import build_stacks
+from halviz.session.resolution import budgeted
 
 SECONDS_PER_COLUMN_TOKEN_ENV = "HALVIZ_GPU_SECONDS_PER_TOKEN"
 MAX_SECONDS_ENV = "HALVIZ_GPU_MAX_SECONDS"
@@ -50,16 +51,16 @@ def gpu_seconds(columns: int, max_new_tokens: int, environ: Mapping[str, str] = 
     return int(min(cap, STARTUP_SECONDS + math.ceil(columns * max_new_tokens * per_token)))
 
 
-def _duration(model_key, image, prompt, names, settings, max_new_tokens, update_every_s) -> int:
+def _duration(model_key, image, prompt, names, settings, max_new_tokens, update_every_s, image_budget=None) -> int:
     return gpu_seconds(len(names), max_new_tokens)
 
 
 def _decode_by_key(cache, registry: Mapping[str, type[Method]], model_key: str, image: np.ndarray, prompt: str,
                    names: Sequence[str], settings: Mapping[str, Mapping[str, Any]], max_new_tokens: int,
-                   update_every_s: float) -> Iterator[Progress]:
+                   update_every_s: float, image_budget: str | None = None) -> Iterator[Progress]:
     # In a forked worker the cache is a copy: read it without its lock, which another thread of the
     # parent may have held at the moment of the fork.
-    loaded = cache.peek(model_key) or cache.get(model_key)
+    loaded = budgeted(cache.peek(model_key) or cache.get(model_key), image_budget)
     stacks = build_stacks(names, settings, registry)
     yield from decode_rounds(loaded, Image.fromarray(image), prompt, stacks, max_new_tokens, update_every_s)
 
@@ -94,8 +95,8 @@ def gpu_stack_decoder(cache, registry: Mapping[str, type[Method]]):
 
 
 def gpu_decoder(cache, registry: Mapping[str, type[Method]]):
-    """``fn(model_key, image_array, prompt, names, settings, max_new_tokens, update_every_s)`` yielding
-    Progress, wrapped in ``spaces.GPU`` when the ``spaces`` package is importable."""
+    """``fn(model_key, image_array, prompt, names, settings, max_new_tokens, update_every_s, image_budget=None)``
+    yielding Progress (``image_budget`` None: the device's default), wrapped in ``spaces.GPU`` when the ``spaces`` package is importable."""
     task = functools.partial(_decode_by_key, cache, dict(registry))
     try:
         import spaces  # type: ignore[import-not-found]

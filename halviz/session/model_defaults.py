@@ -1,6 +1,6 @@
 """Per-model method defaults in the app: the knob values a model folder's ``method_defaults.json``
 stores (see :mod:`halviz.methods.defaults`) replace the papers' defaults for that model's runs, and
-what a user sets explicitly overrides them knob by knob. Plain data, no Gradio: the knob controls
+what a user sets explicitly overrides them knob by knob; and the image-token budget per device. Plain data, no Gradio: the knob controls
 (:mod:`halviz.ui.knobs`) and the request checks both read it."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from halviz.methods.base import Method
 from halviz.methods.defaults import WEIGHTS_FILE, defaults_for, read_defaults_record, weights_sha256
+from halviz.models.families.base import DEFAULT_BUDGET, Family
 from halviz.models.loading import TOY_KEY, TOY_MODEL_DIR
 
 log = logging.getLogger("halviz.session")
@@ -81,3 +82,12 @@ def _stale(folder: Path, tuned_on: object) -> bool:
     if not isinstance(tuned_on, str) or not weights.is_file() or weights.stat().st_size > MAX_HASHED_BYTES:
         return False
     return weights_sha256(folder) != tuned_on
+
+
+def default_image_budget(family: type[Family] | None, device_type: str) -> str:
+    """The image-token budget a request gets when it names none: on a CPU the cheapest the model's
+    processor offers (a free CPU Space shows the first words in seconds, not minutes); on a GPU the
+    checkpoint's own setting (the resolution the model was trained and evaluated at)."""
+    if family is None or device_type != "cpu":
+        return DEFAULT_BUDGET
+    return family.budgets[0]

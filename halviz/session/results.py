@@ -176,6 +176,7 @@ def finished_trace(decoder: BatchDecoder, index: int, loaded: LoadedModel) -> Tr
             ids.update(int(i) for i in np.unique(array) if i >= 0)
     tokenizer = loaded.processor.tokenizer
     trace.meta["vocab_strings"] = {str(i): tokenizer.decode([i]) for i in sorted(ids)}
+    trace.meta["image_budget"] = loaded.adapter.budget  # the image-token budget the processor applied
     return trace
 
 

@@ -24,6 +24,7 @@ from halviz.models.families.base import text_config
 from halviz.models.loading import TOY_KEY, canonical_model_key
 from halviz.session import checks
 from halviz.session import knob_geometry as geometry
+from halviz.session import resolution
 from halviz.session.decoding import gpu_decoder, gpu_stack_decoder
 from halviz.session.escaping import markdown_text
 from halviz.session.examples import Example, ImageTruth, TruthInfo, image_truth, resolve_truth, truth_markdown
@@ -56,6 +57,7 @@ class Request:
     truth: TruthInfo
     model: str
     notice: str = ""  # shown on the status line for the whole run (e.g. a photo given to the toy model)
+    image_budget: str | None = None  # the image-token budget (None: the device's default, set once loaded)
 
 
 class AnyModel(ModelPolicy):
@@ -88,17 +90,22 @@ class CompareService:
 
     # ---- a request ---------------------------------------------------------------------------------
     def check(self, image, prompt, methods, max_new_tokens, truth_text, model, settings, *,
-              own_truth: bool = False) -> Request:
+              own_truth: bool = False, image_budget: str | None = None) -> Request:
         """Cheap checks first, so a bad request never waits for a model. ``truth_text`` is the
         ground-truth box's text. ``own_truth`` (the API): None means the picture's own list (an
         example's, or a toy scene's read from its pixels), and a list naming the same objects as the
-        picture's own keeps its source and trust."""
+        picture's own keeps its source and trust. The image budget: ``image_budget``, else the settings'
+        ``{"image": {"budget": ...}}`` (session/resolution.py), else the device's default."""
         model = self.policy.check(model, self.default_model)  # before the image: no file work for a refused model
         prompt = checks.check_prompt(prompt)
         tokens = checks.check_max_new_tokens(max_new_tokens)
         names = checks.check_methods(methods, self.registry)
         checks.check_request_size(len(names), tokens)
-        knobs = model_defaults(model, self.registry).merged(checks.parse_settings(settings), names)
+        parsed = checks.parse_settings(settings)
+        budget = resolution.budget_from_settings(parsed)
+        budget = resolution.check_budget(resolution.family_for_key(model), image_budget if image_budget is not None
+                                         else budget)
+        knobs = model_defaults(model, self.registry).merged(parsed, names)
         stacks = checks.build_stacks(names, knobs, self.registry)
         if truth_text is not None and not isinstance(truth_text, str):
             raise checks.InputError("The ground-truth objects must be text, such as “cat, cup”.")
@@ -108,7 +115,8 @@ class CompareService:
         if own_truth:
             truth_text = own_list(truth_text, own)
         truth = resolve_truth(truth_text, own)
-        return Request(picture, prompt, names, stacks, knobs, tokens, truth, model, self.image_notice(model, picture))
+        return Request(picture, prompt, names, stacks, knobs, tokens, truth, model, self.image_notice(model, picture),
+                       budget)
 
     def image_notice(self, model: str, picture: checks.ImageInput) -> str:
         """A warning when the toy model is given a picture that is not one of its scenes."""
@@ -118,7 +126,10 @@ class CompareService:
         return toy_photo_notice(real)
 
     def check_for_model(self, request: Request, loaded: LoadedModel) -> None:
-        """The limits only the chosen model knows: its special tokens, its tokens, its context."""
+        """The limits only the chosen model knows: its image budgets, its special tokens, its tokens, its
+        context. Settles the request's image budget (the device's default when it named none)."""
+        request.image_budget = resolution.resolve_budget(type(loaded.adapter), request.image_budget, loaded.device.type)
+        loaded = resolution.budgeted(loaded, request.image_budget)
         processor = loaded.processor
         sequence = processor(text=loaded.adapter.chat_text(request.prompt), images=request.image.image,
                              return_tensors="np")["input_ids"]
@@ -192,7 +203,7 @@ class CompareService:
         against the request, first: :meth:`load`, :meth:`check_for_model`)."""
         every = self.update_every_s if update_every_s is None else update_every_s
         yield from self.decode(request.model, np.asarray(request.image.image), request.prompt, request.methods,
-                               request.settings, request.max_new_tokens, every)
+                               request.settings, request.max_new_tokens, every, image_budget=request.image_budget)
 
     def column_results(self, request: Request, progress: Progress) -> list[ColumnResult]:
         """What each column shows so far: caption, labelled mentions, summary; each column after the

@@ -25,6 +25,7 @@ text after the image advances all three axes together).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,28 @@ class ImageLayout:
         return np.asarray(self.positions)[list(grid.index)].reshape(grid.rows, grid.cols)
 
 
+# ---- the image-token budget ------------------------------------------------------------------------------
+DEFAULT_BUDGET = "default"  # every family: the checkpoint's own processor setting
+CHEAPEST_BUDGET = "min"  # every family: the cheapest setting it offers (an alias of its first budget)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """What one upload becomes at one budget, known before the model runs: the image tokens in the
+    prompt and every grid's (name, rows, cols), primary first."""
+
+    tokens: int
+    grids: tuple[tuple[str, int, int], ...]
+
+    def describe(self) -> str:
+        """"N image tokens, R × C grid" (or each grid's shape when there are several)."""
+        shapes = [f"{rows} × {cols}" for _, rows, cols in self.grids]
+        if len(shapes) == 1:
+            return f"{self.tokens} image tokens, {shapes[0]} grid"
+        return f"{self.tokens} image tokens, grids " + " + ".join(
+            f"{name} {shape}" for (name, _, _), shape in zip(self.grids, shapes))
+
+
 # ---- the real checkpoint's files, stored as fixtures ---------------------------------------------------
 @dataclass(frozen=True)
 class Fixture:
@@ -166,6 +189,9 @@ class Family:
     hub_notes: ClassVar[dict[str, str]] = {}
     hub_ids: ClassVar[tuple[str, ...]] = ()
     position_axes: ClassVar[int] = 1  # 1: position_ids (rows, n); 3: M-RoPE (3, rows, n)
+    # Image-token budgets this family offers, cheapest first, ending with DEFAULT_BUDGET (the processor's
+    # own setting); a family with one fixed resolution offers the default alone.
+    budgets: ClassVar[tuple[str, ...]] = (DEFAULT_BUDGET,)
 
     # ---- static facts ---------------------------------------------------------------------------
     @classmethod
@@ -227,6 +253,54 @@ class Family:
         gen_eos = getattr(model.generation_config, "eos_token_id", None)
         gen_eos = gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
         self.eos_token_ids = frozenset(int(i) for i in (tok.eos_token_id, *gen_eos) if i is not None)
+
+    # ---- the image-token budget -------------------------------------------------------------------
+    budget: str = DEFAULT_BUDGET  # the budget this instance's processor applies
+    _unbudgeted: "Family | None" = None  # a budgeted copy's shared instance
+
+    @classmethod
+    def budget_name(cls, value: object) -> str:
+        """``value`` as one of :attr:`budgets` (``"min"``: the cheapest); ValueError with a sentence if
+        this family offers no such budget."""
+        name = str(value).strip().lower() if value is not None else DEFAULT_BUDGET
+        if name == CHEAPEST_BUDGET:
+            return cls.budgets[0]
+        if name not in cls.budgets:
+            offered = ", ".join(repr(b) for b in cls.budgets)
+            fixed = " (its image resolution is fixed)" if cls.budgets == (DEFAULT_BUDGET,) else ""
+            raise ValueError(f"{cls.title or cls.family} has no image budget {str(value)[:40]!r}{fixed}; "
+                             f"it offers {offered} (or 'min').")
+        return name
+
+    @classmethod
+    def budget_label(cls, name: str) -> str:
+        """What the Resolution control says for budget ``name``."""
+        return "fixed (the model's only resolution)" if cls.budgets == (DEFAULT_BUDGET,) else name
+
+    def with_budget(self, value: object) -> "Family":
+        """This family bound to the same model with its processor set to budget ``value`` (a copy: the
+        shared instance never changes). The default budget returns ``self``."""
+        name = self.budget_name(value)
+        base = self._unbudgeted or self
+        if name == DEFAULT_BUDGET:
+            return base
+        budgeted = copy.copy(base)
+        budgeted.processor = copy.copy(base.processor)
+        budgeted.processor.image_processor = copy.copy(base.processor.image_processor)
+        budgeted.budget = name
+        budgeted._unbudgeted = base
+        budgeted._apply_budget(name)
+        return budgeted
+
+    def _apply_budget(self, name: str) -> None:
+        """Set this (copied) instance's processor to budget ``name``; families with budgets override it."""
+        if name != DEFAULT_BUDGET:
+            raise ValueError(f"{self.family} has no budget {name!r}")
+
+    def image_plan(self, width: int, height: int) -> ImagePlan:
+        """The image tokens and grids a ``width`` × ``height`` upload gets at this instance's budget,
+        computed from the processor's rules without running it or the model."""
+        raise NotImplementedError
 
     def chat_text(self, prompt: str, system: str | None = None) -> str:
         """The full prompt string with one image placeholder, in the checkpoint's own chat format.

@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from halviz.models.families.base import Family, processor_fields, Fixture, ImageLayout
+from halviz.models.families.base import Family, processor_fields, Fixture, ImageLayout, ImagePlan
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 from halviz.models.geometry import patch_boxes
 
@@ -37,6 +37,11 @@ class Llava(Family):
         super().__init__(model, processor)
         self.image_token_id = int(self.model_config.image_token_id)
         self.patch_size = int(self.model_config.vision_config.patch_size)
+
+    def image_plan(self, width: int, height: int) -> ImagePlan:
+        """Fixed: every upload becomes the tower's one square grid (its image size / patch size per side)."""
+        side = int(self.model_config.vision_config.image_size) // self.patch_size
+        return ImagePlan(side * side, (("image", side, side),))
 
     def chat_text(self, prompt: str, system: str | None = None) -> str:
         """``system`` (optional) is a system message: a system turn where the chat template knows that

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from halviz.models.families.base import Family, processor_fields, Fixture, Grid, ImageLayout
+from halviz.models.families.base import Family, processor_fields, Fixture, Grid, ImageLayout, ImagePlan
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 
 
@@ -154,6 +154,9 @@ def image_only_processor(image_processor, tokenizer, chat_template, **options):
 
 
 PROCESSOR_OPTIONS = ("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio")
+# Image-token budgets: the processor's and the model's own ``vision_aspect_ratio`` ("anyres_max_N"), which
+# shrinks the tile grid to about N tiles' worth of tokens (the tower still sees every tile).
+ANYRES_BUDGETS = ("anyres_max_1", "anyres_max_4")
 
 
 class LlavaOnevision(Family):
@@ -161,6 +164,23 @@ class LlavaOnevision(Family):
     title = "LLaVA-OneVision (SigLIP + Qwen2, anyres tiles + base view)"
     hub_notes = {"llava-hf/llava-onevision-qwen2-0.5b-ov-hf": "hub, ~1.8 GB; anyres tiles, up to ~7300 image tokens"}
     hub_ids = tuple(hub_notes)
+    budgets = (*ANYRES_BUDGETS, "default")
+
+    @classmethod
+    def budget_label(cls, name: str) -> str:
+        if name in ANYRES_BUDGETS:
+            n = name.removeprefix("anyres_max_")
+            return f"{name}: the tile grid shrunk to about {n} tile{'s' if n != '1' else ''} of tokens, + the base view"
+        return "the checkpoint's own (anyres_max_9 on the hub)"
+
+    def _apply_budget(self, name: str) -> None:
+        # The processor counts the prompt's image tokens with it; encode_image hands it to the model.
+        self.processor.vision_aspect_ratio = name
+        self.max_tiles = int(name.removeprefix("anyres_max_"))
+
+    def image_plan(self, width: int, height: int) -> ImagePlan:
+        plan = self.plan(width, height)
+        return ImagePlan(plan.tokens, (("base", plan.side, plan.side), (f"tiles {plan.grid[0]}×{plan.grid[1]}", *plan.grid)))
 
     @classmethod
     def accepts(cls, config: dict) -> bool:
@@ -238,7 +258,8 @@ class LlavaOnevision(Family):
     def encode_image(self, model, inputs: dict) -> object:
         with torch.inference_mode():
             return model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
-                                                  batch_num_images=inputs.get("batch_num_images"), return_dict=True)
+                                                  batch_num_images=inputs.get("batch_num_images"),
+                                                  vision_aspect_ratio=f"anyres_max_{self.max_tiles}", return_dict=True)
 
     # ---- the test checkpoint from the real config ------------------------------------------------
     @classmethod

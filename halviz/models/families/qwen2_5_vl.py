@@ -25,10 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from halviz.models.families.base import Family, processor_fields, Fixture, ImageLayout, raw_text_config
+from halviz.models.families.base import Family, processor_fields, Fixture, ImageLayout, ImagePlan, raw_text_config
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 
 MAX_PIXELS = 1024 * 28 * 28  # halviz's cap: at most 1024 image tokens (802 816 px after resizing)
+# Image-token budgets: max_pixels lowered to this many merged tokens (28×28 px each); the default keeps
+# the folder's own cap (halviz's 1024 for the hub checkpoint).
+TOKEN_BUDGETS = {"64": 64, "256": 256}
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -100,6 +103,27 @@ class Qwen2_5_VL(Family):
     hub_notes = {"Qwen/Qwen2.5-VL-3B-Instruct": "hub, ~7.5 GB, GPU advised; up to 1024 image tokens"}
     hub_ids = tuple(hub_notes)
     position_axes = 3
+    budgets = (*TOKEN_BUDGETS, "default")
+
+    @classmethod
+    def budget_label(cls, name: str) -> str:
+        if name in TOKEN_BUDGETS:
+            return f"at most {name} image tokens (max_pixels {TOKEN_BUDGETS[name] * 28 * 28:,})"
+        return "the checkpoint's own max_pixels (halviz caps it at 1024 tokens)"
+
+    def _apply_budget(self, name: str) -> None:
+        image_processor = self.processor.image_processor
+        size = image_processor.size
+        factor = int(image_processor.patch_size) * int(image_processor.merge_size)
+        longest = min(TOKEN_BUDGETS[name] * factor * factor, int(size["longest_edge"]))
+        image_processor.size = type(size)(shortest_edge=int(size["shortest_edge"]), longest_edge=longest)
+
+    def image_plan(self, width: int, height: int) -> ImagePlan:
+        image_processor = self.processor.image_processor
+        factor = int(image_processor.patch_size) * int(image_processor.merge_size)
+        h, w = smart_resize(height, width, factor, int(image_processor.size["shortest_edge"]),
+                            int(image_processor.size["longest_edge"]))
+        return ImagePlan((h // factor) * (w // factor), (("image", h // factor, w // factor),))
 
     @classmethod
     def accepts(cls, config: dict) -> bool:

@@ -26,12 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from halviz.models.families.base import Family, processor_fields, Fixture, Grid, ImageLayout
+from halviz.models.families.base import Family, processor_fields, Fixture, Grid, ImageLayout, ImagePlan
 from halviz.models.families.standin import cut_text_layers, drop_dtypes, standin_tokenizer
 
 IMAGE_TOKEN = "<image>"
 AROUND_IMAGE = "<fake_token_around_image>"
 MAX_IMAGE_SIZE = 4096  # the processor's absolute cap on the first resize (transformers' MAX_IMAGE_SIZE)
+# Image-token budgets: "global" turns image splitting off (the 512² global view alone, 64 tokens); "NxN"
+# caps the first resize's longest edge at N tiles, so at most N×N tiles + the global view.
+SPLIT_BUDGETS = {"2x2": 2, "3x3": 3}
 
 
 # ---- where the processor puts the upload -----------------------------------------------------------------
@@ -157,6 +160,32 @@ class SmolVLM(Family):
     title = "SmolVLM (Idefics3: SigLIP + SmolLM2, image splitting)"
     hub_notes = {"HuggingFaceTB/SmolVLM-256M-Instruct": "hub, ~0.5 GB; up to 16 tiles + a global view"}
     hub_ids = tuple(hub_notes)
+    budgets = ("global", *SPLIT_BUDGETS, "default")
+
+    @classmethod
+    def budget_label(cls, name: str) -> str:
+        if name == "global":
+            return "global view only (64 tokens per 512² frame)"
+        if name in SPLIT_BUDGETS:
+            return f"up to {name.replace('x', '×')} tiles + the global view"
+        return "the checkpoint's own (up to 4×4 tiles + the global view on the hub)"
+
+    def _apply_budget(self, name: str) -> None:
+        image_processor = self.processor.image_processor
+        if name == "global":
+            image_processor.do_image_splitting = False
+            return
+        tile = int(_field(image_processor.max_image_size, "longest_edge"))
+        longest = min(SPLIT_BUDGETS[name] * tile, int(_field(image_processor.size, "longest_edge") or MAX_IMAGE_SIZE))
+        image_processor.size = type(image_processor.size)(longest_edge=longest) if not isinstance(
+            image_processor.size, dict) else {"longest_edge": longest}
+
+    def image_plan(self, width: int, height: int) -> ImagePlan:
+        plan = split_plan(self.processor.image_processor, width, height)
+        grids = [("global" if plan.rows else "image", self.side, self.side)]
+        if plan.rows:
+            grids.append((f"tiles {plan.rows}×{plan.cols}", plan.rows * self.side, plan.cols * self.side))
+        return ImagePlan(plan.frames * self.side * self.side, tuple(grids))
 
     @classmethod
     def accepts(cls, config: dict) -> bool:
