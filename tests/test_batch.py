@@ -118,8 +118,12 @@ def test_columns_that_leave_the_prompt_alone_share_one_prefill_row(tiny_models, 
     finally:
         spy.close()
     assert [c[0] for c in shared] == [1, 4, 4]  # one prefill row expanded to four columns
-    # VHR reinforces its prompt: its own main row and its text-only row, beside the shared one
-    assert [c[0] for c in with_vhr] == [3, 2, 2]
+    # VHR reinforces its prompt: its own main row beside the shared one; its text-only row rides after
+    # one of them (a ragged prefill: n + n_text slots, not a third row padded to n)
+    assert [c[0] for c in with_vhr] == [2, 2, 2]
+    n = shared[0][1].shape[-1]
+    n_text = n - _layout_positions(loaded, photo)
+    assert with_vhr[0][1].shape[-1] == n + n_text
 
 
 def test_every_row_gets_its_own_positions(tiny_models, photo):
@@ -135,14 +139,40 @@ def test_every_row_gets_its_own_positions(tiny_models, photo):
     n = batch.columns[0].prompt_len
     n_text = n - len(batch.layout.positions)
     (rows, positions, mask), *decode = spy.calls
-    assert rows == 3  # shared main, VHR main, VHR text
-    torch.testing.assert_close(positions[2, :n_text], torch.arange(n_text))
-    torch.testing.assert_close(positions[0], torch.arange(n))
-    assert mask[2, :n_text].all() and not mask[2, n_text:].any() and mask[:2].all()
+    assert rows == 2  # shared main | VHR text, VHR main (the text row packed after the first main row)
+    torch.testing.assert_close(positions[0, n:], torch.arange(n_text))
+    torch.testing.assert_close(positions[0, :n], torch.arange(n))
+    torch.testing.assert_close(positions[1, :n], torch.arange(n))
+    assert mask[0].all() and mask[1, :n].all() and not mask[1, n:].any()
     for step, (rows, positions, mask) in enumerate(decode, start=1):
         assert rows == 3  # vanilla main, VHR main, VHR text (kept for the per-step T-VHD)
         assert positions[:, 0].tolist() == [n + step - 1, n + step - 1, n_text + step - 1]
         assert mask.shape == (3, n + step) and not mask[2, n_text:n].any()
+
+
+def _layout_positions(loaded, photo):
+    return len(BatchDecoder(loaded, photo, "Describe.", [[]], max_new_tokens=1).layout.positions)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ragged_prefill_equals_the_padded_one_float64(tiny_models_f64, photo, family):
+    """Text-only rows packed after longer rows (block-diagonal attention, logical rows rebuilt around
+    each layer's attention) give what padding them to full rows gives: tokens, logits, trace arrays,
+    for every column: VHR with and without its decoded text stream, and stacked with scores methods."""
+    loaded = tiny_models_f64[family]
+    names = list(COLUMNS)
+    runs = []
+    for ragged in (True, False):
+        stacks = [_stack(n) for n in names]
+        batch = BatchDecoder(loaded, photo, "Describe the image.", stacks, max_new_tokens=TOKENS)
+        batch.ragged_prefill = ragged
+        runs.append((batch, stacks, batch.run_to_end()))
+    (packed, packed_stacks, packed_traces), (padded, padded_stacks, padded_traces) = runs
+    for i, name in enumerate(names):
+        assert packed.columns[i].error is None and padded.columns[i].error is None, name
+        assert [s.token_id for s in packed.steps[i]] == [s.token_id for s in padded.steps[i]], name
+        _assert_close_logits(torch.cat(packed_stacks[i][-1].logits), torch.cat(padded_stacks[i][-1].logits))
+        _assert_same_trace(packed_traces[i], padded_traces[i])
 
 
 class StopAt(Method):

@@ -27,9 +27,17 @@ def halviz_attention(module, query, key, value, attention_mask, dropout=0.0, sca
 
 
 def attend(plan, layer: int, query, key, value, mask, scaling) -> tuple[torch.Tensor, None]:
-    """query (B, H, q, D); key/value (B, KVH, kv, D) = the layer's cache after this step's update."""
+    """query (B, H, q, D); key/value (B, KVH, kv, D) = the layer's cache after this step's update.
+
+    In a ragged prefill (``plan.packing``) the tensors come in the physical rows; everything below
+    works on the logical rows (hooks, recording), the plain attention itself on the physical ones."""
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     n_rep = query.shape[1] // key.shape[1]
+    packing = plan.packing
+    if packing is not None:
+        physical = (query, key, value)
+        query, key, value = packing.unpack(query), packing.unpack(key), packing.unpack(value)
+        mask = packing.logical_mask(query.dtype)
     k, v = repeat_kv(key, n_rep), repeat_kv(value, n_rep)  # grouped-query heads, as transformers does
     kv_len, q_len = k.shape[2], query.shape[2]
     if mask is not None:
@@ -53,6 +61,11 @@ def attend(plan, layer: int, query, key, value, mask, scaling) -> tuple[torch.Te
                     scores[rows.edit] = edited
         weights = torch.softmax(scores, dim=-1)
         out = torch.matmul(weights.to(v.dtype), v)
+    elif packing is not None:  # the segments side by side, kept apart by the block mask
+        q, pk, pv = physical
+        out = F.scaled_dot_product_attention(q, repeat_kv(pk, n_rep), repeat_kv(pv, n_rep),
+                                             attn_mask=packing.physical_mask(q.dtype), scale=scaling)
+        out = packing.unpack(out)
     else:
         out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scaling)
     for rows, method in plan.running("heads"):
@@ -66,7 +79,8 @@ def attend(plan, layer: int, query, key, value, mask, scaling) -> tuple[torch.Te
         w = None if weights is None else weights[rows.observe]
         plan.call(rows, method.after_attention, rows.observe_pass, layer, query[rows.observe],
                   key[rows.observe], value[rows.observe], w)
-    return out.transpose(1, 2).contiguous(), None
+    out = out.transpose(1, 2).contiguous()
+    return (out if packing is None else packing.pack(out)), None
 
 
 def _record(plan, layer, query, k, mask, weights, scaling, acc) -> None:

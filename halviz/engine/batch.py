@@ -8,8 +8,10 @@
 The prefill is one forward: columns whose methods leave the prompt's forward alone share one main
 row, the others (VHR reinforces the prompt) get their own, and every extra stream (VHR's text-only
 stream, VASparse's masked branch) is a row of the same call. The cache is then expanded so that
-every column owns contiguous decode rows. Rows are exact: shorter rows are right-padded and the
-padding masked, and every row gets its own ``position_ids`` from the model family. A column ends
+every column owns contiguous decode rows. Rows are exact: every row gets its own ``position_ids``
+from the model family; a text-only row (much shorter) rides after a longer row in the model call,
+kept apart by a block-diagonal mask (engine/packing.py), and hooks see every row right-padded with
+the padding masked. A column ends
 on EOS, at ``max_new_tokens`` or when one of its methods raises; its rows leave the batch and the
 others carry on.
 """
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from halviz.engine.packing import Packing, pack_rows
 from halviz.engine.recorder import Recorder, RecordOptions
 from halviz.engine.rows import MAIN, SEGMENTS, Column, Pass
 from halviz.engine.run import BatchRun, ColumnRows, Forward
@@ -50,6 +53,8 @@ class _Row:
 
 class BatchDecoder:
     """One greedy decode of ``image`` + ``prompt`` per stack of methods (an empty stack = vanilla)."""
+
+    ragged_prefill = True  # text-only rows ride after longer rows (engine/packing.py); False: padded
 
     def __init__(self, loaded: LoadedModel, image: Image.Image, prompt: str = DEFAULT_PROMPT,
                  stacks: Sequence[Sequence[Method]] = ((),), max_new_tokens: int = 64,
@@ -84,6 +89,7 @@ class BatchDecoder:
         self._positions: torch.Tensor | None = None  # (rows,) position of each decode row's next token (all axes)
         self._mask: torch.Tensor | None = None  # (rows, kv) 2-D attention mask while any row has padding
         self._decode_index: torch.Tensor | None = None  # prefill row of each decode row
+        self._packing: Packing | None = None  # the ragged prefill's physical rows, if it packed any
 
     # ---- decoding ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[list[Step | None]]:
@@ -179,11 +185,18 @@ class BatchDecoder:
                                  frozenset(j for j, i in enumerate(own) if i in text_only))
             columns.append(ColumnRows(column, torch.tensor(index, device=device), observe, edit_rows, edit_pass,
                                       index[0]))
-        plan = Forward("prefill", columns, any(c.recorder is not None for c in self.columns))
+        bins = pack_rows([len(r.ids) for r in rows], [r.text_only for r in rows]) if self.ragged_prefill else None
+        packing = None if bins is None else Packing.build([len(r.ids) for r in rows], bins, device)
+        plan = Forward("prefill", columns, any(c.recorder is not None for c in self.columns), packing)
         inputs = {"input_ids": batch_ids, "position_ids": positions,
                   **self.adapter.image_inputs(self._encoded_images(rows), self.inputs)}
-        if mask is not None:
+        if packing is not None:  # the model runs the physical rows (text-only rows after other rows)
+            inputs["input_ids"] = packing.to_physical(batch_ids, int(batch_ids[0, 0]))
+            inputs["position_ids"] = packing.to_physical(positions, 0)
+            inputs["attention_mask"] = packing.attention_mask()
+        elif mask is not None:
             inputs["attention_mask"] = mask
+        self._packing = packing
         logits = self.batch.forward(plan, **inputs)
         # Decode rows: every running column's main row, then its decode streams, contiguous.
         order, sources, starts = [], [], []
@@ -252,7 +265,7 @@ class BatchDecoder:
     def _finish_round(self, logits: torch.Tensor, plan: Forward, t0: float) -> list[Step | None]:
         """Each running column's logit hooks, greedy token, step hooks and Step."""
         if plan.phase == "prefill":
-            self.batch.select_rows(self._decode_index)
+            self.batch.select_rows(self._decode_index, self._packing)
         steps: list[Step | None] = [None] * len(self.columns)
         elapsed = (time.perf_counter() - t0) * 1e3
         for rows in plan.columns:

@@ -93,6 +93,7 @@ class MultiBatchDecoder(BatchDecoder):
         self._positions: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
         self._decode_index: torch.Tensor | None = None
+        self._packing = None
 
     def _request(self, column: Column) -> int:
         return self._request_of[column.index]

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 from transformers import DynamicCache
 
+from halviz.engine.packing import Packing
 from halviz.engine.rows import Column, Pass
 from halviz.methods.base import HOOK_POINTS, Method
 
@@ -50,10 +51,11 @@ class ColumnRows:
 class Forward:
     """The plan of one model call: phase, step, and every running column's rows and hooks."""
 
-    def __init__(self, phase: str, columns: list[ColumnRows], recording: bool):
+    def __init__(self, phase: str, columns: list[ColumnRows], recording: bool, packing: "Packing | None" = None):
         self.phase = phase
         self.columns = columns
         self.recording = recording
+        self.packing = packing  # a ragged prefill's physical rows (None: the rows are the logical ones)
         # Each column's dispatch tables (built once, in Column), paired with its rows in this forward.
         self.hooks: dict[str, list[tuple[ColumnRows, Method]]] = {
             point: [(c, m) for c in columns for m in c.column.hooks[point]] for point in HOOK_POINTS
@@ -92,6 +94,8 @@ def _see_residual(layer: int, module, args, kwargs) -> None:
     if plan is None or not plan.hooks["residual"]:
         return None
     hidden = args[0] if args else kwargs["hidden_states"]
+    if plan.packing is not None:
+        hidden = plan.packing.unpack_hidden(hidden)
     for rows, method in plan.running("residual"):
         plan.call(rows, method.see_residual, rows.observe_pass, layer, hidden[rows.observe])
     return None
@@ -116,15 +120,24 @@ class BatchRun:
         """One forward pass of every row; returns the last position's logits (rows, vocab), float32 or wider."""
         if plan.hooks["residual"]:
             install_residual_hook(self.model)
+        packing = plan.packing
+        keep, pick = (1, None) if packing is None else packing.logits_positions()
         with torch.inference_mode(), self.active(plan):
-            out = self.model(**inputs, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1]
+            out = self.model(**inputs, past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
+        # each logical row's last token (a ragged prefill: wherever its segment ends)
+        logits = out.logits[:, -1] if pick is None else out.logits.flatten(0, 1)[pick]
         return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
-    def select_rows(self, index: torch.Tensor) -> None:
-        """Keep (and possibly repeat) the cache rows ``index``, in that order."""
+    def select_rows(self, index: torch.Tensor, packing: "Packing | None" = None) -> None:
+        """Keep (and possibly repeat) the cache rows ``index``, in that order; after a ragged prefill
+        ``index`` names logical rows, gathered out of the physical ones."""
         with torch.inference_mode():
-            self.cache.batch_select_indices(index)
+            if packing is None:
+                self.cache.batch_select_indices(index)
+                return
+            slots = packing.cache_index(index)
+            for layer in self.cache.layers:
+                layer.keys, layer.values = _gather_rows(layer.keys, slots, packing), _gather_rows(layer.values, slots, packing)
 
     def copy_last(self, source: int, target: int) -> None:
         """Make row ``target``'s newest cache entry equal row ``source``'s, in every layer."""
@@ -132,3 +145,9 @@ class BatchRun:
             for layer in self.cache.layers:
                 layer.keys[target, :, -1] = layer.keys[source, :, -1]
                 layer.values[target, :, -1] = layer.values[source, :, -1]
+
+
+def _gather_rows(x: torch.Tensor, slots: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """Physical cache (P, KVH, N, D) → the logical rows whose flat slots are ``slots`` (R, KVH, n, D)."""
+    flat = x.transpose(1, 2).reshape(packing.rows * packing.width, x.shape[1], x.shape[-1])
+    return flat[slots].view(-1, packing.n, x.shape[1], x.shape[-1]).transpose(1, 2).contiguous()

@@ -17,8 +17,10 @@ Decisions:
 - Layers: {1} ∪ the last 14 of 32 (1, 18..31); for depth L: {1} ∪ the last round_half_up(14·L/32)
   (24 → 1, 13..23; 2 → 1; 3 → 1, 2). The ``last_layers`` knob overrides the count (InstructBLIP: 18).
 - Selection costs no extra prefill: the text-only sequence is a ``text`` stream of VHR's column,
-  a row of the same prefill forward as the with-image main row (right-padded; with a causal mask
-  and the padding masked its real tokens are exact; its positions come from the model family).
+  a row of the same prefill forward as the with-image main row (its positions come from the model
+  family). The engine runs it packed after a longer row (engine/packing.py), so it costs its own
+  tokens, not a padded row; hooks still see it as a right-padded row. Without ``per_step_tvhd`` it
+  is not decoded: the cache keeps only the main row after the prefill.
   When layer l is reached both rows carry the reinforcement already chosen for layers < l; H_l
   is chosen from the unreinforced outputs of layer l and applied at once, to every row of the
   column, so the main row's cache is the reinforced prompt without recomputing it. The column
