@@ -23,6 +23,8 @@ _LAZY = {
     "Comparison": ("halviz.api", "Comparison"),
     "Column": ("halviz.api", "Column"),
     "load_trace": ("halviz.api", "load_trace"),
+    "open_results": ("halviz.evaluation.results", "open_results"),
+    "Results": ("halviz.evaluation.results", "Results"),
     "export": ("halviz.viz.image_files", "export"),
     "ExportError": ("halviz.viz.image_files", "ExportError"),
     "load_model": ("halviz.models.loading", "load_model"),

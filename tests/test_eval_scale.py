@@ -59,10 +59,10 @@ def test_results_files_hold_every_setting_and_sample(single):
     assert set(pope_lines[0]) >= {"question_id", "method", "answer", "parsed", "label"}
     # the Python results object reads them back and lists what changed against the baseline
     res = Results.load(single)
-    changed = res.discordant("vcd", "opope", "adversarial")
-    assert set(changed) == {"fixed", "broken"}
+    changed = res.discordant("vcd", benchmark="opope", split="adversarial")
+    assert set(changed) == {"fixed", "broken", "changed"}
     for pair in changed["fixed"]:
-        assert pair["method"]["parsed"] == pair["method"]["label"] != pair["baseline"]["parsed"]
+        assert pair.other["parsed"] == pair.other["label"] != pair.baseline["parsed"]
 
 
 def test_a_killed_run_resumes_without_decoding_any_finished_sample_twice(single, tmp_path, monkeypatch):

@@ -16,18 +16,20 @@ hallucinates", POPE on "the answer is right"; ``diff`` = method − baseline on 
 ``timing`` is kept apart: it is the only part that differs between identical runs.
 
 ``samples.jsonl``: one line per image × method (``benchmark: "chair"``: image_id, method, caption,
-correct, hallucinated) and per question × method (``"pope"``/``"opope"``: split, question_id,
-image_id, method, answer, parsed, label), in the job's order; ``key`` names the decode (its cache
-line, and with ``--save-traces`` its trace ``traces/KEY.npz``).
+correct, hallucinated, truth, counts on toy scenes) and per question × method (``"pope"``/``"opope"``:
+split, question_id, image_id, method, answer, parsed, label), in the job's order; ``key`` names the
+decode (its cache line, and with ``--save-traces`` its trace ``traces/KEY.npz``) and ``prompt`` the
+text it answered. :class:`Results` reads a folder back, lists the samples a method changed against
+the baseline and opens one as a :class:`~halviz.api.Comparison` (``evaluation/opening.py``).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -102,9 +104,13 @@ def score_job(job: Job, records: dict[str, dict[str, Any]], parser: str = DEFAUL
                                           for c in captions) / len(captions)
             section["methods"][method] = row
             for item, caption, per in zip(job.chair, captions, result.per_caption):
-                samples.append({"benchmark": "chair", "image_id": item.image_id, "method": method, "caption": caption,
-                                "correct": sorted(set(per.mentions) & item.objects),
-                                "hallucinated": sorted(set(per.hallucinated)), "key": item.keys[method]})
+                line = {"benchmark": "chair", "image_id": item.image_id, "method": method, "caption": caption,
+                        "correct": sorted(set(per.mentions) & item.objects),
+                        "hallucinated": sorted(set(per.hallucinated)), "key": item.keys[method],
+                        "prompt": records[item.keys[method]].get("prompt"), "truth": sorted(item.objects)}
+                if item.counts is not None:  # the toy's exact counts: the debugger checks over-counting with them
+                    line["counts"] = dict(sorted(item.counts.items()))
+                samples.append(line)
         for method in job.methods[1:]:
             section["vs_baseline"][method] = _vs_baseline(comps[base], comps[method], CHAIR_METRICS,
                                                           comps[base]["hallucinates"], comps[method]["hallucinates"],
@@ -144,6 +150,7 @@ def score_job(job: Job, records: dict[str, dict[str, Any]], parser: str = DEFAUL
                             "image_id": item.question.image, "method": method, "answer": a, "parsed": p,
                             "label": item.question.label,
                             "key": (item.keys if bench == "pope" else item.caption_keys)[method]}
+                    line["prompt"] = records[line["key"]].get("prompt")  # what to decode again without traces
                     if bench == "opope":
                         line["object"] = item.object
                     samples.append(line)
@@ -216,21 +223,61 @@ def format_intervals(scored: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def table_rows(scored: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per benchmark (and POPE split) and method: its metrics (``{"value", "ci"}``), the paired
+    McNemar p against the baseline and the differences with their intervals (None for the baseline)."""
+    rows = []
+    sections = [("chair", None, scored["chair"])] if "chair" in scored else []
+    sections += [(bench, split, s) for bench in ("pope", "opope") for split, s in scored.get(bench, {}).items()]
+    for bench, split, section in sections:
+        metrics = CHAIR_METRICS if bench == "chair" else POPE_METRICS
+        for method, row in section["methods"].items():
+            against = section["vs_baseline"].get(method)
+            rows.append({"benchmark": bench, "split": split, "n": section["n"], "method": method,
+                         **{k: row[k] for k in metrics if k in row},
+                         "p": against["mcnemar"]["p"] if against else None,
+                         "diff": against["diff"] if against else None})
+    return rows
+
+
+class ResultsError(ValueError):
+    """A results folder that cannot be read; the message names the file and what is wrong."""
+
+
+def _trace_in(folder: Path):
+    def read(key: str):
+        from halviz.trace import Trace
+
+        path = folder / "traces" / f"{key}.npz"
+        return Trace.load(path) if path.is_file() else None
+    return read
+
+
 @dataclass
 class Results:
-    """A results folder read back: the table, the per-sample lines, and what changed against the baseline."""
+    """A results folder read back: the table, the per-sample lines, what changed against the baseline,
+    and each changed sample opened as a :class:`~halviz.api.Comparison` (``halviz.open_results(DIR)``)."""
 
-    folder: Path
+    folder: Path | None
     data: dict[str, Any]
     samples: list[dict[str, Any]]
+    # key -> the saved trace, or None; the app passes one that checks untrusted files first
+    read_trace: Callable[[str], Any] | None = None
+    _scenes: dict = field(default_factory=dict, repr=False)  # toy scenes regenerated once per folder
 
     @classmethod
-    def load(cls, folder: Path) -> "Results":
+    def load(cls, folder: str | Path) -> "Results":
         folder = Path(folder)
-        data = json.loads((folder / RESULTS).read_text(encoding="utf-8"))
-        with open(folder / SAMPLES, encoding="utf-8") as handle:
-            samples = [json.loads(line) for line in handle if line.strip()]
-        return cls(folder, data, samples)
+        try:
+            data = json.loads((folder / RESULTS).read_text(encoding="utf-8"))
+            with open(folder / SAMPLES, encoding="utf-8") as handle:
+                samples = [json.loads(line) for line in handle if line.strip()]
+        except FileNotFoundError as exc:
+            raise ResultsError(f"{folder}: no {Path(exc.filename).name} here; give the folder `halviz eval --out` "
+                               "wrote") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ResultsError(f"{folder}: results.json or samples.jsonl is not readable ({exc})") from None
+        return cls(folder, data, samples, _trace_in(folder))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -240,30 +287,123 @@ class Results:
     def baseline(self) -> str:
         return self.data["baseline"]
 
+    @property
+    def methods(self) -> list[str]:
+        """Every method, the baseline first (the evaluation's order)."""
+        return list(dict.fromkeys(s["method"] for s in self.samples)) or [self.baseline]
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return [b for b in ("chair", "pope", "opope") if b in self.data]
+
+    @property
+    def table(self) -> str:
+        """Every section's table with its 95 % intervals and McNemar p, as ``halviz eval`` prints it."""
+        return format_intervals(self.data)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return table_rows(self.data)
+
     def trace(self, sample: dict[str, Any]):
-        """The saved trace of a sample line (``--save-traces``), as a :class:`~halviz.trace.Trace`."""
-        from halviz.trace import Trace
+        """The saved trace of a sample line (``--save-traces``), as a :class:`~halviz.trace.Trace`; None if not saved."""
+        reader = self.read_trace or (_trace_in(self.folder) if self.folder is not None else None)
+        return reader(sample["key"]) if reader is not None else None
 
-        return Trace.load(self.folder / "traces" / f"{sample['key']}.npz")
+    def discordant(self, method: str, kind: str | None = None, benchmark: str | None = None,
+                   split: str | None = None):
+        """The samples ``method`` fixed (baseline wrong, method right), broke (the reverse) or changed
+        (its caption or answer differs) against the baseline, as :class:`~halviz.evaluation.opening.Pair`
+        s. ``kind`` None: ``{"fixed": [...], "broken": [...], "changed": [...]}``. CHAIR: "right" = no
+        hallucinated object; POPE/OPOPE: the parsed answer equals the label. ``benchmark`` None: all."""
+        from halviz.evaluation.opening import KINDS, discordant_pairs
 
-    def discordant(self, method: str, benchmark: str = "chair", split: str | None = None) -> dict[str, list[dict]]:
-        """Samples ``method`` fixed (baseline wrong, method right) and broke (the reverse) against the baseline.
-        CHAIR: "right" = no hallucinated object; POPE/OPOPE: the parsed answer equals the label."""
-        def ok(line):
-            return not line["hallucinated"] if benchmark == "chair" else line["parsed"] == line["label"]
+        if method not in self.methods:
+            raise ValueError(f"{method!r} is not a method of this evaluation ({', '.join(self.methods)})")
+        if kind is None:
+            return {k: discordant_pairs(self.samples, self.baseline, method, k, benchmark, split) for k in KINDS}
+        return discordant_pairs(self.samples, self.baseline, method, kind, benchmark, split)
 
-        def ident(line):
-            return line["image_id"] if benchmark == "chair" else (line["split"], line["question_id"])
+    def open(self, sample, method: str | None = None, *, model=None, decode: bool | None = None):
+        """``sample`` (a pair from :meth:`discordant`, or a line of :attr:`samples`) as a comparison of the
+        baseline and ``method`` (default: the pair's or the line's) on its image: replayed from the saved
+        traces when both are there (no model needed), else decoded again with the recorded settings (model,
+        prompt, max tokens, knobs, system message; ``model`` overrides the recorded one, e.g. a
+        ``halviz.load_model`` result). ``decode=False`` refuses to decode, ``True`` always decodes."""
+        from halviz.evaluation import opening
 
-        lines = [s for s in self.samples if s["benchmark"] == benchmark and (split is None or s.get("split") == split)]
-        base = {ident(s): s for s in lines if s["method"] == self.baseline}
-        fixed, broken = [], []
-        for s in lines:
-            if s["method"] != method or ident(s) not in base:
-                continue
-            b = base[ident(s)]
-            if ok(s) and not ok(b):
-                fixed.append({"baseline": b, "method": s})
-            elif ok(b) and not ok(s):
-                broken.append({"baseline": b, "method": s})
-        return {"fixed": fixed, "broken": broken}
+        pair = sample if isinstance(sample, opening.Pair) and method in (None, sample.method) else \
+            opening.pair_of(self.samples, self.baseline, sample.other if isinstance(sample, opening.Pair) else sample,
+                            method)
+        methods = [self.baseline, pair.method]
+        lines = {self.baseline: pair.baseline, pair.method: pair.other}
+        truth = opening.ground_truth(self.config, pair.other, self._scenes)
+        image = self.picture(pair)
+        traces = {} if decode else {m: self.trace(lines[m]) for m in methods}
+        if all(traces.get(m) is not None for m in methods):
+            prompt = str(traces[pair.method].meta.get("prompt", ""))
+            return opening.comparison_from_traces(traces, methods, image=image, truth=truth,
+                                                  model=str(traces[pair.method].meta.get("model", "")), prompt=prompt,
+                                                  max_new_tokens=int(traces[pair.method].meta.get("max_new_tokens", 0)),
+                                                  notice="replayed from the saved traces")
+        if decode is False:
+            raise opening.OpenError("the traces of this sample were not saved (run `halviz eval` with "
+                                    "--save-traces) and decoding was refused")
+        if image is None:
+            raise opening.OpenError(f"the picture {pair.image_id} is not on this machine (the evaluation read it "
+                                    f"from {self.config.get('images')}) and its traces were not saved")
+        return _decode_pair(self.config, pair, image, truth, model)
+
+    def picture(self, pair):
+        """The sample's picture: a toy scene regenerated from the seed, else the file in the recorded
+        images folder if it is on this machine; None otherwise."""
+        from halviz.evaluation import opening
+
+        scene = opening.toy_scene_of(self.config, pair.other, self._scenes)
+        if scene is not None:
+            return scene[0]
+        folder = self.config.get("images")
+        if not folder or str(folder).startswith("toy:"):
+            return None
+        path = Path(folder) / pair.image_id
+        try:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError):
+            return None
+
+
+def _decode_pair(config, pair, image, truth, model):
+    """The pair's two columns decoded again as rows of one batch, through the service the app and
+    ``halviz.compare`` share (its model cache, the ZeroGPU-safe decode call)."""
+    from halviz import api
+    from halviz.evaluation import opening
+    from halviz.session.service import NEVER
+
+    plan = opening.setting(config, pair)
+    service, key = api._service(model if model is not None else plan.model)
+    loaded = service.load(key)
+    methods = [pair.baseline["method"], pair.method]
+    last = None
+    for last in service.decode_stacks(key, np.asarray(image.convert("RGB")), plan.prompt,
+                                      [plan.stacks[m] for m in methods], plan.max_new_tokens, NEVER,
+                                      system=plan.system):
+        pass
+    if last is None or last.traces is None or any(t is None for t in last.traces):
+        errors = [f for f in (last.finish if last else []) if f and f.startswith("error")]
+        raise opening.OpenError(f"decoding this sample failed: {'; '.join(errors) or 'no trace came back'}")
+    traces = dict(zip(methods, last.traces))
+    differs = opening.differs_from_recorded(pair, traces)
+    notice = "decoded again with the recorded settings" + (
+        f"; {', '.join(differs)} now {'differ' if len(differs) > 1 else 'differs'} from the recorded text" if differs else "")
+    from halviz.models.loading import public_name
+
+    return opening.comparison_from_traces(traces, methods, image=image, truth=truth, model=public_name(loaded.name),
+                                          prompt=plan.prompt, max_new_tokens=plan.max_new_tokens, notice=notice)
+
+
+def open_results(folder: str | Path) -> Results:
+    """A results folder ``halviz eval --out DIR`` wrote, read back (see :class:`Results`)."""
+    return Results.load(folder)

@@ -65,7 +65,7 @@ def _decode_by_key(cache, registry: Mapping[str, type[Method]], model_key: str, 
     yield from decode_rounds(loaded, Image.fromarray(image), prompt, stacks, max_new_tokens, update_every_s)
 
 
-def _stack_duration(model_key, image, prompt, stacks, max_new_tokens, update_every_s) -> int:
+def _stack_duration(model_key, image, prompt, stacks, max_new_tokens, update_every_s, system=None) -> int:
     return gpu_seconds(len(stacks), max_new_tokens)
 
 
@@ -77,15 +77,16 @@ def build_spec_stacks(stacks: Sequence[Sequence[tuple[str, Mapping[str, Any]]]],
 
 def _decode_stacks_by_key(cache, registry: Mapping[str, type[Method]], model_key: str, image: np.ndarray,
                           prompt: str, stacks: Sequence[Sequence[tuple[str, Mapping[str, Any]]]],
-                          max_new_tokens: int, update_every_s: float) -> Iterator[Progress]:
+                          max_new_tokens: int, update_every_s: float, system: str | None = None) -> Iterator[Progress]:
     loaded = cache.peek(model_key) or cache.get(model_key)
     yield from decode_rounds(loaded, Image.fromarray(image), prompt, build_spec_stacks(stacks, registry),
-                             max_new_tokens, update_every_s)
+                             max_new_tokens, update_every_s, system)
 
 
 def gpu_stack_decoder(cache, registry: Mapping[str, type[Method]]):
     """Like :func:`gpu_decoder`, for columns given as whole stacks of plain ``(name, knobs)`` pairs
-    (the debugger's "re-run with this intervention": a column's own stack plus the intervention)."""
+    (the debugger's "re-run with this intervention": a column's own stack plus the intervention; an
+    evaluation's sample decoded again with its recorded stacks and ``system`` message)."""
     task = functools.partial(_decode_stacks_by_key, cache, dict(registry))
     try:
         import spaces  # type: ignore[import-not-found]

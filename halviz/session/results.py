@@ -64,7 +64,8 @@ class Progress:
 
 
 def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: Sequence[Sequence[Method]],
-                  max_new_tokens: int, update_every_s: float = UPDATE_EVERY_S) -> Iterator[Progress]:
+                  max_new_tokens: int, update_every_s: float = UPDATE_EVERY_S,
+                  system: str | None = None) -> Iterator[Progress]:
     """Decode every stack at once, as rows of one batch (one token per column per round), yielding
     progress now and then.
 
@@ -77,7 +78,7 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
     timing = BatchTiming()
     finish: list[str | None] = [None] * count
     try:
-        decoder = BatchDecoder(loaded, image, prompt, [list(s) for s in stacks], max_new_tokens)
+        decoder = BatchDecoder(loaded, image, prompt, [list(s) for s in stacks], max_new_tokens, system=system)
     except Exception as exc:  # bad input for every column: each reports it
         finish = [column_error(i, exc) for i in range(count)]
         yield Progress(texts, [0.0] * count, finish, [None] * count)
