@@ -109,3 +109,41 @@ def test_export_does_not_import_torch():
 
 def test_a_trace_type_is_reexported():
     assert halviz.Trace is Trace
+
+
+
+@needs_browser
+def test_the_page_saves_a_steps_figures_as_valid_images_of_the_drawn_size(controller, tmp_path):
+    """The debugger's "Save figures" callback: one zip holding every figure the page draws at that step
+    and layer, each a valid image at the size the page draws it; SVG as asked; a stale zip is hidden."""
+    import zipfile
+
+    from conftest import run_greedy
+    from halviz.ui.errors import file_paths
+    from halviz.viz.step_view import step_figures
+
+    controller, gr = controller
+    runs = run_greedy(controller, tokens=4)
+    panel = controller.ui.panel
+    update = controller.save_figures(runs, "vanilla", 2, "1", "mean", "primary", "png")[panel.figure_files]
+    (archive,) = file_paths(update.value)
+    assert update.visible and controller.app.files.owns(archive)
+    expected = {name: fig for name, fig in step_figures(runs["vanilla"].trace, 2, 1).items() if fig is not None}
+    assert {"overlay", "candidates", "entropy", "shares", "top_keys"} <= set(expected)  # greedy has no mask
+    with zipfile.ZipFile(archive) as files:
+        assert len(files.namelist()) == len(expected)
+        for name, fig in expected.items():
+            (member,) = [m for m in files.namelist() if m.endswith(f"-step2-{name}.png")]
+            files.extract(member, tmp_path)
+            with Image.open(tmp_path / member) as image:
+                image.verify()
+            with Image.open(tmp_path / member) as image:
+                assert image.format == "PNG" and image.size == image_files.figure_size(fig)
+    (archive,) = file_paths(controller.save_figures(runs, "vanilla", 2, "1", "mean", "primary", "svg")[panel.figure_files].value)
+    with zipfile.ZipFile(archive) as files:
+        assert len(files.namelist()) == len(expected)
+        assert all(ElementTree.fromstring(files.read(m)).tag.endswith("svg") for m in files.namelist())
+    # Moving the step hides the zip: a file on the page is always of the view shown.
+    assert panel.at_step(runs, "vanilla", 3, "1", "mean")[panel.figure_files].visible is False
+    with pytest.raises(gr.Error, match="first"):
+        controller.save_figures({}, None, 2, "1", "mean", "primary", "png")

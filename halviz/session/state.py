@@ -9,6 +9,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +116,23 @@ class TraceFiles:
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.root, True)
 
     def save(self, runs: Runs, owner: str = "") -> list[str]:
+        """The traces of ``runs`` as ``.npz`` + ``.json`` pairs, named for download."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+
+        def write(folder: Path) -> list[Path]:
+            return [path for entry in runs.values() for path in entry.trace.save(folder / download_stem(entry, stamp))]
+        return self.write(write, owner)
+
+    def write(self, writer: Callable[[Path], list[Path]], owner: str = "") -> list[str]:
+        """Whatever ``writer`` writes into a fresh folder of ``owner``'s (its paths returned), under the
+        same bounds as the traces; a writer that raises leaves nothing behind."""
         folder = self.root / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
-        paths: list[str] = []
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for entry in runs.values():
-            npz, meta = entry.trace.save(folder / download_stem(entry, stamp))
-            paths += [str(npz), str(meta)]
+        try:
+            paths = [str(path) for path in writer(folder)]
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         with self._lock:
             self._owners.setdefault(owner, deque()).append((time.time(), folder))
             self._owners.move_to_end(owner)

@@ -93,5 +93,11 @@ class Controller(CompareCallbacks, TraceCallbacks, WhatIfCallbacks):
         for index, slot in enumerate(ui.slots):
             slot.caption.select(self.jump_from_column(index), inputs=[ui.runs, ui.slot_methods],
                                 outputs=panel.trace_outputs, **private)
+        # Kaleido drives a browser per save: one save at a time, in its own pool beside the decodes.
+        panel.save_figures.click(user_errors(self.save_figures),
+                                 inputs=[ui.runs, panel.choice, panel.step, panel.layer, panel.head, panel.view,
+                                         panel.figure_format],
+                                 outputs=panel.figure_files, concurrency_id="figures", concurrency_limit=1,
+                                 api_visibility="private", show_progress="minimal")
         ui.upload.upload(user_errors(self.replay), inputs=[ui.upload, ui.image, ui.runs],
                          outputs=[ui.runs, ui.upload, *panel.trace_outputs], preprocess=False, **private)

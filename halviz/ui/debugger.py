@@ -26,6 +26,7 @@ from halviz.session.selection import selection_of
 from halviz.ui.whatif import InterventionPanel
 from halviz.viz.common import index_ranges
 from halviz.viz.panels import PANELS
+from halviz.viz.step_view import STEP_FIGURES, step_figures
 
 
 def parse_choice(value: Any) -> int | str:
@@ -89,6 +90,9 @@ class DebuggerPanel:
     top_keys: gr.Plot
     methods: list[MethodBox]  # one per registered method panel (halviz.viz.panels)
     whatif: InterventionPanel
+    figure_format: gr.Dropdown  # "Save figures": the format of the files
+    save_figures: gr.Button
+    figure_files: gr.File  # the zip of this step's figures; hidden again when the view changes
 
     @classmethod
     def build(cls) -> "DebuggerPanel":
@@ -116,6 +120,13 @@ class DebuggerPanel:
                                        scale=1, visible=False, elem_id="hv-view",
                                        info="which grid of image tokens the attention and kept-token maps draw")
             step_info = gr.Markdown(elem_classes=["hv-step-info"], latex_delimiters=[])
+            with gr.Row(equal_height=True, elem_id="hv-save-figures"):
+                figure_format = gr.Dropdown(choices=[("PNG", "png"), ("SVG", "svg"), ("PDF", "pdf")], value="png",
+                                            label="Figure format", scale=1, min_width=140, elem_id="hv-figure-format")
+                save_figures = gr.Button("Save this step's figures", scale=1, min_width=200,
+                                         elem_id="hv-save-figures-button")
+                figure_files = gr.File(label="Figures of this step (zip)", visible=False, scale=2,
+                                       elem_id="hv-figure-files")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5):
                     overlay = gr.Plot(label="Where the model looked", elem_id="hv-overlay", show_label=False)
@@ -136,7 +147,7 @@ class DebuggerPanel:
             help_text("sinks")
             methods = [MethodBox.build(panel) for panel in PANELS]
         return cls(choice, info, empty, body, caption, step, layer, head, view, step_info, overlay, mask_box, mask, candidates,
-                   entropy, shares, top_keys, methods, whatif)
+                   entropy, shares, top_keys, methods, whatif, figure_format, save_figures, figure_files)
 
     def method_box(self, method: str) -> MethodBox:
         """The panel of method ``method`` (its registry name)."""
@@ -146,7 +157,7 @@ class DebuggerPanel:
     @property
     def step_outputs(self) -> list:
         return [self.caption, self.head, self.step_info, self.overlay, self.mask_box, self.mask,
-                self.candidates, self.entropy, self.shares, self.top_keys,
+                self.candidates, self.entropy, self.shares, self.top_keys, self.figure_files,
                 *(c for m in self.methods for c in m.step_outputs), *self.whatif.view_outputs]
 
     @property
@@ -231,21 +242,14 @@ class DebuggerPanel:
             [(f"head {h}", str(h)) for h in range(int(trace.meta.get("num_heads", 0)))] if heads_here else [])
         head_info = (f"single heads recorded for layers {index_ranges(recorded)} only" if recorded
                      else "no single-head data recorded")
-        view = parse_view(view)
-        masks = viz.kept_masks(trace, step, layer)
-        mask_figure = (viz.kept_mask_figure(trace, masks[0].kept, masks[0].title, entry.image, masks[0].details,
-                                            view=view) if masks else None)
+        figures = step_figures(trace, step, layer, head, entry.image, parse_view(view))
         return {
             self.caption: caption_tokens(entry, step),
             self.head: gr.Dropdown(choices=head_options, value=str(head), interactive=heads_here, info=head_info),
             self.step_info: step_summary(trace, step, layer),
-            self.overlay: sized_plot(viz.attention_overlay(trace, step, layer, head, entry.image, view=view)),
-            self.mask_box: gr.Column(visible=bool(masks)),
-            self.mask: sized_plot(mask_figure),
-            self.candidates: sized_plot(viz.candidates_figure(trace, step)),
-            self.entropy: sized_plot(viz.entropy_figure(trace, step, layer)),
-            self.shares: sized_plot(viz.segment_share_figure(trace, step, layer)),
-            self.top_keys: sized_plot(viz.top_keys_figure(trace, step, layer)),
+            self.mask_box: gr.Column(visible=figures["mask"] is not None),
+            **{getattr(self, name): sized_plot(figures[name]) for name in STEP_FIGURES},
+            self.figure_files: gr.File(value=None, visible=False),  # a saved zip was of the last view
             **{c: u for m in self.methods for c, u in m.at_step(trace, step).items()},
             **self.whatif.view(entry, step, layer, head, selection),
         }

@@ -4,6 +4,7 @@ uploaded trace replayed."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 import gradio as gr
@@ -15,6 +16,11 @@ from halviz.ui.pickers import EXPIRED
 from halviz.session.state import RunEntry, Runs, keep_uploads, truth_from_meta
 from halviz.viz import span_offset, step_at_offset
 from halviz.ui.compare_callbacks import UPLOAD_PREFIX
+from halviz.session.budget import check_kept
+from halviz.session.figure_files import write_step_figures
+from halviz.ui.debugger import head_layers, in_model, parse_view, still_held
+from halviz.viz.common import clamp_step
+from halviz.viz.image_files import ExportError
 from halviz.ui.errors import session_of, ui_error, user_errors
 from halviz.ui.layout import Layout
 from halviz.ui.page_service import HalvizApp
@@ -74,3 +80,23 @@ class TraceCallbacks:
                            title="Not a halviz trace") from None
         # Clearing the uploader makes room for the next trace.
         return {self.ui.runs: runs, self.ui.upload: None, **shown}
+
+    def save_figures(self, runs, key, step, layer, head, view, fmt, caller: gr.Request = None) -> dict:
+        """Every figure the debugger shows at this step, as PNG, SVG or PDF files in one zip."""
+        runs = still_held(runs, key)
+        if key not in runs:
+            raise ui_error("Run a comparison (or open a trace) first; then save its figures.")
+        entry = check_kept(runs[key])
+        trace = entry.trace
+        layer, head = in_model(trace, layer, head)
+        if layer == "mean" or layer not in head_layers(trace):
+            head = "mean"
+        step = clamp_step(trace, int(step or 0))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        try:
+            paths = self.app.files.write(lambda folder: [write_step_figures(entry, step, layer, head, parse_view(view),
+                                                                            fmt, folder, stamp)], session_of(caller))
+        except ExportError as exc:
+            raise ui_error(str(exc), title="Could not save the figures") from None
+        return {self.ui.panel.figure_files: gr.File(value=paths, visible=True)}
+

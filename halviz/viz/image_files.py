@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 BROWSER_ENV = "BROWSER_PATH"  # what choreographer (Kaleido's browser driver) reads first
@@ -54,13 +55,20 @@ def export(fig: go.Figure, path: str | os.PathLike, width: int | None = None, he
     """Write ``fig`` to ``path`` as PNG, SVG or PDF (by its suffix) at ``width`` × ``height`` CSS
     pixels (default: the figure's own size, else 700 × 500); a PNG gets ``scale`` × as many pixels.
     Returns the path written. Raises :class:`ExportError` when Kaleido or a browser is missing."""
-    target = Path(path)
-    fmt = FORMATS.get(target.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{target.name}: export writes .png, .svg or .pdf files, chosen by the suffix.")
-    if not isinstance(fig, go.Figure):
-        raise TypeError(f"export takes a plotly figure (a halviz.viz function's result), not {type(fig).__name__}"
-                        + (": that panel has nothing to draw for this trace" if fig is None else ""))
+    return export_many([(fig, path)], width, height, scale)[0]
+
+
+def export_many(figures: list[tuple[go.Figure, str | os.PathLike]], width: int | None = None,
+                height: int | None = None, scale: float = 1) -> list[Path]:
+    """:func:`export` for several ``(figure, path)`` pairs, rendered by one browser session (starting
+    the browser costs more than drawing a figure)."""
+    targets = [Path(path) for _, path in figures]
+    for fig, target in zip((f for f, _ in figures), targets):
+        if FORMATS.get(target.suffix.lower()) is None:
+            raise ValueError(f"{target.name}: export writes .png, .svg or .pdf files, chosen by the suffix.")
+        if not isinstance(fig, go.Figure):
+            raise TypeError(f"export takes a plotly figure (a halviz.viz function's result), not {type(fig).__name__}"
+                            + (": that panel has nothing to draw for this trace" if fig is None else ""))
     try:
         import kaleido  # noqa: F401
     except ImportError:
@@ -69,21 +77,29 @@ def export(fig: go.Figure, path: str | os.PathLike, width: int | None = None, he
     if browser is None:
         raise ExportError("Writing PNG, SVG or PDF needs Chrome or Chromium, and none was found: install one "
                           "(Debian/Ubuntu: apt-get install chromium) or set BROWSER_PATH to its executable.")
-    w, h = figure_size(fig, width, height)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    sizes = [figure_size(fig, width, height) for fig, _ in figures]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
     with _env_lock:  # Kaleido's driver reads the variable when it starts the browser, within this call
         before = os.environ.get(BROWSER_ENV)
         os.environ[BROWSER_ENV] = browser
         try:
-            fig.write_image(str(target), format=fmt, width=w, height=h, scale=scale)
+            if len(figures) == 1:
+                (w, h), (fig, _) = sizes[0], figures[0]
+                fig.write_image(str(targets[0]), format=FORMATS[targets[0].suffix.lower()], width=w, height=h,
+                                scale=scale)
+            else:
+                pio.write_images([fig for fig, _ in figures], [str(t) for t in targets],
+                                 format=[FORMATS[t.suffix.lower()] for t in targets],
+                                 width=[w for w, _ in sizes], height=[h for _, h in sizes], scale=scale)
         except (ValueError, TypeError):
             raise
         except Exception as exc:
-            raise ExportError(f"Kaleido could not write {target.name} with the browser at {browser}: "
+            raise ExportError(f"Kaleido could not write {targets[0].name} with the browser at {browser}: "
                               f"{type(exc).__name__}: {exc}") from exc
         finally:
             if before is None:
                 os.environ.pop(BROWSER_ENV, None)
             else:
                 os.environ[BROWSER_ENV] = before
-    return target
+    return targets
