@@ -25,6 +25,7 @@ from halviz.session.examples import EXAMPLES_DIR, TruthInfo, load_examples, trut
 from halviz.ui.fairness import ClientGate, Limits, install as install_limits
 from halviz.ui.knobs import MethodSettings
 from halviz.ui.lesson import Lesson, LessonPanel
+from halviz.ui.resolution import ResolutionControl
 from halviz.session.model_cache import configured_models, local_models_allowed, model_choices
 from halviz.session.state import TraceFiles
 from halviz.ui.style import CSS, theme
@@ -155,6 +156,9 @@ def _layout(app: HalvizApp) -> Layout:
                                          ("; a local folder works too" if app.policy.allow_local else ""))
                 max_tokens = gr.Slider(1, checks.MAX_NEW_TOKENS, value=DEFAULT_MAX_NEW_TOKENS, step=1,
                                        label="Max new tokens", scale=2, elem_id="hv-max-tokens")
+            # The image-token budget and what the picture becomes at it (ui/resolution.py); it rides in
+            # the settings JSON as a knob, appended to the method knobs below.
+            resolution = ResolutionControl.build(app, image, model)
             prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=1, max_lines=4, elem_id="hv-prompt")
             methods = gr.CheckboxGroup(choices=[(cls.title or n, n) for n, cls in app.registry.items()],
                                        value=default_methods, label="Methods: one caption column each",
@@ -170,6 +174,7 @@ def _layout(app: HalvizApp) -> Layout:
                 stop = gr.Button("■ Stop", variant="stop", elem_id="hv-stop", scale=1)
             # Below the button: ticking every method opens one settings accordion each.
             knobs = MethodSettings.build(app.registry, default_methods, defaults)
+            knobs.components.append(resolution.knob)
     status = gr.Markdown(f"Pick an image and press **Compare**. {API_NOTE}", elem_classes=["hv-status"],
                          elem_id="hv-status", label="status", latex_delimiters=[])
     slots: list[Slot] = []

@@ -13,6 +13,8 @@ from halviz.methods.base import Knob, Method
 from halviz.methods.index_pairs import MAX_PAIRS_CHARS
 from halviz.session.escaping import markdown_text
 from halviz.session.model_defaults import ModelDefaults
+from halviz.session.resolution import SETTINGS_KEY
+from halviz.ui.resolution import for_model as resolution_for_model
 
 MAX_SLIDER_POSITIONS = 2000  # wider ranges (e.g. seeds) get a number box
 
@@ -103,6 +105,8 @@ class MethodSettings:
         shown = shown or ModelDefaults().shown(self.registry)
         settings: dict[str, dict] = {}
         for (method, knob, _), value in zip(self.components, values):
+            if method == SETTINGS_KEY and not value:  # the Resolution control at the device's default
+                continue
             if value != shown.get(method, {}).get(knob):
                 settings.setdefault(method, {})[knob] = value
         return json.dumps(settings) if settings else ""
@@ -115,6 +119,9 @@ class MethodSettings:
         updates: list = [new]
         updates += [gr.Markdown(defaults_note(self.registry[name], defaults)) for name in self.notes]
         for (method, name, _), value in zip(self.components, values):
+            if method == SETTINGS_KEY:  # the Resolution control (ui/resolution.py): the new model's budgets
+                updates.append(resolution_for_model(defaults.model))
+                continue
             knob = next(k for k in self.registry[method].knobs if k.name == name)
             untouched = value == old.get(method, {}).get(name)
             info = knob_info(knob, defaults.values.get(method, {}).get(name))

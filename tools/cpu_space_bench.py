@@ -1,0 +1,129 @@
+"""What a free CPU Space can show: real architectures at their CPU image budget, timed at app level.
+
+    python -m tools.cpu_space_bench [--models smolvlm-256m,interleave-0.5b] [--tokens 32] [--rounds 1]
+
+For each model: a random checkpoint of the real architecture (``halviz.models.real_geometry``, as
+``halviz bench`` builds it) is saved to a temporary folder, the app is launched in this process with
+that folder as its only model (loaded and warmed at start-up, as a Space does), and ``/compare`` is
+called with no image budget, so the device's default applies (on a CPU: the cheapest the model's
+processor offers). Printed per model: the budget and its image tokens, seconds from Compare to the
+first caption words on the page, and seconds for 5 columns x N tokens end to end (with the tokens
+each column really produced: random weights may meet EOS early). Minimum over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tools.appbench import EXAMPLES, METHODS, PROMPT
+
+MODELS = {"smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct", "interleave-0.5b": "interleave-0.5b"}
+IMAGE = "coffee.jpg"  # a photo: the budget matters for photos (toy scenes are small)
+GOALS = {"smolvlm-256m": (5.0, 20.0), "interleave-0.5b": (None, 60.0)}  # (first words, 5 columns end to end)
+
+
+def _has_words(outputs) -> bool:
+    """Whether any caption card of a streamed /compare update shows text yet (the client gets no State
+    outputs, so the cards are found by their value: HighlightedText's list of token/class pairs)."""
+    for value in outputs:
+        items = value.get("value") if isinstance(value, dict) else value
+        if isinstance(items, list) and items and all(isinstance(c, dict) and "token" in c for c in items):
+            if any(str(c["token"]).strip() for c in items):
+                return True
+    return False
+
+
+def _compare(client, model: str, image: Path, tokens: int) -> tuple[float | None, float, dict]:
+    from gradio_client import handle_file
+
+    started = time.perf_counter()
+    first = None
+    job = client.submit(handle_file(str(image)), PROMPT, list(METHODS), tokens, "", model, "", api_name="/compare")
+    last = None
+    for outputs in job:
+        last = outputs
+        if first is None and _has_words(outputs):
+            first = time.perf_counter() - started
+    if not job.status().success:
+        job.result()  # raises the server's message
+    total = time.perf_counter() - started
+    summary = last[-1] if last else {}
+    return first, total, summary if isinstance(summary, dict) else {}
+
+
+def bench(name: str, tokens: int, rounds: int) -> dict:
+    from gradio_client import Client
+
+    from halviz.models.real_geometry import save_real_geometry
+    from halviz.session.resolution import family_for_key, resolve_budget
+    from halviz.ui import build_app, launch_options, shutdown
+    from tools.stress import free_port
+
+    image = next(p for p in (EXAMPLES / IMAGE, *sorted(EXAMPLES.glob("*.jpg"))) if p.is_file())
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        folder = str(save_real_geometry(MODELS[name], Path(tmp) / name))
+        built = time.perf_counter() - started
+        started = time.perf_counter()
+        demo = build_app(models=[folder], default_model=folder, preload=[folder])
+        startup = time.perf_counter() - started
+        family = family_for_key(folder)
+        budget = resolve_budget(family, None, "cpu")
+        loaded = demo.halviz.cache.get(folder)
+        from PIL import Image
+
+        picture = Image.open(image)
+        plan = loaded.adapter.with_budget(budget).image_plan(*picture.size)
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                                **launch_options())
+        try:
+            client = Client(url, verbose=False, download_files=False)
+            runs = [_compare(client, folder, image, tokens) for _ in range(rounds)]
+        finally:
+            shutdown(demo)
+    firsts = [f for f, _, _ in runs if f is not None]
+    summary = runs[-1][2]
+    produced = {m: int(s.get("tokens", 0)) for m, s in summary.items() if isinstance(s, dict)}
+    return {"model": name, "budget": budget, "image": image.name, "image_size": list(picture.size),
+            "image_tokens": plan.tokens, "plan": plan.describe(), "columns": len(METHODS), "tokens": tokens,
+            "build_s": round(built, 1), "startup_s": round(startup, 1),
+            "first_words_s": round(min(firsts), 2) if firsts else None,
+            "end_to_end_s": round(min(t for _, t, _ in runs), 2), "tokens_per_column": produced,
+            "threads": os.environ.get("OMP_NUM_THREADS", "?"), "load": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.cpu_space_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    results = []
+    for name in args.models.split(","):
+        result = bench(name.strip(), args.tokens, args.rounds)
+        results.append(result)
+        first_goal, total_goal = GOALS.get(result["model"], (None, None))
+        first = result["first_words_s"]
+        print(f"{result['model']} at budget {result['budget']!r}: {result['plan']} "
+              f"({result['image']} {result['image_size'][0]}x{result['image_size'][1]})\n"
+              f"  first caption words   {first if first is not None else 'none':>7} s"
+              + (f"   (goal <= {first_goal:g})" if first_goal else "") + "\n"
+              f"  {result['columns']} columns x {args.tokens} tokens {result['end_to_end_s']:7.2f} s"
+              + (f"   (goal <= {total_goal:g})" if total_goal else "") + "\n"
+              f"  tokens per column     {result['tokens_per_column']}\n"
+              f"  start-up (load+warm)  {result['startup_s']:7.1f} s; OMP_NUM_THREADS={result['threads']}, "
+              f"load average {tuple(round(v, 2) for v in result['load'])}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
