@@ -180,9 +180,11 @@ def run_rounds(variants: dict[str, Callable[[], dict]], rounds: int) -> dict[str
 
 
 def bench_model(name: str, spec: BenchModel, folder: Path, tokens: int, rounds: int,
-                method_names: tuple[str, ...] | None = None) -> dict:
+                method_names: tuple[str, ...] | None = None, image_budget: str = "default") -> dict:
+    from halviz.session.resolution import budgeted
+
     started = time.perf_counter()
-    loaded = load_model(str(spec.save(folder / name)), device="cpu")
+    loaded = budgeted(load_model(str(spec.save(folder / name)), device="cpu"), image_budget)
     build_s = time.perf_counter() - started
     adapter = loaded.adapter
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (336, 336, 3), dtype=np.uint8))
@@ -250,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated methods to time against vanilla")
     parser.add_argument("--tokens", type=int, help="new tokens per run (default: per model, see BENCH_MODELS)")
     parser.add_argument("--rounds", type=int, help="rounds (default: per model)")
+    parser.add_argument("--image-budget", default="default",
+                        help="image-token budget: 'default' (the checkpoint's own, as the recorded figures), 'min' "
+                             "(the cheapest, what the app uses on a CPU) or a family's budget name (docs/models.md)")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
     use_threads(args.threads)
@@ -268,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             spec = BENCH_MODELS[name]
             tokens, rounds = args.tokens or spec.tokens[mode], args.rounds or spec.rounds[mode]
-            results["models"][name] = bench_model(name, spec, Path(tmp), tokens, rounds, method_names)
+            results["models"][name] = bench_model(name, spec, Path(tmp), tokens, rounds, method_names,
+                                                  args.image_budget)
             print(format_model(name, results["models"][name]), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
