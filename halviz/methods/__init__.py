@@ -4,7 +4,8 @@
 the toy probe evaluate); ``INTERVENTIONS`` are the debugger's "what if" edits (remove the sink,
 mask patches, scale heads). ``REGISTRY`` = both, and its order is the stacking order: in a stack
 each method acts at a hook point after the ones before it (PruneHal's masks, VASparse's logit
-edits, VHR's heads, KVSmooth's K/V, VCD's contrast, VAR's redistribution, then the interventions).
+edits, VHR's heads, KVSmooth's K/V, VCD's contrast, VAR's redistribution, CAI's gated tilt and
+contrast, then the interventions).
 It is written here once; :func:`build_stack` applies it.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from halviz.methods.base import HOOK_POINTS, Knob, Method, Stream
+from halviz.methods.cai import CAI
 from halviz.methods.kvsmooth import KVSmooth
 from halviz.methods.mask_patches import MaskPatches
 from halviz.methods.prunehal import PruneHal
@@ -24,7 +26,7 @@ from halviz.methods.vasparse import VASparse
 from halviz.methods.vcd import VCD
 from halviz.methods.vhr import VHR
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, PruneHal, VASparse, VHR, KVSmooth, VCD, VAR)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, PruneHal, VASparse, VHR, KVSmooth, VCD, VAR, CAI)}
 INTERVENTIONS: dict[str, type[Method]] = {cls.name: cls for cls in (RemoveSink, MaskPatches, ScaleHeads)}
 REGISTRY: dict[str, type[Method]] = {**METHODS, **INTERVENTIONS}
 

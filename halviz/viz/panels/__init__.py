@@ -10,7 +10,7 @@ from importlib import import_module
 
 from halviz.viz.panels.base import Figure, MethodPanel
 
-PANEL_MODULES = ("prunehal", "vasparse", "vhr", "var")  # one entry per method panel, in page order
+PANEL_MODULES = ("prunehal", "vasparse", "vhr", "var", "cai")  # one entry per method panel, in page order
 
 PANELS: tuple[MethodPanel, ...] = tuple(import_module(f"{__name__}.{name}").PANEL for name in PANEL_MODULES)
 
