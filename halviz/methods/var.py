@@ -58,7 +58,6 @@ moved from the sinks to the image.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -66,34 +65,12 @@ import torch
 
 from halviz.methods.base import Knob, Method
 from halviz.methods.layer_range import chosen_layers
+from halviz.methods.sink_rule import scaled_tau, sink_tokens
 
 if TYPE_CHECKING:
     from halviz.engine.rows import Column, Pass
 
 MAIN = "main"  # the main row's stream name (halviz.engine.rows.MAIN; importing it here would be circular)
-REFERENCE_WIDTH = 4096  # LLaMA-2-7B's hidden size, where the paper set τ = 20
-RMS_EPS = 1e-6
-
-
-def scaled_tau(tau: float, hidden_size: int) -> float:
-    """τ at ``hidden_size`` for the same share of a token's energy as τ at 4096: τ·√(D/4096)."""
-    return tau * math.sqrt(hidden_size / REFERENCE_WIDTH)
-
-
-def rms_normalised(hidden: torch.Tensor) -> torch.Tensor:
-    """h / rms(h) over the last dimension, without a learned gain (float32 or wider)."""
-    h = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
-    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + RMS_EPS)
-
-
-def sink_tokens(hidden: torch.Tensor, tau: float) -> torch.Tensor:
-    """hidden (n, D), one row's layer input → (n,) bool: tokens above τ in a sink dimension, the
-    dimensions where the first token is above τ (none: no sinks)."""
-    x = rms_normalised(hidden).abs()
-    dims = x[0] > tau
-    if not bool(dims.any()):
-        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    return x[:, dims].amax(-1) > tau
 
 
 def image_centric(weights: torch.Tensor, image: torch.Tensor, sinks: torch.Tensor, rho: float,
