@@ -40,7 +40,8 @@ Decisions and divergences from the released code:
   and the text-only pass's own gates can overwrite the stored weights with NaN (its prompt has no
   tokens after ``query_token_start``). We tilt the main row only, with weights from the main row.
 - Rows of other stacked methods (VCD's noised image, VASparse's masked branch) are not tilted:
-  the gate and the weights are the main row's.
+  the gate and the weights are the main row's. Stacked with VHR, CAI's text-only row is a row of
+  its own (``cai_text``, beside VHR's ``text``) and VHR reinforces it like every row of its column.
 - A logit already −inf (a stacked method's mask, e.g. PruneHal) stays −inf (the code's −inf + ∞·w
   would be NaN; with its float16 mask of finfo.min it stayed near the minimum).
 - The text-only prompt is the model family's (``Family.text_only_ids``, the same as VHR's); the
@@ -69,7 +70,7 @@ from halviz.methods.contrast import TopLogits, contrast_logits
 if TYPE_CHECKING:
     from halviz.engine.rows import Column, Pass
 
-TEXT_STREAM = "text"
+TEXT_STREAM = "cai_text"  # its own name: VHR's text-only row is "text"
 LN10 = math.log(10.0)
 ENTROPY_EPS = 1e-9  # the code's p + 1e-9 inside the log
 PLAUSIBILITY = 0.1  # the code's cutoff log(0.1) + max log p
