@@ -37,7 +37,11 @@ HELP = {
               "weights (a massive activation on BOS that half the heads of layer 2 and every head of layers "
               "3–5 read through a fixed key and query bias), because none grew in its short training; real "
               "models grow theirs in training. The other heads of layer 2 have no sink and read the image. "
-              + NOT_WHY),
+              "Which tokens are sinks is read from their activations, not their attention (VAR's rule: a massive "
+              "value, after RMSNorm, in a dimension where BOS has one): outlined in the grid, orange for a "
+              "<b>visual sink</b> (an image token that became a sink, as in VAR and LSG), purple for BOS or "
+              "another text sink; the bars split off the image attention that went to visual sinks. The toy has "
+              "no visual sink by design: its massive dimension belongs to BOS alone. " + NOT_WHY),
     "candidates": ("The five most likely next tokens after every method acted, with their probabilities; greedy "
                    "decoding takes the first (blue). The title gives its margin over the runner-up at this step: a "
                    "small margin is a close call that a method could tip, a large one a confident choice. Confident "

@@ -14,6 +14,7 @@ from halviz.viz.common import (
     Choice,
     base_layout,
     clamp_step,
+    index_ranges,
     key_label,
     message_figure,
     num_layers,
@@ -28,6 +29,35 @@ def _layer_rows(layers: int, layer: Choice) -> list[str]:
     return [("▶ " if layer != "mean" and int(layer) == l else "") + f"layer {l}" for l in range(layers)]
 
 
+TOY_MODELS = ("toy", "toy-llava")
+VISUAL_SINK_COLOUR, TEXT_SINK_COLOUR = "#ea580c", "#c084fc"  # orange; light purple (BOS is purple)
+
+
+def sink_kinds(trace: Trace) -> np.ndarray | None:
+    """(L, prompt) int8 from the recorded ``sink_tokens``: 0 not a sink, 1 a text sink (BOS or another
+    text token), 2 a visual sink (an image token); None for a trace recorded without them."""
+    sinks = trace.arrays.get("sink_tokens")
+    if sinks is None:
+        return None
+    kinds = sinks.astype(bool).astype(np.int8)
+    image = [p for p in trace.meta.get("image_positions") or [] if p < kinds.shape[1]]
+    kinds[:, image] *= 2
+    return kinds
+
+
+def sink_summary(trace: Trace) -> str:
+    """One subtitle part: in which layers image tokens are sinks (or that none is, and why on the toy)."""
+    kinds = sink_kinds(trace)
+    if kinds is None:
+        return "this trace did not record which tokens are sinks"
+    visual = [l for l in range(kinds.shape[0]) if (kinds[l] == 2).any()]
+    if visual:
+        return f"visual sinks (image tokens with the massive activation) in layers {index_ranges(visual)}"
+    if str(trace.meta.get("model", "")).lower() in TOY_MODELS:
+        return "no visual sink in any layer: the toy has none by design (its only sink is BOS)"
+    return "no image token is a sink in any layer (no visual sink)"
+
+
 def segment_share_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.Figure:
     """Stacked bars: per layer, the share of the step's attention on BOS, system, image, prompt, generated."""
     if not trace.has_attention:
@@ -35,22 +65,33 @@ def segment_share_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.
     step = clamp_step(trace, step)
     shares = trace.arrays["segment_share"][step].astype(np.float64)  # (L, S)
     segments = list(trace.meta.get("segments") or SEGMENT_NAMES)
+    names = {segment: SEGMENT_NAMES.get(segment, segment) for segment in segments}
+    colours = {segment: SEGMENT_COLOURS.get(segment, "#64748b") for segment in segments}
     layers = num_layers(trace)
+    visual = _visual_sink_share(trace, step)  # (L,) the image share that went to visual sinks, or None
+    if visual is not None and "image" in segments and visual.any():
+        at = segments.index("image")
+        shares = np.insert(shares, at, visual, axis=1)
+        shares[:, at + 1] = np.clip(shares[:, at + 1] - visual, 0, None)
+        segments.insert(at, "visual sinks")
+        names["visual sinks"], colours["visual sinks"] = "image: visual sinks", VISUAL_SINK_COLOUR
+        names["image"] = "image: other tokens"
     labels = ["mean of layers"] + _layer_rows(layers, layer)
     values = np.vstack([shares.mean(0, keepdims=True), shares])
     fig = go.Figure()
     for s, segment in enumerate(segments):
         fig.add_trace(go.Bar(
-            y=labels, x=values[:, s], orientation="h", name=SEGMENT_NAMES.get(segment, segment),
-            marker=dict(color=SEGMENT_COLOURS.get(segment, "#64748b"), line=dict(width=0)),
-            hovertemplate="%{y}: %{x:.1%} on " + SEGMENT_NAMES.get(segment, segment) + "<extra></extra>",
+            y=labels, x=values[:, s], orientation="h", name=names[segment],
+            marker=dict(color=colours[segment], line=dict(width=0)),
+            hovertemplate="%{y}: %{x:.1%} on " + names[segment] + "<extra></extra>",
         ))
     fig.update_layout(barmode="stack", bargap=0.15,
                       legend=dict(orientation="h", y=-0.08, yanchor="top", x=0, font=dict(size=11), traceorder="normal"))
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
     title = f"Step {step} → {step_token(trace, step)}: where each layer's attention went" + subtitle(
-        ["mean over heads", "a sink: a segment taking far more than its share", "typically the BOS token"])
+        ["mean over heads", "a sink: a segment taking far more than its share", "typically the BOS token",
+         sink_summary(trace)])
     return base_layout(fig, title, _rows_height(layers + 1) + 40, margin=dict(b=70))
 
 
@@ -75,12 +116,25 @@ def top_keys_figure(trace: Trace, step: int, layer: Choice = "mean") -> go.Figur
         colorbar=dict(title="attention", thickness=12, tickformat=".0%"),
         hovertemplate="%{y}, rank %{x}: %{customdata}<br>attention %{z:.3f}<extra></extra>",
     ))
+    kinds = sink_kinds(trace)
+    if kinds is not None:  # outline the cells whose token is a sink in that layer, by kind
+        for kind, name, colour in ((2, "visual sink (an image token)", VISUAL_SINK_COLOUR),
+                                   (1, "text sink (BOS or another text token)", TEXT_SINK_COLOUR)):
+            cells = [(l, r) for l in range(layers) for r in range(k)
+                     if positions[l, r] < kinds.shape[1] and kinds[l, positions[l, r]] == kind]
+            for i, (l, r) in enumerate(cells):  # categorical axes: cell (r, l) spans index ± 0.5
+                fig.add_shape(type="rect", x0=r - 0.46, x1=r + 0.46, y0=l - 0.44, y1=l + 0.44,
+                              line=dict(color=colour, width=3), name=name, legendgroup=name,
+                              showlegend=i == 0)
+        fig.update_layout(legend=dict(orientation="h", y=-0.16, yanchor="top", x=0, font=dict(size=11)))
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
     fig.update_xaxes(title="rank")
     title = f"Step {step}: the {k} tokens taking most attention in each layer" + subtitle(
         ["mean over heads", "gN: generated token N, @N: prompt position N", "hover for the full name",
-         "one token at rank 1 in every layer, with a large share: a sink"])
-    base_layout(fig, title, _rows_height(layers, per_row=30) + 40, margin=dict(b=10))
+         "outlined: a sink token by its activations (VAR's rule)" if kinds is not None else
+         "one token at rank 1 in every layer, with a large share: a sink", sink_summary(trace)])
+    base_layout(fig, title, _rows_height(layers, per_row=30) + (90 if kinds is not None else 40),
+                margin=dict(b=60 if kinds is not None else 10))
     row_px = (fig.layout.height - fig.layout.margin.t - fig.layout.margin.b - 30) / max(layers, 1)  # less the axis
     if row_px >= TWO_LINES_PX:
         fig.update_traces(texttemplate="%{text}<br>%{z:.0%}")
@@ -113,3 +167,14 @@ def cell_label(name: str, limit: int = CELL_CHARS) -> str:
 
 def _rows_height(rows: int, per_row: int = 18) -> int:
     return int(min(max(140 + per_row * rows, 260), 900))
+
+
+def _visual_sink_share(trace: Trace, step: int) -> np.ndarray | None:
+    """(L,) the head-mean attention this step put on image tokens that are sinks in each layer."""
+    kinds = sink_kinds(trace)
+    image = trace.meta.get("image_positions") or []
+    attention = trace.arrays.get("image_attn")
+    if kinds is None or attention is None or attention.shape[-1] != len(image):
+        return None
+    visual = kinds[:, [p for p in image]] == 2  # (L, image tokens)
+    return (attention[step].astype(np.float64) * visual).sum(-1)
