@@ -29,6 +29,7 @@ PRUNEHAL, KVSMOOTH = "halviz/methods/prunehal.py", "halviz/methods/kvsmooth.py"
 T_VAS, T_VHR = "tests/test_vasparse.py", "tests/test_vhr.py"
 T_PRUNE, T_KV = "tests/test_prunehal.py", "tests/test_kvsmooth.py"
 BATCH, RUN, T_BATCH = "halviz/engine/batch.py", "halviz/engine/run.py", "tests/test_batch.py"
+PACKING = "halviz/engine/packing.py"
 T_VCD = "tests/test_vcd.py"
 VAR, T_VAR = "halviz/methods/var.py", "tests/test_var.py"
 T_LISTS = "tests/test_list_knobs.py"
@@ -131,6 +132,16 @@ MUTATIONS = (
     Mutation("engine: edit hooks also run on a shared prefill row", BATCH,
              "own = [i for i, s in enumerate(names) if not (s == MAIN and column.shares_prefill)]",
              "own = list(range(len(names)))", (T_BATCH,), "new code"),
+    Mutation("engine: packed prefill segments see one another (no block mask)", PACKING,
+             "same = s[:, :, None] == s[:, None, :]", "same = (s[:, None, :] >= 0) | (s[:, :, None] == s[:, None, :])",
+             (T_BATCH, T_VHR), "new code"),
+    Mutation("engine: the cache after a ragged prefill keeps the physical rows", RUN,
+             "            if packing is None:\n                self.cache.batch_select_indices(index)",
+             "            if True:\n                self.cache.batch_select_indices(index)", (T_BATCH,), "new code"),
+    Mutation("engine: a packed row's logical padding not masked (explicit attention)", PACKING,
+             "allowed = (t[None, :] <= t[:, None])[None] & (t[None, None, :] < self.lengths[:, None, None])",
+             "allowed = (t[None, :] <= t[:, None])[None].expand(len(self.lengths), -1, -1)", (T_BATCH, T_VHR),
+             "new code"),
     Mutation("engine: a raising hook ends every column", RUN,
              "            rows.column.fail(exc)\n            return None", "            raise", (T_BATCH,), "new code"),
     Mutation("vhr: T-VHD over the reinforced layers only", VHR,

@@ -82,7 +82,7 @@ class BatchDecoder:
                 column.recorder = Recorder(adapter.num_layers, adapter.num_heads, column.image_index,
                                            column.segment_ids, record)
         self.steps: list[list[Step]] = [[] for _ in self.columns]
-        self.batch = BatchRun(loaded.model)
+        self.batch = BatchRun(loaded.model, self.max_new_tokens + 1)
         self._texts = [""] * len(self.columns)
         self._started = False
         self._rows: list[tuple[Column, str]] = []  # decode rows, in batch order

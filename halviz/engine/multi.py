@@ -86,7 +86,7 @@ class MultiBatchDecoder(BatchDecoder):
         self.prompt = self._prompts[0]
         self.inputs, self.layout = self._prepared[0]
         self.steps = [[] for _ in self.columns]
-        self.batch = BatchRun(loaded.model)
+        self.batch = BatchRun(loaded.model, self.max_new_tokens + 1)
         self._texts = [""] * len(self.columns)
         self._started = False
         self._rows = []

@@ -21,8 +21,8 @@ from threading import Lock
 from typing import Callable, Iterator
 
 import torch
-from transformers import DynamicCache
 
+from halviz.engine.kvcache import GrowingCache
 from halviz.engine.packing import Packing
 from halviz.engine.rows import Column, Pass
 from halviz.methods.base import HOOK_POINTS, Method
@@ -104,9 +104,9 @@ def _see_residual(layer: int, module, args, kwargs) -> None:
 class BatchRun:
     """The shared model call of all rows: one cache, and the active :class:`Forward` around it."""
 
-    def __init__(self, model):
+    def __init__(self, model, spare: int = 64):
         self.model = model
-        self.cache = DynamicCache()
+        self.cache = GrowingCache(spare)  # decode steps write in place (no whole-cache copy a step)
 
     @contextmanager
     def active(self, plan: Forward) -> Iterator[Forward]:

@@ -89,10 +89,14 @@ def t_vhd(vhd: torch.Tensor, k: int) -> torch.Tensor:
     return vhd.topk(min(k, vhd.shape[-1]), dim=-1).values.sum((-2, -1))
 
 
+def head_scale(heads: torch.Tensor, alpha: float, like: torch.Tensor) -> torch.Tensor:
+    """(1, H, 1, 1) factors: α on the chosen heads, 1 elsewhere, in ``like``'s dtype and device."""
+    return torch.where(heads, alpha, 1.0).to(device=like.device, dtype=like.dtype)[None, :, None, None]
+
+
 def reinforce(out: torch.Tensor, heads: torch.Tensor, alpha: float) -> torch.Tensor:
     """Scale the chosen heads of out (B, H, q, D) by α (others × 1, bit-exact)."""
-    scale = torch.where(heads, alpha, 1.0).to(device=out.device, dtype=out.dtype)
-    return out * scale[None, :, None, None]
+    return out * head_scale(heads, alpha, out)
 
 
 class VHR(Method):
@@ -120,7 +124,7 @@ class VHR(Method):
         self.alpha: float = float(self.params["alpha"])
         self.layers: tuple[int, ...] = ()
         self.vhd = self.text_norm = self.outlier = self.selected = None
-        self._heads: list[torch.Tensor | None] = []  # per layer, on the model's device once chosen
+        self._scales: list[torch.Tensor | None] = []  # per layer, (1, H, 1, 1) head factors once chosen
         self._rows: dict[str, torch.Tensor] = {}
         self._step_vhd: list[torch.Tensor] = []
 
@@ -136,7 +140,7 @@ class VHR(Method):
         self.text_norm = torch.zeros(shape, dtype=torch.float64)
         self.outlier = torch.zeros(shape, dtype=torch.bool)
         self.selected = torch.zeros(shape, dtype=torch.bool)
-        self._heads = [None] * column.num_layers
+        self._scales = [None] * column.num_layers
         # the last prompt position of each stream: the query that predicts the first token
         self._last = (column.prompt_len - 1, column.text_len - 1)
         if self.params["per_step_tvhd"]:
@@ -158,8 +162,8 @@ class VHR(Method):
             with_image, text_only = out[main, :, -1], None if text is None else out[text, :, -1]
         if self._rows and text_only is not None:
             self._rows["image"][layer], self._rows["text"][layer] = with_image, text_only
-        heads = self._heads[layer]
-        return out if heads is None else reinforce(out, heads, self.alpha)
+        scale = self._scales[layer]  # made once per layer: a decode step only multiplies
+        return out if scale is None else out * scale
 
     def _choose(self, layer: int, with_image: torch.Tensor, text_only: torch.Tensor) -> None:
         """Measure VHD and TA of this layer; in a VHR layer also filter outliers and choose H_l."""
@@ -173,7 +177,7 @@ class VHR(Method):
             outliers = torch.zeros_like(vhd, dtype=torch.bool)
         chosen = select_heads(vhd, outliers)
         self.outlier[layer], self.selected[layer] = outliers.cpu(), chosen.cpu()
-        self._heads[layer] = chosen.to(with_image.device)
+        self._scales[layer] = head_scale(chosen, self.alpha, with_image)
 
     # ---- trace -----------------------------------------------------------------------------
     def trace_arrays(self) -> dict[str, np.ndarray]:
