@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("halviz.bench", "speed and trace size of every method at a model's real geometry"),
     "gpubench": ("halviz.gpubench", "the GPU benchmark (needs a CUDA device)"),
     "probe": ("halviz.toy.recipe.probe", "the toy model's measured claims (sink, decline, prior, methods)"),
+    "risk-study": ("halviz.toy.recipe.risk_study", "which trace signal marks hallucinated mentions (ROC AUC on the toy)"),
     "train": ("halviz.toy.recipe.train", "train the toy model from scratch (the recipe)"),
     "tune": ("halviz.toy.recipe.tune", "choose the toy model's method defaults on its tuning split"),
     "toy-eval": ("halviz.toy.recipe.evaluate", "CHAIR and the prior-pair rates of the toy model"),
