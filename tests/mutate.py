@@ -34,6 +34,7 @@ T_VCD = "tests/test_vcd.py"
 VAR, T_VAR = "halviz/methods/var.py", "tests/test_var.py"
 T_LISTS = "tests/test_list_knobs.py"
 SINK, T_SINK = "halviz/toy/designed_sink.py", "tests/test_designed_sink.py"
+CAI, T_CAI = "halviz/methods/cai.py", "tests/test_cai.py"
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,19 @@ MUTATIONS = (
              (T_VAR,), "new code"),
     Mutation("var: sinks of the layer below", VAR,
              "self.sinks.get(MAIN, {})).get(layer)", "self.sinks.get(MAIN, {})).get(layer - 1)", (T_VAR,), "new code"),
+    Mutation("cai: the tilt lowers the logit (a − |a|·w)", CAI, "scores + scores.abs() * w", "scores - scores.abs() * w",
+             (T_CAI,), "new code"),
+    Mutation("cai: a gate opens the layer after the one it belongs to", CAI, "self._gate[layer] = opened",
+             "self._gate[layer + 1] = opened", (T_CAI,), "new code"),
+    Mutation("cai: relevance without the min shift (σ(κ·cos))", CAI, "sharpness * (sim - sim.min())",
+             "sharpness * sim", (T_CAI,), "new code"),
+    Mutation("cai: entropy in nats, not bans", CAI, "(p + ENTROPY_EPS).log()).sum(-1) / LN10",
+             "(p + ENTROPY_EPS).log()).sum(-1)", (T_CAI,), "new code"),
+    Mutation("cai: the prompt's text = every prompt token, not those after the image", CAI,
+             "hidden[main, self.after_image:self.prompt_len].mean(0)", "hidden[main, :self.prompt_len].mean(0)",
+             (T_CAI,), "new code"),
+    Mutation("cai: no plausibility cut before the contrast", CAI, "PLAUSIBILITY = 0.1", "PLAUSIBILITY = 0.0",
+             (T_CAI,), "new code"),
     Mutation("lists: patch list ignored (the box used)", "halviz/methods/mask_patches.py",
              'if p["patches"]:', "if False:", (T_LISTS,), "new code"),
     Mutation("lists: patch list read column:row", "halviz/methods/mask_patches.py",
