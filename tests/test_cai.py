@@ -25,7 +25,7 @@ FAMILIES = ("llava-1.5", "llava-interleave")
 
 # ---- the pieces on hand-made tensors ----------------------------------------------------------------
 def test_relevance_by_hand():
-    visual = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, -3.0]], dtype=torch.float64)
+    visual = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 0.0, -3.0]], dtype=torch.float64)
     text = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
     cos = [sum(a * b for a, b in zip(v, text.tolist())) / (math.hypot(*v) * math.hypot(*text.tolist()))
            for v in visual.tolist()]
