@@ -206,3 +206,23 @@ def test_decode_at_a_budget_records_it_and_every_grid_view_draws(smol_checkpoint
                     inside = np.flatnonzero((boxes[:, 0] <= x) & (x < boxes[:, 2]) & (boxes[:, 1] <= y) & (y < boxes[:, 3]))
                     assert len(inside) == 1, (view, r, c)
                     assert z[r, c] == pytest.approx(expected[grid["index"][inside[0]]], rel=1e-3, abs=1e-6)
+
+
+def test_a_column_decoded_again_keeps_its_recorded_budget(smol_checkpoint):
+    """The debugger's re-run (and an evaluation sample decoded again) goes through the stack decoder: at
+    the budget the column was recorded at, not the device's default (which would change the image tokens)."""
+    from halviz.methods import METHODS
+    from halviz.session.decoding import gpu_stack_decoder
+
+    class OneModel:
+        def peek(self, key):
+            return smol_checkpoint
+
+    decode = gpu_stack_decoder(OneModel(), METHODS)
+    image = np.asarray(ramp(640, 480))
+    for budget in ("2x2", "global"):
+        last = list(decode("smol", image, "describe", [[("vanilla", {})]], 2, 0.0, image_budget=budget))[-1]
+        trace = last.traces[0]
+        assert trace.meta["image_budget"] == budget
+        assert len(trace.meta["image_positions"]) == resolution.budgeted(smol_checkpoint, budget).adapter \
+            .image_plan(640, 480).tokens

@@ -65,7 +65,8 @@ def _decode_by_key(cache, registry: Mapping[str, type[Method]], model_key: str, 
     yield from decode_rounds(loaded, Image.fromarray(image), prompt, stacks, max_new_tokens, update_every_s)
 
 
-def _stack_duration(model_key, image, prompt, stacks, max_new_tokens, update_every_s, system=None) -> int:
+def _stack_duration(model_key, image, prompt, stacks, max_new_tokens, update_every_s, system=None,
+                    image_budget=None) -> int:
     return gpu_seconds(len(stacks), max_new_tokens)
 
 
@@ -77,8 +78,10 @@ def build_spec_stacks(stacks: Sequence[Sequence[tuple[str, Mapping[str, Any]]]],
 
 def _decode_stacks_by_key(cache, registry: Mapping[str, type[Method]], model_key: str, image: np.ndarray,
                           prompt: str, stacks: Sequence[Sequence[tuple[str, Mapping[str, Any]]]],
-                          max_new_tokens: int, update_every_s: float, system: str | None = None) -> Iterator[Progress]:
-    loaded = cache.peek(model_key) or cache.get(model_key)
+                          max_new_tokens: int, update_every_s: float, system: str | None = None,
+                          image_budget: str | None = None) -> Iterator[Progress]:
+    # A column decoded again keeps the image budget it was recorded at (None: the device's default).
+    loaded = budgeted(cache.peek(model_key) or cache.get(model_key), image_budget)
     yield from decode_rounds(loaded, Image.fromarray(image), prompt, build_spec_stacks(stacks, registry),
                              max_new_tokens, update_every_s, system)
 

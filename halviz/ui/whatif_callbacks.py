@@ -202,7 +202,8 @@ class WhatIfCallbacks:
             loaded = self.app.load(entry.model)
             prompt = str(entry.trace.meta.get("prompt", ""))
             for progress in self.app.decode_stacks(entry.model, np.asarray(entry.source), prompt, [original, changed],
-                                                   tokens, self.app.update_every_s):
+                                                   tokens, self.app.update_every_s,
+                                                   image_budget=entry.trace.meta.get("image_budget")):
                 results = with_divergence(
                     [column_result(k, t, texts, compute, finish, entry.truth) for k, t, texts, compute, finish in
                      zip((entry.key, new_key), (entry.title, title), progress.texts, progress.compute_s,
