@@ -133,3 +133,19 @@ def test_bad_requests_say_why(folder, tmp_path):
         (tmp_path / "samples.jsonl").unlink()
         Results.load(tmp_path)
     assert json.loads((folder / "results.json").read_text())["config"]["save_traces"] is True
+
+
+def test_a_zipped_folder_replays_the_same_traces(folder, tmp_path):
+    """The app's upload path: the zip is read member by member, each trace checked before it loads."""
+    import shutil
+
+    from halviz.session.results_folders import open_zip
+
+    archive = shutil.make_archive(str(tmp_path / "run"), "zip", folder.parent, folder.name)
+    opened = open_zip(archive)
+    pair = opened.results.discordant("vcd", "fixed", "chair")[0]
+    comparison = opened.results.open(pair, decode=False)
+    for method, line in (("vanilla", pair.baseline), ("vcd", pair.other)):
+        saved = Trace.load(folder / "traces" / f"{line['key']}.npz")
+        for name, array in saved.arrays.items():
+            np.testing.assert_array_equal(comparison[method].trace.arrays[name], array)

@@ -61,7 +61,8 @@ class Pair:
                     f"{o['method']} {', '.join(o['hallucinated']) or 'nothing'}")
         else:
             said = f"label {o['label']}: {b['method']} {b['parsed']}, {o['method']} {o['parsed']}"
-        return f"{self.benchmark.upper()} {self.sample_id} ({self.image_id}) · {said}"
+        image = f" (image {self.image_id})" if self.image_id != self.sample_id else ""
+        return f"{self.benchmark.upper()} {self.sample_id}{image} · {said}"
 
 
 def is_right(line: Mapping[str, Any]) -> bool:

@@ -263,6 +263,7 @@ class Results:
     samples: list[dict[str, Any]]
     # key -> the saved trace, or None; the app passes one that checks untrusted files first
     read_trace: Callable[[str], Any] | None = None
+    local_images: bool = True  # may read the recorded images folder (the app says no: not its files to open)
     _scenes: dict = field(default_factory=dict, repr=False)  # toy scenes regenerated once per folder
 
     @classmethod
@@ -363,7 +364,7 @@ class Results:
         if scene is not None:
             return scene[0]
         folder = self.config.get("images")
-        if not folder or str(folder).startswith("toy:"):
+        if not self.local_images or not folder or str(folder).startswith("toy:"):
             return None
         path = Path(folder) / pair.image_id
         try:

@@ -77,6 +77,9 @@ def build_app(models: Sequence[str | tuple[str, str]] | None = None, default_mod
         controller.wire()
         if layout.lesson is not None:
             Lesson(controller, layout.lesson).wire()
+        # The Evaluation view (issue 26): a results folder's table and samples, each opened as a comparison.
+        from halviz.ui.evaluation_view import build as build_evaluation_view
+        build_evaluation_view(controller)
     demo.halviz = app  # the server's own state (model cache, trace files), for shutdown() and the tests
     # Everything built so far lives as long as the server: keep it out of the cyclic collector's
     # scans, so the collection after each comparison (ui.memory) takes milliseconds, not seconds.

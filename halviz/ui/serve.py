@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import gradio as gr
 
+from halviz.session.results_folders import RESULTS_DIR_ENV
 from halviz.ui.app import build_app, launch_options, preload_from_env, shutdown
 
 
@@ -34,7 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      "or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or "
                                                                "$GRADIO_SERVER_PORT)")
+    parser.add_argument("--results-dir", default=None,
+                        help="a folder of evaluation results (halviz eval --out) the Evaluation view may open: "
+                             "the folders under it are listed, nothing outside it is read (default: "
+                             "$HALVIZ_RESULTS_DIR, else none; uploaded zips work either way)")
     args = parser.parse_args(argv)
+    if args.results_dir is not None:  # read by the Evaluation view when the page is built
+        os.environ[RESULTS_DIR_ENV] = str(Path(args.results_dir).expanduser().resolve())
     launch = {k: v for k, v in (("server_name", args.host), ("server_port", args.port)) if v is not None}
     serve(build(), **launch)
     return 0
