@@ -149,3 +149,18 @@ def test_a_zipped_folder_replays_the_same_traces(folder, tmp_path):
         saved = Trace.load(folder / "traces" / f"{line['key']}.npz")
         for name, array in saved.arrays.items():
             np.testing.assert_array_equal(comparison[method].trace.arrays[name], array)
+
+
+def test_the_api_docs_example_runs(tmp_path, monkeypatch, capsys):
+    """docs/api.md's "Open an evaluation's results" block, run as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    section = text.split("## Open an evaluation's results", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/api.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "CHAIR heldout-8 · vanilla hallucinated cup; vcd nothing" in out
+    assert "['cup'] [] replayed from the saved traces" in out
