@@ -125,3 +125,13 @@ def test_columns_of_one_batch_report_one_decode_rate(monkeypatch):
     assert [r.tokens_per_s for r in results] == pytest.approx([100.0, 100.0])  # 1 token per 10 ms round
     assert final.prefill_s == pytest.approx(0.3)
     assert "tok/s (shared batch)" in results[0].summary_markdown()
+
+
+def test_the_first_words_stream_the_moment_the_prefill_gives_them(tiny_models, photo):
+    """However long the update interval, the round that ends the prefill (every column's first token) is
+    streamed at once, before the decode goes on; the next update comes only at the end."""
+    stacks = [build_stack(["vanilla"], {}), build_stack(["vcd"], {})]
+    updates = list(decode_rounds(tiny_models["llava-1.5"], photo, "Describe.", stacks, 4, update_every_s=1e9))
+    assert [[len(t) for t in u.texts] for u in updates[:1]] == [[1, 1]]
+    assert all(f is None for f in updates[0].finish) and updates[0].traces is None
+    assert len(updates) == 2 and all(f is not None for f in updates[-1].finish)

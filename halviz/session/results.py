@@ -107,7 +107,9 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
             finish = [f or "stopped" for f in finish]
         now = time.perf_counter()
         done = steps is None
-        if done or now - last_update >= update_every_s:
+        # The prefill round gives every column its first token: shown the moment it exists.
+        first_words = steps is not None and timing.prefill_s is not None and timing.decode_rounds == 0
+        if done or first_words or now - last_update >= update_every_s:
             traces = None
             if done or now - last_checkpoint >= max(CHECKPOINT_EVERY_S, 10 * checkpoint_cost):
                 started = time.perf_counter()
@@ -173,7 +175,7 @@ def finished_trace(decoder: BatchDecoder, index: int, loaded: LoadedModel) -> Tr
     trace = decoder.trace(index)
     ids: set[int] = set()
     for key, array in trace.arrays.items():
-        if key == "top_ids" or key.endswith("_ids") and key.startswith("method/"):
+        if key in ("top_ids", "lens_top_ids") or key.endswith("_ids") and key.startswith("method/"):
             ids.update(int(i) for i in np.unique(array) if i >= 0)
     tokenizer = loaded.processor.tokenizer
     trace.meta["vocab_strings"] = {str(i): tokenizer.decode([i]) for i in sorted(ids)}
