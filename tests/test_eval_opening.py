@@ -164,3 +164,21 @@ def test_the_api_docs_example_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "CHAIR heldout-8 · vanilla hallucinated cup; vcd nothing" in out
     assert "['cup'] [] replayed from the saved traces" in out
+
+
+def test_a_replayed_card_states_the_recorded_decode_rate_or_none():
+    """A replayed column's speed comes from its own step times (the decode rounds' mean, prefill left
+    out, as the live card computes it), never a made-up figure; without step times the card says so."""
+    import numpy as np
+
+    from halviz.evaluation.opening import recorded_compute_s
+    from halviz.session.results import column_result
+    from halviz.trace import Trace
+
+    timed = Trace({"texts": ["a", " b", " c"], "num_steps": 3}, {"step_ms": np.array([100.0, 10.0, 30.0], np.float32)})
+    result = column_result("vanilla", "Greedy", timed.texts, recorded_compute_s(timed), "eos", None)
+    assert result.tokens_per_s == pytest.approx(3 / (3 * 0.020))  # 50 tokens/s: 20 ms per decode round
+    untimed = Trace({"texts": ["a"], "num_steps": 1}, {"step_ms": np.array([100.0], np.float32)})
+    result = column_result("vanilla", "Greedy", untimed.texts, recorded_compute_s(untimed), "eos", None)
+    assert result.tokens_per_s is None and "no timing recorded" in result.summary_markdown()
+    assert result.summary_json()["tokens_per_s"] is None

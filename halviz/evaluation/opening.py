@@ -202,7 +202,8 @@ def comparison_from_traces(traces: Mapping[str, Any], methods: Sequence[str], *,
         trace = traces[method]
         trace.meta["ground_truth"] = truth_to_meta(truth)  # a saved copy replays with these labels
         title = " + ".join(REGISTRY[m].title or m if m in REGISTRY else m for m in method.split("+"))
-        results.append(column_result(method, title, trace.texts, 1.0, trace.meta.get("finish_reason"), truth))
+        results.append(column_result(method, title, trace.texts, recorded_compute_s(trace),
+                                     trace.meta.get("finish_reason"), truth))
         tokens.append([int(t) for t in trace.arrays.get("token_ids", [])])
     results = with_divergence(results, tokens)
     for method, result in zip(methods, results):
@@ -216,3 +217,12 @@ def differs_from_recorded(pair: Pair, traces: Mapping[str, Any]) -> list[str]:
     """The methods whose decoded text is not the one the evaluation recorded (a different device,
     dtype or batch composition can change a float32 decode)."""
     return [line["method"] for line in (pair.baseline, pair.other) if traces[line["method"]].caption != text_of(line)]
+
+
+def recorded_compute_s(trace) -> float | None:
+    """The live card's ``compute_s`` from the trace's own step times: its tokens × the mean decode
+    round (step 0 is the prefill, left out as the live card leaves it out); None without two steps."""
+    step_ms = trace.arrays.get("step_ms")
+    if step_ms is None or len(step_ms) < 2:
+        return None
+    return len(step_ms) * float(step_ms[1:].astype("float64").mean()) / 1e3

@@ -197,7 +197,7 @@ class ColumnResult:
     objects: dict[str, list[str]]  # label → distinct canonical objects, in order of first mention
     counts: dict[str, int]  # label → counted mentions, repeats included (as CHAIR_i counts them)
     tokens: int
-    tokens_per_s: float  # the batch's decode rate: one figure for every column of one batch
+    tokens_per_s: float | None  # the batch's decode rate: one figure for every column of one batch (None: unknown)
     finish: str | None
     baseline: str | None = None  # the first column's title, which this one is diffed against
     diverges_at: int | None = None  # first step whose token differs from the baseline's (None: none yet)
@@ -229,7 +229,8 @@ class ColumnResult:
         ``over_counted`` ({object: mentions beyond its count}, or null where the ground truth gives no
         counts)."""
         summary = {"caption": self.caption, **{label: self.objects[label] for label in LABELS},
-                   "tokens_per_s": round(self.tokens_per_s, 2), "tokens": self.tokens,
+                   "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 2),
+                   "tokens": self.tokens,
                    "finish_reason": self.finish or "running", "loops_from_step": self.loops_from,
                    "repetition_rate": round(self.repetition, 3), "mentions_in_loop": self.in_loop,
                    "over_counted": self.over_counted}
@@ -249,7 +250,8 @@ class ColumnResult:
                          f"“{markdown_text(block)}” ×{self.loop_copies:.1f}</span>")
         if self.repetition > 0:
             parts.append(f"repetition {self.repetition:.0%}")
-        parts += [f"**{self.tokens}** tokens", f"{self.tokens_per_s:.0f} tok/s (shared batch)"]
+        parts += [f"**{self.tokens}** tokens", "no timing recorded" if self.tokens_per_s is None else
+                  f"{self.tokens_per_s:.0f} tok/s (shared batch)"]
         over = sum((self.over_counted or {}).values())
         if sum(c.values()) + over + self.in_loop:
             marks = (f"<span class='hv-ok'>✔ {c[CORRECT]}</span> <span class='hv-bad'>✘ {c[HALLUCINATED]}</span>"
@@ -283,10 +285,11 @@ class ColumnResult:
 LABELS = (CORRECT, HALLUCINATED, UNVERIFIED)
 
 
-def column_result(method: str, title: str, texts: Sequence[str], compute_s: float, finish: str | None,
+def column_result(method: str, title: str, texts: Sequence[str], compute_s: float | None, finish: str | None,
                   truth: GroundTruth | None) -> ColumnResult:
     """What column ``method`` shows. ``compute_s`` is its entry of :attr:`Progress.compute_s`, so that
-    ``len(texts) / compute_s`` is the batch's decode rate (one figure for every column)."""
+    ``len(texts) / compute_s`` is the batch's decode rate (one figure for every column); None where no
+    timing is known (a column replayed from a trace recorded without step times)."""
     caption = "".join(texts)
     labels = label_caption(caption, truth)
     objects: dict[str, list[str]] = {label: [] for label in LABELS}
@@ -303,7 +306,7 @@ def column_result(method: str, title: str, texts: Sequence[str], compute_s: floa
             counts[item.label] += 1
             if name not in objects[item.label]:
                 objects[item.label].append(name)
-    speed = len(texts) / compute_s if compute_s > 0 else 0.0
+    speed = None if compute_s is None else len(texts) / compute_s if compute_s > 0 else 0.0
     loop = labels.loop
     return ColumnResult(
         method, title, caption, highlight_spans(caption, labels.labelled), objects, counts, len(texts), speed,
