@@ -98,10 +98,11 @@ def _timed_iteration(decoder, tokens: int, steps) -> dict[str, float]:
             "cpu_decode": float(np.median(cpu_steps)), "cpu_decode_min": float(cpu_steps.min())}
 
 
-def time_decoder(loaded, image, tokens: int, methods=(), record: bool = True) -> dict[str, float]:
-    """One halviz decode: wall (median and fastest decode step, prefill, total per token) and CPU times."""
+def time_decoder(loaded, image, tokens: int, methods=(), record: bool = True, lens=None) -> dict[str, float]:
+    """One halviz decode: wall (median and fastest decode step, prefill, total per token) and CPU times;
+    ``lens``: the logit lens's layers (RecordOptions.lens_layers; None: the default rule)."""
     dec = Decoder(loaded, image, DEFAULT_PROMPT, list(methods), max_new_tokens=tokens,
-                  record=RecordOptions(enabled=record), stop_at_eos=False)
+                  record=RecordOptions(enabled=record, lens_layers=lens), stop_at_eos=False)
     out = _timed_iteration(dec, tokens, dec.steps)
     if record:
         out["trace_bytes"] = dec.trace().nbytes()
@@ -142,17 +143,18 @@ def method_label(name: str) -> str:
 
 
 def _variants(loaded, image, tokens: int, method_names) -> dict[str, Callable[[], dict]]:
-    def engine(attention: str, record: bool):
+    def engine(attention: str, record: bool, lens=None):
         def run():
             loaded.model.set_attn_implementation({"text_config": attention})
             try:
-                return time_decoder(loaded, image, tokens, record=record)
+                return time_decoder(loaded, image, tokens, record=record, lens=lens)
             finally:
                 loaded.model.set_attn_implementation({"text_config": ATTENTION_NAME})
         return run
 
     variants = {"sdpa": engine("sdpa", False), "passthrough": engine(ATTENTION_NAME, False),
                 "traced": engine(ATTENTION_NAME, True),
+                "traced_lens_off": engine(ATTENTION_NAME, True, ()), "traced_lens_all": engine(ATTENTION_NAME, True, "all"),
                 "generate_sdpa": partial(time_generate, loaded, image, tokens, False),
                 "generate_attentions": partial(time_generate, loaded, image, tokens, True)}
     for m in method_names:  # a fresh stack per run: methods keep per-decode state
@@ -193,7 +195,9 @@ def bench_model(name: str, spec: BenchModel, folder: Path, tokens: int, rounds: 
     r = run_rounds(_variants(loaded, image, tokens, methods), rounds)
     best = {v: {k: min(vals) for k, vals in readings.items()} for v, readings in r.items()}
     n_image = len(Decoder(loaded, image, max_new_tokens=1).layout.positions)
-    formula_bytes = trace_bytes_per_step(adapter.num_layers, adapter.num_heads, n_image, RecordOptions()) * tokens
+    lens_layers = Decoder(loaded, image, max_new_tokens=1).run_to_end().meta["lens_layers"]  # the default rule's
+    formula_bytes = (trace_bytes_per_step(adapter.num_layers, adapter.num_heads, n_image, RecordOptions(),
+                                          lens_layers=len(lens_layers)) * tokens)
     ratio = partial(best_ratio, r)
 
     def both(variant: str, base: str, cpu: str, wall: str) -> dict[str, float]:
@@ -213,6 +217,10 @@ def bench_model(name: str, spec: BenchModel, folder: Path, tokens: int, rounds: 
         "passthrough": {"decode": both("passthrough", "sdpa", "cpu_decode_min", "decode_min")},
         "traced": {"decode": both("traced", "sdpa", "cpu_decode_min", "decode_min"),
                    "prefill": both("traced", "sdpa", "cpu_prefill", "prefill")},
+        # the logit lens (engine/lens.py): its default layers, none, every layer
+        "lens": {"default_layers": list(lens_layers),
+                 "off": both("traced_lens_off", "sdpa", "cpu_decode_min", "decode_min"),
+                 "all": both("traced_lens_all", "sdpa", "cpu_decode_min", "decode_min")},
         "methods": {method_label(m): {
             "total": both(m, "traced", "cpu_total", "total"),
             "decode": both(m, "traced", "cpu_decode", "decode"),  # median step: some methods vary by step
@@ -295,6 +303,8 @@ def format_model(name: str, r: dict) -> str:
              f"  ours, pass-through         {pair(r['passthrough']['decode'])} sdpa, decode",
              f"  ours, traced               {pair(r['traced']['decode'])} sdpa, decode;"
              f" prefill {pair(r['traced']['prefill'])}",
+             f"  logit lens: default layers {r['lens']['default_layers']} (in 'traced' above); traced with the lens"
+             f" off {pair(r['lens']['off'])} sdpa, with every layer {pair(r['lens']['all'])} sdpa, decode",
              "  vs vanilla traced:         total            decode           prefill"]
     for m, v in r["methods"].items():
         lines.append(f"  {m:<26} {pair(v['total'])}   {pair(v['decode'])}   {pair(v['prefill'])}")

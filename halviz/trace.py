@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # an annotation only: trace files and the figures drawn from them need no torch
+    from halviz.engine.lens import LensRecord
     from halviz.engine.recorder import StepRecord
 
 FORMAT = "halviz-trace/1"
 _META_KEY = "__meta__"
 _STEP_ARRAYS = ("image_attn", "entropy", "segment_share", "top_key_pos", "top_key_attn", "head_image_attn")
+# The logit lens (engine/lens.py), per step and recorded layer (meta["lens_layers"]): all four or none.
+LENS_ARRAYS = {"lens_top_ids": "top_ids", "lens_top_probs": "top_probs", "lens_token_prob": "token_prob",
+               "lens_token_rank": "token_rank"}
 MAX_TRACE_BYTES = 512 * 2**20  # refuse to open anything larger: a trace of LLaVA-7B at 512 steps is ~60 MB
 # Fixed limits on what a trace's metadata may declare, checked before anything is built from it:
 # generous for real models (LLaVA-1.5-7B: 32 layers × 32 heads, 24×24 grid, ~600 prompt tokens).
@@ -56,6 +60,7 @@ class Step:
     record: StepRecord | None
     elapsed_ms: float
     is_eos: bool
+    lens: LensRecord | None = None  # the logit lens at this step's query, if recorded
 
 
 @dataclass
@@ -76,6 +81,10 @@ class Trace:
         if records and len(records) == len(steps):
             for name in _STEP_ARRAYS:
                 arrays[name] = np.stack([getattr(r, name) for r in records])
+        lenses = [s.lens for s in steps if s.lens is not None]
+        if lenses and len(lenses) == len(steps):
+            for name, field_name in LENS_ARRAYS.items():
+                arrays[name] = np.stack([getattr(r, field_name) for r in lenses])
         for key, value in extras.items():
             arrays[f"method/{key}"] = np.asarray(value)
         meta = dict(meta, format=FORMAT, texts=[s.text for s in steps], num_steps=len(steps))
@@ -223,6 +232,11 @@ def _validate(meta: dict, arrays: dict[str, np.ndarray], origin: str) -> None:
         if not isinstance(vocab, dict) or len(vocab) > MAX_VOCAB_STRINGS or not all(
                 isinstance(v, str) and len(v) <= MAX_PIECE_CHARS for v in vocab.values()):
             raise ValueError("vocab_strings must map token ids to short texts")
+        lens_layers = meta.get("lens_layers", [])
+        _ints(lens_layers, "lens_layers", max(layers, 1), most=layers)
+        if lens_layers != sorted(set(lens_layers)):
+            raise ValueError("lens_layers must name distinct layers in ascending order")
+        _check_lens(arrays, steps, len(lens_layers))
         segments = len(meta.get("segments", []))
         _check_arrays(arrays, steps, layers, heads, n_tokens, len(head_layers), segments, prompt_len)
     except KeyError as exc:
@@ -287,11 +301,37 @@ def _check_arrays(arrays: dict[str, np.ndarray], steps: int, layers: int, heads:
         if name in expected:
             if array.shape != expected[name]:
                 raise ValueError(f"{name} has shape {array.shape}, expected {expected[name]}")
+        elif name in LENS_ARRAYS:
+            continue  # _check_lens
         elif name.startswith("method/"):
             if array.ndim > 4 or any(d > longest for d in array.shape) or array.size > most_items:
                 raise ValueError(f"{name} has shape {array.shape}, larger than this trace's model and steps")
         else:
             raise ValueError(f"unknown array {name}")
+
+
+def _check_lens(arrays: dict[str, np.ndarray], steps: int, lens_layers: int) -> None:
+    """The logit lens: all four arrays or none, over ``meta["lens_layers"]``, ids and ranks integers,
+    probabilities floats (a trace from before the lens has none of them)."""
+    present = [name for name in LENS_ARRAYS if name in arrays]
+    if not present:
+        return
+    if len(present) < len(LENS_ARRAYS):
+        missing = next(name for name in LENS_ARRAYS if name not in arrays)
+        raise ValueError(f"it lacks the logit-lens array {missing} (a trace with a lens holds {', '.join(LENS_ARRAYS)})")
+    k = arrays["lens_top_ids"].shape[-1] if arrays["lens_top_ids"].ndim == 3 else -1
+    if not 0 < k <= MAX_TOP_K:
+        raise ValueError(f"lens_top_ids must hold 1 to {MAX_TOP_K} candidates per step and layer")
+    shapes = {"lens_top_ids": (steps, lens_layers, k), "lens_top_probs": (steps, lens_layers, k),
+              "lens_token_prob": (steps, lens_layers), "lens_token_rank": (steps, lens_layers)}
+    kinds = {"lens_top_ids": "iu", "lens_top_probs": "f", "lens_token_prob": "f", "lens_token_rank": "iu"}
+    for name, shape in shapes.items():
+        array = arrays[name]
+        if array.shape != shape:
+            raise ValueError(f"{name} has shape {array.shape}, expected {shape} (steps x lens_layers"
+                             f"{' x candidates' if len(shape) == 3 else ''})")
+        if array.dtype.kind not in kinds[name]:
+            raise ValueError(f"{name} has dtype {array.dtype}, expected {'integers' if 'i' in kinds[name] else 'floats'}")
 
 
 def _is_int(value: Any, most: int) -> bool:

@@ -30,6 +30,7 @@ T_VAS, T_VHR = "tests/test_vasparse.py", "tests/test_vhr.py"
 T_PRUNE, T_KV = "tests/test_prunehal.py", "tests/test_kvsmooth.py"
 BATCH, RUN, T_BATCH = "halviz/engine/batch.py", "halviz/engine/run.py", "tests/test_batch.py"
 PACKING = "halviz/engine/packing.py"
+LENS, T_LENS = "halviz/engine/lens.py", "tests/test_logit_lens.py"
 T_VCD = "tests/test_vcd.py"
 VAR, T_VAR = "halviz/methods/var.py", "tests/test_var.py"
 T_LISTS = "tests/test_list_knobs.py"
@@ -139,6 +140,13 @@ MUTATIONS = (
     Mutation("engine: the cache after a ragged prefill keeps the physical rows", RUN,
              "            if packing is None:\n                self.cache.batch_select_indices(index)",
              "            if True:\n                self.cache.batch_select_indices(index)", (T_BATCH,), "new code"),
+    Mutation("lens: the final norm skipped", LENS, "parts.append(self.head(self.norm(hidden)))",
+             "parts.append(self.head(hidden))", (T_LENS,), "new code"),
+    Mutation("lens: the prefill's query read one position early", LENS, "self._rows[slot] = hidden[mains, -1]",
+             "self._rows[slot] = hidden[mains, -2]", (T_LENS,), "new code"),
+    Mutation("lens: the layer below read (its input, not its output)", LENS,
+             "lens.capture(plan, layer, output[0] if isinstance(output, tuple) else output)",
+             "lens.capture(plan, layer + 1, output[0] if isinstance(output, tuple) else output)", (T_LENS,), "new code"),
     Mutation("engine: a raising hook ends every column", RUN,
              "            rows.column.fail(exc)\n            return None", "            raise", (T_BATCH,), "new code"),
     Mutation("vhr: T-VHD over the reinforced layers only", VHR,

@@ -92,6 +92,15 @@ def test_compare_two_methods_and_scrub_the_steps(page, tmp_path):
     page.locator("#hv-debug-caption .token").nth(1).click()
     page.wait_for_function(overlay_title_starts("Step 1"), timeout=60_000)
 
+    # The logit lens at that step (issue 29): layers x steps beside the other column, and each layer's top
+    # words by name, the last layer's first one being the word Greedy wrote.
+    page.wait_for_function("(() => { const t = document.querySelector('#hv-lens .gtitle');"
+                           " return !!t && t.textContent.startsWith('Logit lens') && t.textContent.includes('step 1'); })()",
+                           timeout=60_000)
+    words = page.evaluate("() => document.querySelector('#hv-lens-words .js-plotly-plot').data[0].customdata")
+    written = page.locator("#hv-debug-caption .token").nth(1).inner_text().strip()
+    assert words[-1][0].strip() == written, (words[-1], written)
+
     assert page.locator(".toast-body.error").count() == 0, "an error toast is shown"
     if os.environ.get("HALVIZ_README_SCREENSHOT"):
         readme_screenshot(page)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from halviz.engine.lens import Lens
 from halviz.engine.packing import Packing, pack_rows
 from halviz.engine.recorder import Recorder, RecordOptions
 from halviz.engine.rows import MAIN, SEGMENTS, Column, Pass
@@ -55,6 +56,7 @@ class BatchDecoder:
     """One greedy decode of ``image`` + ``prompt`` per stack of methods (an empty stack = vanilla)."""
 
     ragged_prefill = True  # text-only rows ride after longer rows (engine/packing.py); False: padded
+    _lens: Lens | None = None  # the logit lens of the recording columns (engine/lens.py), made in __iter__
 
     def __init__(self, loaded: LoadedModel, image: Image.Image, prompt: str = DEFAULT_PROMPT,
                  stacks: Sequence[Sequence[Method]] = ((),), max_new_tokens: int = 64,
@@ -103,6 +105,7 @@ class BatchDecoder:
                 column.fail(exc)
         if not any(c.running for c in self.columns):
             return
+        self._lens = Lens.open(self.loaded.model, [c for c in self.columns if c.running])
         t0 = time.perf_counter()
         logits, plan = self._prefill()
         while True:
@@ -266,6 +269,8 @@ class BatchDecoder:
         """Each running column's logit hooks, greedy token, step hooks and Step."""
         if plan.phase == "prefill":
             self.batch.select_rows(self._decode_index, self._packing)
+        if self._lens is not None:
+            self._lens.project(plan, logits)  # before any method edits the logits
         steps: list[Step | None] = [None] * len(self.columns)
         elapsed = (time.perf_counter() - t0) * 1e3
         for rows in plan.columns:
@@ -284,13 +289,14 @@ class BatchDecoder:
                 for method in column.methods:
                     method.after_step(column, token)
                 record = column.recorder.take() if column.recorder is not None else None
+                lens = column.lens.take(column, token) if column.lens is not None else None
             except Exception as exc:  # noqa: BLE001 - the column reports it; the batch goes on
                 column.fail(exc)
                 continue
             is_eos = self.stop_at_eos and token in self.adapter.eos_token_ids
             text = "" if is_eos else self._piece(column.index, column.generated)
             step = Step(column.step, token, text, top_ids.int().cpu().numpy(), top_probs.float().cpu().numpy(),
-                        record, elapsed, is_eos)
+                        record, elapsed, is_eos, lens)
             self.steps[column.index].append(step)
             steps[column.index] = step
             if is_eos:
@@ -352,6 +358,7 @@ class BatchDecoder:
             "num_heads": column.num_heads,
             "num_kv_heads": column.num_kv_heads,
             "head_layers": list(column.recorder.head_layers) if column.recorder else [],
+            "lens_layers": list(column.lens.layers) if column.lens is not None else [],
             "segments": list(SEGMENTS),
             "segment_ids_prompt": column.segment_ids[: column.prompt_len].tolist(),
             "methods": [m.describe() for m in column.methods],

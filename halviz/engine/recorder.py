@@ -21,6 +21,8 @@ class RecordOptions:
     enabled: bool = True
     head_layers: tuple[int, ...] | None = None  # None: every layer up to 8 layers, else the middle and last
     top_keys: int = 5
+    # logit lens (engine/lens.py): None = the cost rule's layers, "all", a tuple of layers, () = none
+    lens_layers: tuple[int, ...] | str | None = None
 
     def resolve_head_layers(self, num_layers: int) -> tuple[int, ...]:
         if self.head_layers is not None:
@@ -53,6 +55,7 @@ class Recorder:
         self.segment_ids = segment_ids
         self.top_k = options.top_keys
         self.head_layers = options.resolve_head_layers(num_layers)
+        self.lens_option = options.lens_layers
         self._head_slot = {layer: i for i, layer in enumerate(self.head_layers)}
         self._rows: list[torch.Tensor | None] = [None] * num_layers
         self._entropy: list[torch.Tensor | None] = [None] * num_layers
@@ -93,9 +96,11 @@ class Recorder:
 
 
 def trace_bytes_per_step(num_layers: int, num_heads: int, num_image_tokens: int, options: RecordOptions,
-                         top_k_tokens: int = 5) -> int:
-    """Bytes one step adds to a trace in memory (and uncompressed on disk), from the record layout."""
+                         top_k_tokens: int = 5, lens_layers: int = 0) -> int:
+    """Bytes one step adds to a trace in memory (and uncompressed on disk), from the record layout;
+    ``lens_layers``: how many layers the logit lens records (a trace's ``meta["lens_layers"]``)."""
     head_layers = len(options.resolve_head_layers(num_layers))
     per_layer = num_image_tokens * 2 + 4 + len(SEGMENTS) * 4 + options.top_keys * (4 + 2)
     per_step = num_layers * per_layer + head_layers * num_heads * num_image_tokens * 2
-    return per_step + 8 + top_k_tokens * (4 + 4) + 4  # token id, top-k ids and probs, step time
+    lens = lens_layers * (top_k_tokens * (4 + 4) + 4 + 4)  # top-k ids and probs, the token's prob and rank
+    return per_step + lens + 8 + top_k_tokens * (4 + 4) + 4  # token id, top-k ids and probs, step time

@@ -16,6 +16,7 @@ import torch
 from halviz.methods.base import HOOK_POINTS
 
 if TYPE_CHECKING:
+    from halviz.engine.lens import Lens
     from halviz.engine.recorder import Recorder
     from halviz.methods.base import Method, Stream
     from halviz.models.families import ImageLayout
@@ -50,6 +51,7 @@ class Column:
         self.text_len = int(adapter.text_only_ids(prompt_ids[0], layout).shape[-1])
         self.segment_ids = segment_ids(prompt_ids[0], layout.positions, adapter.bos_token_id, max_new_tokens)
         self.recorder: Recorder | None = None
+        self.lens: Lens | None = None  # engine/lens.py: the decode's logit lens, if this column records one
         self.streams: dict[str, Stream] = {}
         self.shares_prefill = not any(m.edits_prefill for m in self.methods)
         self.step = 0  # index of the token being predicted

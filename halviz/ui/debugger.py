@@ -24,6 +24,7 @@ EMPTY_DEBUGGER = ("**Nothing to inspect yet.** Run a comparison above (or replay
                   "the page), then click any word of a caption to open its step here.")
 from halviz.session.selection import selection_of
 from halviz.ui.whatif import InterventionPanel
+from halviz.viz import lens as lens_viz
 from halviz.viz.common import index_ranges
 from halviz.viz.panels import PANELS
 from halviz.viz.step_view import STEP_FIGURES, step_figures
@@ -93,6 +94,9 @@ class DebuggerPanel:
     figure_format: gr.Dropdown  # "Save figures": the format of the files
     save_figures: gr.Button
     figure_files: gr.File  # the zip of this step's figures; hidden again when the view changes
+    lens_note: gr.Markdown  # the logit lens: what was recorded and which column is the reference
+    lens_heat: gr.Plot
+    lens_words: gr.Plot
 
     @classmethod
     def build(cls) -> "DebuggerPanel":
@@ -145,9 +149,15 @@ class DebuggerPanel:
                 shares = gr.Plot(label="Segment shares", show_label=False, elem_id="hv-shares")
                 top_keys = gr.Plot(label="Most-attended tokens", show_label=False, elem_id="hv-topkeys")
             help_text("sinks")
+            gr.Markdown("### Logit lens: in which layer the word was decided", elem_classes=["hv-subsection"])
+            lens_note = gr.Markdown(elem_id="hv-lens-note", latex_delimiters=[])
+            lens_heat = gr.Plot(label="Logit lens", show_label=False, elem_id="hv-lens")
+            lens_words = gr.Plot(label="Logit lens: top words per layer", show_label=False, elem_id="hv-lens-words")
+            how_to_read(lens_viz.HELP)
             methods = [MethodBox.build(panel) for panel in PANELS]
         return cls(choice, info, empty, body, caption, step, layer, head, view, step_info, overlay, mask_box, mask, candidates,
-                   entropy, shares, top_keys, methods, whatif, figure_format, save_figures, figure_files)
+                   entropy, shares, top_keys, methods, whatif, figure_format, save_figures, figure_files,
+                   lens_note, lens_heat, lens_words)
 
     def method_box(self, method: str) -> MethodBox:
         """The panel of method ``method`` (its registry name)."""
@@ -158,6 +168,7 @@ class DebuggerPanel:
     def step_outputs(self) -> list:
         return [self.caption, self.head, self.step_info, self.overlay, self.mask_box, self.mask,
                 self.candidates, self.entropy, self.shares, self.top_keys, self.figure_files,
+                self.lens_note, self.lens_heat, self.lens_words,
                 *(c for m in self.methods for c in m.step_outputs), *self.whatif.view_outputs]
 
     @property
@@ -252,7 +263,36 @@ class DebuggerPanel:
             self.figure_files: gr.File(value=None, visible=False),  # a saved zip was of the last view
             **{c: u for m in self.methods for c, u in m.at_step(trace, step).items()},
             **self.whatif.view(entry, step, layer, head, selection),
+            **self.lens_at_step(runs, key, step),
         }
+
+    def lens_at_step(self, runs: Runs, key: str, step: int) -> dict:
+        """The lens of trace ``key`` at ``step``, beside a reference column of the same comparison."""
+        entry = runs[key]
+        reference = lens_reference(runs, key)
+        names = (entry.title, reference.title if reference is not None else "")
+        other = reference.trace if reference is not None else None
+        note = lens_viz.lens_summary(entry.trace)
+        if lens_viz.has_lens(entry.trace):
+            note += (f" Beside it: **{md(reference.title)}**, the reference column of the same picture and prompt."
+                     if reference is not None else " No other column of this picture and prompt has a lens to compare.")
+        return {self.lens_note: note,
+                self.lens_heat: sized_plot(lens_viz.lens_heatmap_figure(entry.trace, step, other, names)),
+                self.lens_words: sized_plot(lens_viz.lens_words_figure(entry.trace, step, other, names))}
+
+
+def lens_reference(runs: Runs, key: str) -> RunEntry | None:
+    """The column the lens panel draws beside trace ``key``: the first other held column with a lens
+    decoded by the same model from the same picture and prompt (the comparison's first column, or its
+    second when ``key`` is the first)."""
+    meta = runs[key].trace.meta
+    same = ("model", "prompt", "image_digest", "image_size")
+    for other_key, entry in runs.items():
+        if other_key == key or entry.dropped or not lens_viz.has_lens(entry.trace):
+            continue
+        if all(entry.trace.meta.get(k) == meta.get(k) for k in same):
+            return entry
+    return None
 
 
 def still_held(runs: Runs | None, key: Any) -> Runs:

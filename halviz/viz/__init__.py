@@ -7,6 +7,7 @@ from halviz.viz.common import Choice, key_label, layer_text, message_figure, rea
 from halviz.viz.curves import entropy_figure
 from halviz.viz.grid_views import PRIMARY, TILES_IN_PLACE, view_choices
 from halviz.viz.heads import tvhd_figure, vhd_figure
+from halviz.viz.lens import lens_heatmap_figure, lens_words_figure
 from halviz.viz.method_data import HeadMaps, KeptMask, kept_masks, var_record, vhr_maps
 from halviz.viz.method_figures import (candidates_figure, prunehal_figure, vasparse_logits_figure,
                                        vasparse_selection_figure, vasparse_sink_figure)
@@ -18,7 +19,8 @@ from halviz.viz.var_figures import var_heads_figure, var_moved_figure, var_sinks
 __all__ = [
     "CURRENT_STEP", "Choice", "HeadMaps", "KeptMask", "PRIMARY", "PatchGrid", "TILES_IN_PLACE", "attention_overlay",
     "candidates_figure",
-    "entropy_figure", "kept_mask_figure", "kept_masks", "key_label", "layer_text", "message_figure",
+    "entropy_figure", "kept_mask_figure", "kept_masks", "key_label", "layer_text", "lens_heatmap_figure",
+    "lens_words_figure", "message_figure",
     "patch_grid", "patch_values", "prunehal_figure", "readable", "segment_share_figure", "span_offset",
     "step_at_offset", "step_token", "token_spans", "top_keys_figure", "tvhd_figure", "vasparse_logits_figure",
     "vasparse_selection_figure", "vasparse_sink_figure", "var_heads_figure", "var_moved_figure", "var_record",
