@@ -187,6 +187,9 @@ def compare(image, prompt: str | None = None, methods: Sequence[str] | str = ("v
     - ``image``: a file path, a PIL image or a numpy array (H×W×3 uint8; floats in 0–1 are scaled).
     - ``prompt``: None for the app's default, "Please describe this image in detail."
     - ``methods``: registry names (``halviz.REGISTRY``); columns come in registry order, as in the app.
+      A stack of methods decoded together in one column is ``"prunehal+vhr"`` or ``("prunehal", "vhr")``
+      (stacked in registry order; stacks come after the single methods; ``comparison["prunehal+vhr"]``
+      or by its title, ``comparison["PruneHal + VHR"]``). ``/compare`` takes the same names.
     - ``model``: ``"toy"`` (the bundled toy LLaVA), a hub id, a local model folder, or a model from
       :func:`halviz.load_model`. Loaded models stay cached (two at most) between calls.
     - ``ground_truth``: a list of object names; None takes the picture's own list the way the app

@@ -55,6 +55,7 @@ CASES = [  # image, methods, tokens, truth as the page's box holds it, the API's
     (CUP, ["vanilla", "prunehal"], 16, "bowl, clock, cup", ["cup", "bowl", "clock"], {"prunehal": {"r": 0.5, "t": 2}}),
     (PHOTO, ["vanilla", "kvsmooth"], 12, "", [], {"kvsmooth": {"queue": 7}}),
     (KNIFE, ["vhr", "vasparse"], 10, "knife, fork, clock", ["knife", "fork", "clock"], {}),
+    (KNIFE, ["vanilla", "vhr+prunehal"], 10, "clock, knife", None, {"prunehal": {"r": 0.5}}),  # a stack column
 ]
 
 
@@ -193,3 +194,27 @@ def test_the_first_comparison_chooses_halvizs_thread_count_unless_the_caller_cho
     assert done.returncode == 0, done.stderr[-2000:]
     got, default = done.stdout.split()[-2:]
     assert got == default, done.stdout
+
+
+def test_a_stack_is_one_column_decoding_its_methods_together_in_registry_order(toy):
+    """``"vhr+prunehal"`` and ``("prunehal", "vhr")`` name one column: PruneHal then VHR (the registry's
+    stacking order), the same tokens as the engine decoding that stack; its title joins the titles."""
+    from PIL import Image
+
+    from halviz.engine.batch import BatchDecoder
+    from halviz.methods import build_stack
+
+    comparison = halviz.compare(KNIFE, methods=["vhr+prunehal", "vanilla", ("vcd", "var")], model=toy,
+                                max_new_tokens=8)
+    assert list(comparison) == ["vanilla", "prunehal+vhr", "vcd+var"]
+    stacked = comparison["PruneHal + VHR"]
+    assert stacked is comparison["prunehal+vhr"]
+    assert [m["name"] for m in stacked.trace.meta["methods"]] == ["prunehal", "vhr"]
+    decoder = BatchDecoder(toy, Image.open(KNIFE), PROMPT, [build_stack(["prunehal", "vhr"], {})], 8)
+    for _ in decoder:
+        pass
+    assert stacked.trace.arrays["token_ids"].tolist() == decoder.trace(0).arrays["token_ids"].tolist()
+    with pytest.raises(InputError, match="different methods, without vanilla"):
+        halviz.compare(KNIFE, methods=["vanilla+vcd"], model=toy, max_new_tokens=2)
+    with pytest.raises(InputError, match="Unknown method 'nope'"):
+        halviz.compare(KNIFE, methods=["vcd+nope"], model=toy, max_new_tokens=2)

@@ -304,19 +304,44 @@ def check_max_new_tokens(value: Any, limit: int = MAX_NEW_TOKENS) -> int:
     return int(number)
 
 
-def check_methods(names: Any, registry: Mapping[str, type[Method]] = REGISTRY) -> list[str]:
-    """The picked method names in registry order, each once."""
+STACK_SEPARATOR = "+"
+
+
+def stack_parts(name: str) -> list[str]:
+    """The methods of one column: ``"prunehal+vhr"`` → ``["prunehal", "vhr"]``; a plain name alone."""
+    return [part.strip() for part in name.split(STACK_SEPARATOR)]
+
+
+def check_methods(names: Any, registry: Mapping[str, type[Method]] = REGISTRY,
+                  max_columns: int | None = None) -> list[str]:
+    """The picked columns: single methods in registry order, each once, then stacks (``"prunehal+vhr"``:
+    one column decoding several methods together, as ``halviz eval`` names them; ``("prunehal", "vhr")``
+    from Python), each written in registry order, once, in the order given."""
     if isinstance(names, str):
         names = [n for n in names.replace(";", ",").split(",") if n.strip()]
     if not names:
         raise InputError("Pick at least one decoding method to run.")
     if not isinstance(names, Sequence):
         raise InputError("Methods must be a list of method names.")
-    cleaned = [str(n).strip() for n in names]
-    unknown = [n for n in cleaned if n not in registry]
+    cleaned = [STACK_SEPARATOR.join(map(str, n)) if isinstance(n, (list, tuple)) else str(n).strip() for n in names]
+    unknown = sorted({part for n in cleaned for part in stack_parts(n) if part not in registry})
     if unknown:
-        raise InputError(f"Unknown method {', '.join(map(repr, unknown))}; choose from {', '.join(registry)}.")
-    return [name for name in registry if name in cleaned]
+        raise InputError(f"Unknown method {', '.join(map(repr, unknown))}; choose from {', '.join(registry)} "
+                         f"(or stack several with '+', e.g. 'prunehal+vhr').")
+    singles = [name for name in registry if name in cleaned]
+    stacks: list[str] = []
+    for name in (n for n in cleaned if STACK_SEPARATOR in n):
+        parts = stack_parts(name)
+        if "vanilla" in parts or len(set(parts)) != len(parts):
+            raise InputError(f"The stack {name!r} must name different methods, without vanilla (greedy decoding "
+                             "is what every method starts from).")
+        ordered = STACK_SEPARATOR.join(m for m in registry if m in parts)  # the stacking order is the registry's
+        if ordered not in stacks and ordered not in singles:
+            stacks.append(ordered)
+    columns = singles + stacks
+    if max_columns is not None and len(columns) > max_columns:
+        raise InputError(f"{len(columns)} columns are more than a comparison shows ({max_columns}); pick fewer.")
+    return columns
 
 
 def parse_settings(text: Any) -> dict[str, dict[str, Any]]:
@@ -368,15 +393,21 @@ def build_stacks(names: Sequence[str], settings: Mapping[str, Mapping[str, Any]]
         raise InputError(f"Settings given for unknown method {', '.join(map(repr, stray))}.")
     stacks = []
     for name in names:
+        title = column_title(name, registry)
         try:  # built from ``registry`` (not the global list) so an app can offer its own methods
-            stack = [] if name == "vanilla" else [registry[name](**dict(settings.get(name, {})))]
+            stack = [registry[part](**dict(settings.get(part, {}))) for part in stack_parts(name) if part != "vanilla"]
             check_compatible(stack)
             stacks.append(stack)
         except (ValueError, TypeError) as exc:
-            raise InputError(f"{registry[name].title or name}: {exc}.") from None
+            raise InputError(f"{title}: {exc}.") from None
         except (OverflowError, ArithmeticError):  # e.g. an integer knob given 1e308
-            raise InputError(f"{registry[name].title or name}: a knob value is far too large.") from None
+            raise InputError(f"{title}: a knob value is far too large.") from None
     return stacks
+
+
+def column_title(name: str, registry: Mapping[str, type[Method]] = REGISTRY) -> str:
+    """A column's title: its method's, or a stack's titles joined ("PruneHal + VHR")."""
+    return " + ".join(registry[part].title or part for part in stack_parts(name))
 
 
 def check_trace_upload(path: str | Path, max_unpacked: int | None = None) -> None:

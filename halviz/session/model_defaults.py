@@ -38,7 +38,7 @@ class ModelDefaults:
     def merged(self, settings: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``settings`` (what the user set) over this model's defaults, knob by knob, for ``names``."""
         out = {m: dict(v) for m, v in settings.items()}
-        for name in names:
+        for name in {part.strip() for column in names for part in column.split("+")}:  # a stack's methods too
             if name in self.values:
                 out[name] = {**self.values[name], **out.get(name, {})}
         return out

@@ -99,7 +99,7 @@ class CompareService:
         model = self.policy.check(model, self.default_model)  # before the image: no file work for a refused model
         prompt = checks.check_prompt(prompt)
         tokens = checks.check_max_new_tokens(max_new_tokens)
-        names = checks.check_methods(methods, self.registry)
+        names = checks.check_methods(methods, self.registry, max_columns=len(self.registry))  # one card each
         checks.check_request_size(len(names), tokens)
         parsed = checks.parse_settings(settings)
         budget = resolution.budget_from_settings(parsed)
@@ -198,12 +198,15 @@ class CompareService:
         return model_defaults(key, self.registry)
 
     # ---- decoding and what each column shows -------------------------------------------------------
-    def decode_request(self, request: Request, update_every_s: float | None = None) -> Iterator[Progress]:
+    def decode_request(self, request: Request, update_every_s: float | None = None,
+                       phases: bool = False) -> Iterator[Progress]:
         """Every column of ``request`` decoded as rows of one batch (the model is loaded, and checked
-        against the request, first: :meth:`load`, :meth:`check_for_model`)."""
+        against the request, first: :meth:`load`, :meth:`check_for_model`); ``phases``: also a Progress
+        as the vision tower and the prefill start (:func:`~halviz.session.results.decode_rounds`)."""
         every = self.update_every_s if update_every_s is None else update_every_s
         yield from self.decode(request.model, np.asarray(request.image.image), request.prompt, request.methods,
-                               request.settings, request.max_new_tokens, every, image_budget=request.image_budget)
+                               request.settings, request.max_new_tokens, every, image_budget=request.image_budget,
+                               phases=phases)
 
     def column_results(self, request: Request, progress: Progress) -> list[ColumnResult]:
         """What each column shows so far: caption, labelled mentions, summary; each column after the
@@ -215,7 +218,11 @@ class CompareService:
                                                      progress.finish)], progress.tokens)
 
     def title(self, name: str) -> str:
-        return self.registry[name].title or name
+        return checks.column_title(name, self.registry)
+
+    def summary(self, name: str) -> str:
+        """What a column does, in a sentence per method (a stack: each in stacking order)."""
+        return " Then: ".join(self.registry[part].summary for part in checks.stack_parts(name))
 
     def entries(self, request: Request, traces: Sequence[Trace | None]) -> Runs:
         """The columns' traces with the request's ground truth and image digest written into them,

@@ -80,7 +80,7 @@ class CompareCallbacks:
                 raise ui_error(str(exc), title="Please check the inputs") from None
             described = model_line(loaded)
             held: list[RunEntry] = []
-            for progress in self.app.decode_request(request):
+            for progress in self.app.decode_request(request, phases=True):  # the status says what the wait is for
                 update = self._progress(request, progress, described, started, runs, owner)
                 if self.ui.runs in update:  # this checkpoint's entries replace the last one's in the budget
                     fresh = [v for k, v in update[self.ui.runs].items() if k not in runs]
@@ -108,8 +108,8 @@ class CompareCallbacks:
             shown = i < len(request.methods)
             updates[slot.column] = gr.Column(visible=shown)
             if shown:
-                method = self.app.registry[request.methods[i]]
-                updates[slot.header] = f"### {method.title or method.name}\n{method.summary}"
+                name = request.methods[i]
+                updates[slot.header] = f"### {self.app.title(name)}\n{self.app.summary(name)}"
                 updates[slot.caption] = []
                 updates[slot.summary] = "waiting for the model…"
         return updates
@@ -117,9 +117,11 @@ class CompareCallbacks:
     def _progress(self, request: Request, progress: Progress, described: str, started: float, runs: Runs,
                   owner: str = "") -> dict:
         ui = self.ui
+        image_note = f" · image {markdown_text(request.image.note)}" if request.image.note else ""
+        if progress.phase is not None:  # before the first token: the vision tower, then the prompt
+            return {ui.status: with_notice(f"{progress.note} ({described}{image_note})", request)}
         results = self.app.column_results(request, progress)
         done = all(f is not None for f in progress.finish)
-        image_note = f" · image {markdown_text(request.image.note)}" if request.image.note else ""
         failed = [r.title for r in results if r.error]
         if done and failed:
             status = (f"⚠ Done in {time.perf_counter() - started:.1f} s with {described}{image_note}, but "
