@@ -44,7 +44,7 @@ from PIL import Image
 from halviz.engine.attention import ATTENTION_NAME
 from halviz.engine.batch import BatchDecoder
 from halviz.engine.decode import Decoder
-from halviz.engine.recorder import RecordOptions, trace_bytes_per_step
+from halviz.engine.recorder import RecordOptions, trace_bytes_once, trace_bytes_per_step
 from halviz.methods import METHODS, build_stack
 from halviz.models import DEFAULT_PROMPT, load_model
 from halviz.models.real_geometry import save_real_geometry
@@ -195,9 +195,11 @@ def bench_model(name: str, spec: BenchModel, folder: Path, tokens: int, rounds: 
     r = run_rounds(_variants(loaded, image, tokens, methods), rounds)
     best = {v: {k: min(vals) for k, vals in readings.items()} for v, readings in r.items()}
     n_image = len(Decoder(loaded, image, max_new_tokens=1).layout.positions)
+    prompt_len = int(Decoder(loaded, image, max_new_tokens=1).inputs["input_ids"].shape[1])
     lens_layers = Decoder(loaded, image, max_new_tokens=1).run_to_end().meta["lens_layers"]  # the default rule's
     formula_bytes = (trace_bytes_per_step(adapter.num_layers, adapter.num_heads, n_image, RecordOptions(),
-                                          lens_layers=len(lens_layers)) * tokens)
+                                          lens_layers=len(lens_layers)) * tokens
+                     + trace_bytes_once(adapter.num_layers, prompt_len))
     ratio = partial(best_ratio, r)
 
     def both(variant: str, base: str, cpu: str, wall: str) -> dict[str, float]:

@@ -70,7 +70,10 @@ class Trace:
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def from_steps(cls, meta: dict[str, Any], steps: list[Step], extras: dict[str, np.ndarray]) -> "Trace":
+    def from_steps(cls, meta: dict[str, Any], steps: list[Step], extras: dict[str, np.ndarray],
+                   recorded: dict[str, np.ndarray] | None = None) -> "Trace":
+        """``extras``: the methods' own arrays (stored as ``method/<name>``); ``recorded``: the engine's
+        arrays that are not per step (``sink_tokens``)."""
         arrays: dict[str, np.ndarray] = {
             "token_ids": np.array([s.token_id for s in steps], dtype=np.int64),
             "top_ids": np.array([s.top_ids for s in steps], dtype=np.int32).reshape(len(steps), -1),
@@ -87,6 +90,7 @@ class Trace:
                 arrays[name] = np.stack([getattr(r, field_name) for r in lenses])
         for key, value in extras.items():
             arrays[f"method/{key}"] = np.asarray(value)
+        arrays.update({key: np.asarray(value) for key, value in (recorded or {}).items()})
         meta = dict(meta, format=FORMAT, texts=[s.text for s in steps], num_steps=len(steps))
         return cls(meta, arrays)
 
@@ -278,6 +282,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], steps: int, layers: int, heads:
         "image_attn": (steps, layers, n_image), "entropy": (steps, layers), "segment_share": (steps, layers, segments),
         "top_key_pos": (steps, layers, top_keys), "top_key_attn": (steps, layers, top_keys),
         "head_image_attn": (steps, head_layers, heads, n_image),
+        "sink_tokens": (layers, prompt_len),  # optional (traces before it lack it)
     }
     if "token_ids" not in arrays:
         raise ValueError("the token list is missing")

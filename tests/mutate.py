@@ -176,7 +176,7 @@ MUTATIONS = (
     Mutation("var: prefill queries inside the image edited too", VAR,
              "reading = torch.arange(kv - q, kv, device=scores.device) >= self.after_image",
              "reading = torch.arange(kv - q, kv, device=scores.device) >= 0", (T_VAR,), "new code"),
-    Mutation("var: τ not rescaled to the hidden size", VAR,
+    Mutation("var: τ not rescaled to the hidden size", "halviz/methods/sink_rule.py",
              "return tau * math.sqrt(hidden_size / REFERENCE_WIDTH)", "return tau", (T_VAR,), "new code"),
     Mutation("var: wrong layers (−2 read as the last layer)", "halviz/methods/layer_range.py",
              "last = num_layers + last if last < 0", "last = num_layers - 1 if last < 0", (T_VAR,), "new code"),

@@ -200,11 +200,12 @@ def test_bad_arguments(tiny_models, photo):
 
 
 def test_trace_size_formula_matches_a_real_trace(tiny_models, photo):
-    from halviz.engine.recorder import trace_bytes_per_step
+    from halviz.engine.recorder import trace_bytes_once, trace_bytes_per_step
 
     loaded = tiny_models["llava-1.5"]
     trace = Decoder(loaded, photo, max_new_tokens=3, stop_at_eos=False).run_to_end()
     per_step = trace_bytes_per_step(loaded.adapter.num_layers, loaded.adapter.num_heads, 576, RecordOptions(),
                                     lens_layers=len(trace.meta["lens_layers"]))
     assert trace.meta["lens_layers"]  # the lens is recorded by default
-    assert trace.nbytes() == 3 * per_step
+    once = trace_bytes_once(loaded.adapter.num_layers, trace.meta["prompt_len"])
+    assert trace.nbytes() == 3 * per_step + once

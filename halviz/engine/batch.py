@@ -367,7 +367,10 @@ class BatchDecoder:
             "device": str(loaded.device),
             "step_semantics": "step i records the attention of the query that predicts generated token i",
         }
-        return Trace.from_steps(meta, self.steps[index], extras)
+        sinks = column.recorder.sink_arrays() if column.recorder is not None else {}
+        if sinks:
+            meta["sink_rule"] = {"rule": "VAR", "tau": round(float(column.recorder.sink_tau), 6)}
+        return Trace.from_steps(meta, self.steps[index], extras, recorded=sinks)
 
 
 def _grid_meta(layout) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from halviz.engine.rows import SEGMENTS
+from halviz.methods.sink_rule import PAPER_TAU, scaled_tau, sink_tokens
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,21 @@ class Recorder:
         self._rows: list[torch.Tensor | None] = [None] * num_layers
         self._entropy: list[torch.Tensor | None] = [None] * num_layers
         self._head_rows: list[torch.Tensor | None] = [None] * len(self.head_layers)
+        self._sinks: dict[int, torch.Tensor] = {}  # layer → (prompt,) bool, from the prefill's layer inputs
+        self.sink_tau: float | None = None
+
+    def see_prefill_residual(self, layer: int, hidden: torch.Tensor) -> None:
+        """hidden (prompt, D): the main row's input to ``layer`` in the prefill. Which prompt tokens are
+        sinks there, by VAR's rule at the paper's τ (rescaled to D): what tells visual from text sinks."""
+        self.sink_tau = scaled_tau(PAPER_TAU, hidden.shape[-1])
+        self._sinks[layer] = sink_tokens(hidden, self.sink_tau).cpu()
+
+    def sink_arrays(self) -> dict[str, np.ndarray]:
+        """``sink_tokens`` (L, prompt) uint8: 1 where a prompt token is a sink in that layer (empty
+        when the prefill's layer inputs were not seen)."""
+        if len(self._sinks) != self.num_layers:
+            return {}
+        return {"sink_tokens": torch.stack([self._sinks[l] for l in range(self.num_layers)]).to(torch.uint8).numpy()}
 
     def record(self, layer: int, weights: torch.Tensor) -> None:
         """weights: (H, kv) float32, the current query's attention in ``layer``."""
@@ -104,3 +120,8 @@ def trace_bytes_per_step(num_layers: int, num_heads: int, num_image_tokens: int,
     per_step = num_layers * per_layer + head_layers * num_heads * num_image_tokens * 2
     lens = lens_layers * (top_k_tokens * (4 + 4) + 4 + 4)  # top-k ids and probs, the token's prob and rank
     return per_step + lens + 8 + top_k_tokens * (4 + 4) + 4  # token id, top-k ids and probs, step time
+
+
+def trace_bytes_once(num_layers: int, prompt_len: int) -> int:
+    """Bytes a trace holds once, whatever its length: the prompt's sink tokens per layer (uint8)."""
+    return num_layers * prompt_len

@@ -56,6 +56,8 @@ class Forward:
         self.columns = columns
         self.recording = recording
         self.packing = packing  # a ragged prefill's physical rows (None: the rows are the logical ones)
+        # The prefill's layer inputs tell which prompt tokens are sinks (recorded once, for the debugger).
+        self.records_sinks = recording and phase == "prefill"
         # Each column's dispatch tables (built once, in Column), paired with its rows in this forward.
         self.hooks: dict[str, list[tuple[ColumnRows, Method]]] = {
             point: [(c, m) for c in columns for m in c.column.hooks[point]] for point in HOOK_POINTS
@@ -91,13 +93,18 @@ def install_residual_hook(model) -> None:
 
 def _see_residual(layer: int, module, args, kwargs) -> None:
     plan = active_forward()
-    if plan is None or not plan.hooks["residual"]:
+    if plan is None or not (plan.hooks["residual"] or plan.records_sinks):
         return None
     hidden = args[0] if args else kwargs["hidden_states"]
     if plan.packing is not None:
         hidden = plan.packing.unpack_hidden(hidden)
     for rows, method in plan.running("residual"):
         plan.call(rows, method.see_residual, rows.observe_pass, layer, hidden[rows.observe])
+    if plan.records_sinks:
+        for rows in plan.columns:
+            column = rows.column
+            if column.recorder is not None and column.running:
+                column.recorder.see_prefill_residual(layer, hidden[rows.main, :column.prompt_len])
     return None
 
 
@@ -118,7 +125,7 @@ class BatchRun:
 
     def forward(self, plan: Forward, **inputs) -> torch.Tensor:
         """One forward pass of every row; returns the last position's logits (rows, vocab), float32 or wider."""
-        if plan.hooks["residual"]:
+        if plan.hooks["residual"] or plan.records_sinks:
             install_residual_hook(self.model)
         packing = plan.packing
         keep, pick = (1, None) if packing is None else packing.logits_positions()
