@@ -165,7 +165,14 @@ def test_the_attention_sink_lesson_end_to_end(page):
                            " return !!t && t.textContent.includes('fork'); })()", timeout=60_000)
     # The top-token grid names its tokens (BOS at position 0 first), not a placeholder.
     page.wait_for_function("document.querySelector('#hv-topkeys').textContent.includes('@0')", timeout=30_000)
+    # Visual vs text sinks (issue 29): BOS's cells are outlined as a text sink, and the toy says plainly
+    # that it has no visual sink, by design.
+    grid = "document.querySelector('#hv-topkeys .js-plotly-plot')"
+    assert page.evaluate(f"() => {grid}.layout.title.text.includes('the toy has none by design')")
+    kinds = page.evaluate(f"() => [...new Set(({grid}.layout.shapes || []).map(s => s.name))]")
+    assert kinds == ["text sink (BOS or another text token)"], kinds
     shoot(page, "lesson-sinks", "#hv-shares")
+    shoot(page, "lesson-topkeys", "#hv-topkeys")
 
     page.click("#hv-lesson-3")
     page.wait_for_timeout(500)
