@@ -36,6 +36,7 @@ VAR, T_VAR = "halviz/methods/var.py", "tests/test_var.py"
 T_LISTS = "tests/test_list_knobs.py"
 SINK, T_SINK = "halviz/toy/designed_sink.py", "tests/test_designed_sink.py"
 CAI, T_CAI = "halviz/methods/cai.py", "tests/test_cai.py"
+T_SINKS = "tests/test_sink_record.py"
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,12 @@ MUTATIONS = (
     Mutation("lens: the layer below read (its input, not its output)", LENS,
              "lens.capture(plan, layer, output[0] if isinstance(output, tuple) else output)",
              "lens.capture(plan, layer + 1, output[0] if isinstance(output, tuple) else output)", (T_LENS,), "new code"),
+    Mutation("engine: sink tokens read one position off (the rule's first token is not BOS)", RUN,
+             "column.recorder.see_prefill_residual(layer, hidden[rows.main, :column.prompt_len])",
+             "column.recorder.see_prefill_residual(layer, hidden[rows.main, 1:column.prompt_len + 1])",
+             (T_SINKS,), "new code"),
+    Mutation("sinks: sink dimensions from any token, not the first", "halviz/methods/sink_rule.py",
+             "dims = x[0] > tau", "dims = x.amax(0) > tau", (T_SINKS, T_VAR), "new code"),
     Mutation("engine: a raising hook ends every column", RUN,
              "            rows.column.fail(exc)\n            return None", "            raise", (T_BATCH,), "new code"),
     Mutation("vhr: T-VHD over the reinforced layers only", VHR,
