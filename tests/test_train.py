@@ -31,8 +31,17 @@ def _train(tmp_path: Path, name: str, **kw):
     return train(tmp_path / name, STEPS, TINY, threads=1, log_every=1, ckpt=tmp_path / f"{name}-ckpt", **kw)
 
 
-def test_staged_training_smoke(tmp_path):
-    info = _train(tmp_path, "toy")
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """One uninterrupted run of STEPS, shared: (its info, its folder, its checkpoint folder). The tests
+    only read it (the training is deterministic, so every test used to repeat this same run)."""
+    root = tmp_path_factory.mktemp("train")
+    info = _train(root, "base")
+    return info, root / "base", root / "base-ckpt"
+
+
+def test_staged_training_smoke(base):
+    info, folder, _ = base
     stages = [row["stage"] for row in info["history"]]
     assert sorted(set(stages), key=STAGES.index) == list(STAGES)
     losses = [row["loss"] for row in info["history"] if "loss" in row]
@@ -40,7 +49,7 @@ def test_staged_training_smoke(tmp_path):
     probes = [row for row in info["history"] if row.get("probe") == "sink"]
     assert {p["stage"] for p in probes} == {"text", "align", "multi"}
     assert set(info["stage_seconds"]) == set(STAGES) and info["seconds"] > 0
-    loaded = load_model(str(tmp_path / "toy"))
+    loaded = load_model(str(folder))
     trace = Decoder(loaded, scenes.heldout(1)[0].image, max_new_tokens=3).run_to_end()
     assert trace.meta["grid"] == [12, 12] and trace.num_steps >= 1
     # BOS is the only token before the image in the chat layout
@@ -49,13 +58,13 @@ def test_staged_training_smoke(tmp_path):
     assert ids[0] == loaded.processor.tokenizer.bos_token_id and ids[1] == loaded.adapter.image_token_id
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    _train(tmp_path, "straight")
+def test_interrupted_training_resumes_to_the_same_weights(base, tmp_path):
+    _, straight, _ = base
     assert _train(tmp_path, "split", max_steps=5) is None  # stops inside the text stage
     assert _train(tmp_path, "split", resume=True, max_steps=4) is None  # stops at a stage boundary
     info = _train(tmp_path, "split", resume=True)
     assert info is not None
-    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
+    a, b = load_file(straight / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
@@ -133,9 +142,8 @@ def test_generated_scenes_look_like_toy_scenes_even_resized():
     assert not scenes.looks_like_toy_scene(Image.new("RGB", (96, 96), (30, 60, 200)))
 
 
-def test_later_stages_can_start_from_a_stage_checkpoint(tmp_path):
-    _train(tmp_path, "base")
-    base = tmp_path / "base-ckpt" / "text.pt"
+def test_later_stages_can_start_from_a_stage_checkpoint(base, tmp_path):
+    base = base[2] / "text.pt"
     info = train(tmp_path / "branch", STEPS.__class__(**{**STEPS.__dict__, "multi_steps": 2}), TINY, threads=1,
                  log_every=1, ckpt=tmp_path / "branch-ckpt", init_from=base)
     assert [r["stage"] for r in info["history"] if "loss" in r][-1] == "multi"
@@ -166,9 +174,8 @@ def test_noise_rows_put_random_tokens_between_bos_and_the_caption(tmp_path):
     assert (plain["labels"][:, 1] != -100).all()
 
 
-def test_multimodal_stage_can_freeze_late_qk_and_rehearse_text(tmp_path):
-    _train(tmp_path, "base")
-    base = tmp_path / "base-ckpt" / "text.pt"
+def test_multimodal_stage_can_freeze_late_qk_and_rehearse_text(base, tmp_path):
+    base = base[2] / "text.pt"
     before = torch.load(base, map_location="cpu", weights_only=False)["model"]
     cfg = STEPS.__class__(**{**STEPS.__dict__, "multi_qk_lr_scale": 0.0, "multi_qk_from": 2, "multi_rehearsal": 2})
     info = train(tmp_path / "frozen", cfg, TINY, threads=1, log_every=1, ckpt=tmp_path / "frozen-ckpt", init_from=base)
