@@ -52,10 +52,25 @@ class _Row:
     request: int = 0  # which (image, prompt) of the batch the row reads (MultiBatchDecoder: several)
 
 
+@dataclass(frozen=True)
+class PrefillWork:
+    """What the first round computes before its token, known before it runs (for a caller to report)."""
+
+    image_tokens: int  # the picture's tokens in the prompt
+    views: int  # the picture's views through the vision tower (SmolVLM's tiles + global view; mostly 1)
+    images: int  # distinct images the tower encodes (the picture; VCD's noised copy is another)
+    prompt_tokens: int  # the longest prefill row, the image's tokens included
+    rows: int  # rows of the prefill forward
+
+
 class BatchDecoder:
     """One greedy decode of ``image`` + ``prompt`` per stack of methods (an empty stack = vanilla)."""
 
     ragged_prefill = True  # text-only rows ride after longer rows (engine/packing.py); False: padded
+    # Set by open()/encode_images() (class defaults: MultiBatchDecoder has an __init__ of its own).
+    _opened = False
+    _images: dict | None = None  # the vision tower's output per (request, pixels), once encoded
+    _encode_s = 0.0  # what encode_images() took before the first round
     _lens: Lens | None = None  # the logit lens of the recording columns (engine/lens.py), made in __iter__
 
     def __init__(self, loaded: LoadedModel, image: Image.Image, prompt: str = DEFAULT_PROMPT,
@@ -98,15 +113,10 @@ class BatchDecoder:
         if self._started:
             raise RuntimeError("a BatchDecoder runs once; make a new one")
         self._started = True
-        for column in self.columns:
-            try:
-                column.open()
-            except Exception as exc:  # noqa: BLE001 - a method refusing its setup ends its column only
-                column.fail(exc)
-        if not any(c.running for c in self.columns):
+        if not self.open():
             return
         self._lens = Lens.open(self.loaded.model, [c for c in self.columns if c.running])
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - self._encode_s  # step 0 counts the vision tower wherever it ran
         logits, plan = self._prefill()
         while True:
             yield self._finish_round(logits, plan, t0)
@@ -118,6 +128,39 @@ class BatchDecoder:
                 if column.running:
                     column.step += 1
             logits, plan = self._decode_forward()
+
+    # ---- before the first round, step by step: a caller that reports progress runs these first ----
+    def open(self) -> bool:
+        """Set every column up (once; a method refusing its setup ends its column only); any running?"""
+        if not self._opened:
+            self._opened = True
+            for column in self.columns:
+                try:
+                    column.open()
+                except Exception as exc:  # noqa: BLE001 - a method refusing its setup ends its column only
+                    column.fail(exc)
+        return any(c.running for c in self.columns)
+
+    def prefill_work(self) -> PrefillWork:
+        """What the vision tower and the prefill will compute; opens the columns, runs no model."""
+        rows = self._prefill_rows() if self.open() else []
+        pictures = [r for r in rows if not r.text_only]
+        image_tokens, views = 0, 0
+        if pictures:
+            inputs, layout = self._request_inputs(pictures[0].request)
+            image_tokens = len(layout.positions)
+            pixels = inputs.get("pixel_values")
+            # (batch, views, C, H, W) where a family tiles the picture; otherwise one view
+            views = int(pixels.shape[1]) if pixels is not None and pixels.dim() == 5 else 1
+        return PrefillWork(image_tokens, views, len({(r.request, id(r.pixels)) for r in pictures}),
+                           max((len(r.ids) for r in rows), default=0), len(rows))
+
+    def encode_images(self) -> None:
+        """Run the vision tower now (opens the columns); the prefill then uses its output."""
+        if self.open() and self._images is None:
+            started = time.perf_counter()
+            self._encoded_images(self._prefill_rows())
+            self._encode_s = time.perf_counter() - started
 
     def run_to_end(self) -> list[Trace]:
         for _ in self:
@@ -201,6 +244,7 @@ class BatchDecoder:
             inputs["attention_mask"] = mask
         self._packing = packing
         logits = self.batch.forward(plan, **inputs)
+        self._images = {}  # the prefill was their only reader
         # Decode rows: every running column's main row, then its decode streams, contiguous.
         order, sources, starts = [], [], []
         for column in (c for c in self.columns if c.running):
@@ -218,8 +262,11 @@ class BatchDecoder:
         return logits, plan
 
     def _encoded_images(self, rows: list[_Row]) -> list:
-        """The vision tower's output for every row holding the image: once per distinct image."""
-        done: dict[tuple[int, int], object] = {}
+        """The vision tower's output for every row holding the image: once per distinct image (kept, so
+        encode_images() before the prefill runs the tower only once)."""
+        if self._images is None:
+            self._images = {}
+        done: dict[tuple[int, int], object] = self._images
         encoded = []
         for row in rows:
             if row.text_only:

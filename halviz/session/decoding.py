@@ -51,18 +51,20 @@ def gpu_seconds(columns: int, max_new_tokens: int, environ: Mapping[str, str] = 
     return int(min(cap, STARTUP_SECONDS + math.ceil(columns * max_new_tokens * per_token)))
 
 
-def _duration(model_key, image, prompt, names, settings, max_new_tokens, update_every_s, image_budget=None) -> int:
+def _duration(model_key, image, prompt, names, settings, max_new_tokens, update_every_s, image_budget=None,
+              phases=False) -> int:
     return gpu_seconds(len(names), max_new_tokens)
 
 
 def _decode_by_key(cache, registry: Mapping[str, type[Method]], model_key: str, image: np.ndarray, prompt: str,
                    names: Sequence[str], settings: Mapping[str, Mapping[str, Any]], max_new_tokens: int,
-                   update_every_s: float, image_budget: str | None = None) -> Iterator[Progress]:
+                   update_every_s: float, image_budget: str | None = None, phases: bool = False) -> Iterator[Progress]:
     # In a forked worker the cache is a copy: read it without its lock, which another thread of the
     # parent may have held at the moment of the fork.
     loaded = budgeted(cache.peek(model_key) or cache.get(model_key), image_budget)
     stacks = build_stacks(names, settings, registry)
-    yield from decode_rounds(loaded, Image.fromarray(image), prompt, stacks, max_new_tokens, update_every_s)
+    yield from decode_rounds(loaded, Image.fromarray(image), prompt, stacks, max_new_tokens, update_every_s,
+                             phases=phases)
 
 
 def _stack_duration(model_key, image, prompt, stacks, max_new_tokens, update_every_s, system=None,
@@ -99,8 +101,10 @@ def gpu_stack_decoder(cache, registry: Mapping[str, type[Method]]):
 
 
 def gpu_decoder(cache, registry: Mapping[str, type[Method]]):
-    """``fn(model_key, image_array, prompt, names, settings, max_new_tokens, update_every_s, image_budget=None)``
-    yielding Progress (``image_budget`` None: the device's default), wrapped in ``spaces.GPU`` when the ``spaces`` package is importable."""
+    """``fn(model_key, image_array, prompt, names, settings, max_new_tokens, update_every_s, image_budget=None,
+    phases=False)`` yielding Progress (``image_budget`` None: the device's default; ``phases``: also the
+    steps before the first token, see :func:`decode_rounds`), wrapped in ``spaces.GPU`` when the ``spaces``
+    package is importable."""
     task = functools.partial(_decode_by_key, cache, dict(registry))
     try:
         import spaces  # type: ignore[import-not-found]

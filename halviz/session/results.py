@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from halviz.engine.batch import BatchDecoder
+from halviz.engine.batch import BatchDecoder, PrefillWork
 from halviz.hallucination import (
     CORRECT,
     HALLUCINATED,
@@ -61,13 +61,19 @@ class Progress:
     traces: list[Trace | None] | None = None  # at checkpoints and at the end; None for a column that failed early
     tokens: list[list[int]] | None = None  # per column, the token id of every step so far
     prefill_s: float = 0.0  # the batch's one prefill forward (it also gives every column its first token)
+    # Before the first token, where the caller asked for phases: "image" (the vision tower is about to
+    # run) then "prompt" (the prefill is); ``note`` says what in one sentence. None once tokens come.
+    phase: str | None = None
+    note: str = ""
 
 
 def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: Sequence[Sequence[Method]],
                   max_new_tokens: int, update_every_s: float = UPDATE_EVERY_S,
-                  system: str | None = None) -> Iterator[Progress]:
+                  system: str | None = None, phases: bool = False) -> Iterator[Progress]:
     """Decode every stack at once, as rows of one batch (one token per column per round), yielding
-    progress now and then.
+    progress now and then. ``phases``: before the first token, also yield a Progress as the vision
+    tower starts (``phase="image"``) and as the prefill starts (``phase="prompt"``), so a page can say
+    what the wait is for.
 
     A column whose method raises ends with ``finish == "error: ..."`` while the others carry on: one
     faulty method must never take the whole comparison (or the worker) down with it.
@@ -83,6 +89,19 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
         finish = [column_error(i, exc) for i in range(count)]
         yield Progress(texts, [0.0] * count, finish, [None] * count)
         return
+    if phases and decoder.open():
+        try:
+            work = decoder.prefill_work()
+            finish = _finishes(decoder, finish)
+            yield Progress([[] for _ in range(count)], [0.0] * count, list(finish), phase="image",
+                           note=image_note(work))
+            decoder.encode_images()
+        except Exception as exc:  # the tower failed: every running column reports it, as a failed batch does
+            finish = [f or column_error(i, exc) for i, f in enumerate(_finishes(decoder, finish))]
+            traces = [safe_trace(decoder, i, loaded, f) for i, f in enumerate(finish)]
+            yield Progress(texts, [0.0] * count, finish, traces)
+            return
+        yield Progress([[] for _ in range(count)], [0.0] * count, list(finish), phase="prompt", note=prompt_note(work))
     last_update = last_checkpoint = time.perf_counter()
     checkpoint_cost = 0.0
     rounds = iter(decoder)
@@ -120,6 +139,28 @@ def decode_rounds(loaded: LoadedModel, image: Image.Image, prompt: str, stacks: 
             last_update = time.perf_counter()
         if done:
             return
+
+
+def _finishes(decoder: BatchDecoder, finish: list[str | None]) -> list[str | None]:
+    """``finish`` with the columns that have ended since (a method refusing its setup) filled in."""
+    return [f if f is not None or c.finish is None else column_error(i, c.error) if c.error is not None
+            else c.finish for i, (f, c) in enumerate(zip(finish, decoder.columns))]
+
+
+def image_note(work: PrefillWork) -> str:
+    """The vision tower's phase in one sentence: the picture's image tokens and views."""
+    views = "1 view" if work.views == 1 else f"{work.views} views: tiles and a whole-picture view"
+    times = "" if work.images == 1 else " twice" if work.images == 2 else f" {work.images} times"
+    why = "" if work.images == 1 else " (the picture and a method's altered copy of it)"
+    return (f"Encoding the picture: {work.image_tokens} image tokens ({views}) through the vision tower"
+            f"{times}{why}…")
+
+
+def prompt_note(work: PrefillWork) -> str:
+    """The prefill's phase in one sentence: the prompt's tokens, the image's among them, and its rows."""
+    rows = f" in {work.rows} rows of one forward" if work.rows > 1 else ""
+    return (f"Reading the prompt: {work.prompt_tokens} tokens ({work.image_tokens} of them the picture's){rows}; "
+            "the first words come with it…")
 
 
 @dataclass
