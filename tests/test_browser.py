@@ -115,12 +115,19 @@ def test_replay_an_uploaded_trace(page, tmp_path, tiny_model_dirs):
     from halviz.engine.decode import Decoder
     from halviz.models import load_model
 
+    from halviz.methods.cai import CAI
+
     loaded = load_model(str(tiny_model_dirs["llava-1.5"]))
-    trace = Decoder(loaded, Image.new("RGB", (64, 48), "gray"), "Describe.", [], 4).run_to_end()
+    # A CAI column (issue 29's method added the new way): its panel appears from the registry alone.
+    trace = Decoder(loaded, Image.new("RGB", (64, 48), "gray"), "Describe.", [CAI()], 4).run_to_end()
     npz, _ = trace.save(tmp_path / "replayed")
     page.set_input_files("#hv-trace-upload input[type=file]", str(npz))
     page.wait_for_selector("#hv-trace-choice label:has-text('uploaded: replayed.npz')", timeout=60_000)
     page.wait_for_function(overlay_title_starts("Step 0"), timeout=60_000)
+    page.wait_for_selector("#hv-cai-box", state="visible", timeout=60_000)
+    page.wait_for_function("(() => { const t = document.querySelector('#hv-cai-gate .gtitle');"
+                           " return !!t && t.textContent.length > 0; })()", timeout=60_000)
+    shoot_element(page, "cai-panel", "#hv-cai-box")
     assert page.locator(".toast-body.error").count() == 0
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
@@ -306,3 +313,10 @@ def click_natural(image, x: float, y: float) -> None:
     scale = min(box["width"] / width, box["height"] / height)
     image.click(position={"x": (box["width"] - width * scale) / 2 + x * scale,
                           "y": (box["height"] - height * scale) / 2 + y * scale})
+
+
+def shoot_element(page, name: str, selector: str) -> None:
+    """A screenshot of one part of the page, to look at (git-ignored)."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.mouse.move(5, 5)
+    page.locator(selector).screenshot(path=str(SCREENSHOTS / f"{name}.png"))
