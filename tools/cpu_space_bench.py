@@ -9,6 +9,12 @@ called with no image budget, so the device's default applies (on a CPU: the chea
 processor offers). Printed per model: the budget and its image tokens, seconds from Compare to the
 first caption words on the page, and seconds for 5 columns x N tokens end to end (with the tokens
 each column really produced: random weights may meet EOS early). Minimum over rounds.
+
+The first words are checked before they count: they must come after 0 s and before the end, and
+every card's text in that update must be its column's first token as the saved trace recorded it.
+Also printed, from the last round: when the page said the vision tower and the prompt started
+(the status phases), and the trace's step times (step 0: the vision tower and the prefill, then one
+decode round per step).
 """
 
 from __future__ import annotations
@@ -28,33 +34,61 @@ IMAGE = "coffee.jpg"  # a photo: the budget matters for photos (toy scenes are s
 GOALS = {"smolvlm-256m": (5.0, 20.0), "interleave-0.5b": (None, 60.0)}  # (first words, 5 columns end to end)
 
 
-def _has_words(outputs) -> bool:
-    """Whether any caption card of a streamed /compare update shows text yet (the client gets no State
-    outputs, so the cards are found by their value: HighlightedText's list of token/class pairs)."""
+PHASES = {"image": "Encoding the picture", "prompt": "Reading the prompt"}  # the status line's phases
+
+
+def _cards(outputs) -> list[str] | None:
+    """The caption cards' texts in a streamed /compare update, in column order, or None where it sets
+    none (the client gets no State outputs, so the cards are found by their value: HighlightedText's
+    list of token/class pairs)."""
+    cards = []
     for value in outputs:
         items = value.get("value") if isinstance(value, dict) else value
         if isinstance(items, list) and items and all(isinstance(c, dict) and "token" in c for c in items):
-            if any(str(c["token"]).strip() for c in items):
-                return True
-    return False
+            cards.append("".join(str(c["token"]) for c in items))
+    return cards or None
 
 
-def _compare(client, model: str, image: Path, tokens: int) -> tuple[float | None, float, dict]:
+def _traces(outputs) -> list:
+    """The traces the last update offers for download (in-process, their server paths are local)."""
+    from halviz.trace import Trace
+
+    files = next((v for v in reversed(outputs) if isinstance(v, list) and v and isinstance(v[0], dict)
+                  and "path" in v[0]), [])
+    return [Trace.load(f["path"]) for f in files if str(f["path"]).endswith(".npz")]
+
+
+def _compare(client, model: str, image: Path, tokens: int) -> dict:
     from gradio_client import handle_file
 
     started = time.perf_counter()
-    first = None
+    first, seen, phases = None, None, {}
     job = client.submit(handle_file(str(image)), PROMPT, list(METHODS), tokens, "", model, "", api_name="/compare")
     last = None
     for outputs in job:
+        now = time.perf_counter() - started
         last = outputs
-        if first is None and _has_words(outputs):
-            first = time.perf_counter() - started
+        status = outputs[0] if outputs and isinstance(outputs[0], str) else ""
+        for phase, words in PHASES.items():
+            if status.startswith(words):
+                phases.setdefault(phase, now)
+        cards = _cards(outputs)
+        if first is None and cards and any(c.strip() for c in cards):
+            first, seen = now, cards
     if not job.status().success:
         job.result()  # raises the server's message
     total = time.perf_counter() - started
-    summary = last[-1] if last else {}
-    return first, total, summary if isinstance(summary, dict) else {}
+    summary = last[-1] if last and isinstance(last[-1], dict) else {}
+    traces = _traces(last or [])
+    # The reading counts only if it is the first token's words, seen between Compare and the end.
+    firsts = [t.texts[0] for t in traces if t.num_steps and t.texts[0]]  # an empty card sends no list
+    checked = first is not None and 0 < first < total and seen == firsts
+    if first is not None and not checked:
+        print(f"  first-words reading rejected: at {first:.2f} s of {total:.2f} s the cards showed {seen}, "
+              f"the traces' first tokens are {firsts}", flush=True)
+    step_ms = traces[0].arrays["step_ms"].tolist() if traces else []
+    return {"first": first if checked else None, "total": total, "summary": summary, "phases": phases,
+            "step_ms": step_ms}
 
 
 def bench(name: str, tokens: int, rounds: int) -> dict:
@@ -87,14 +121,18 @@ def bench(name: str, tokens: int, rounds: int) -> dict:
             runs = [_compare(client, folder, image, tokens) for _ in range(rounds)]
         finally:
             shutdown(demo)
-    firsts = [f for f, _, _ in runs if f is not None]
-    summary = runs[-1][2]
+    firsts = [r["first"] for r in runs if r["first"] is not None]
+    summary = runs[-1]["summary"]
     produced = {m: int(s.get("tokens", 0)) for m, s in summary.items() if isinstance(s, dict)}
+    step_ms = runs[-1]["step_ms"]
     return {"model": name, "budget": budget, "image": image.name, "image_size": list(picture.size),
             "image_tokens": plan.tokens, "plan": plan.describe(), "columns": len(METHODS), "tokens": tokens,
             "build_s": round(built, 1), "startup_s": round(startup, 1),
             "first_words_s": round(min(firsts), 2) if firsts else None,
-            "end_to_end_s": round(min(t for _, t, _ in runs), 2), "tokens_per_column": produced,
+            "end_to_end_s": round(min(r["total"] for r in runs), 2), "tokens_per_column": produced,
+            "phases_s": {k: round(v, 2) for k, v in runs[-1]["phases"].items()},
+            "prefill_ms": round(step_ms[0], 1) if step_ms else None,
+            "decode_ms_per_round": round(sum(step_ms[1:]) / len(step_ms[1:]), 1) if step_ms[1:] else None,
             "threads": os.environ.get("OMP_NUM_THREADS", "?"), "load": os.getloadavg()}
 
 
@@ -118,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
               f"  {result['columns']} columns x {args.tokens} tokens {result['end_to_end_s']:7.2f} s"
               + (f"   (goal <= {total_goal:g})" if total_goal else "") + "\n"
               f"  tokens per column     {result['tokens_per_column']}\n"
+              f"  page phases (s after Compare) {result['phases_s']}; first words checked against the traces\n"
+              f"  trace step_ms: step 0 (vision tower + prefill) {result['prefill_ms']} ms, "
+              f"decode {result['decode_ms_per_round']} ms per round (5 columns)\n"
               f"  start-up (load+warm)  {result['startup_s']:7.1f} s; OMP_NUM_THREADS={result['threads']}, "
               f"load average {tuple(round(v, 2) for v in result['load'])}", flush=True)
     if args.json:
