@@ -31,6 +31,7 @@ REFUSED = [  # method, knob values, what the sentence says
     ("vasparse", {"first_layer": 6}, "the first layer 6 is past the last"),
     ("vhr", {"last_layers": 7}, "This model has 6 layers; Last layers 7 asks for more"),
     ("vhr", {"last_layers": 0}, "0 scales no head"),
+    ("cai", {"start_layer": 5}, "the start layer 5 leaves no later layer to tilt: set it to at most 4"),
 ]
 
 
@@ -53,7 +54,8 @@ def test_ranges_that_fit_are_accepted():
                          ("mask_patches", {"first_row": 7, "last_row": -1, "patches": ""}),
                          ("mask_patches", {"patches": "7:7"}), ("scale_heads", {"head": -1}),
                          ("scale_heads", {"heads": "5:5", "head": 1023}),  # the list wins: head is not used
-                         ("vasparse", {"first_layer": 5}), ("vhr", {"last_layers": 6}), ("var", {"first_layer": 4})]:
+                         ("vasparse", {"first_layer": 5}), ("vhr", {"last_layers": 6}), ("var", {"first_layer": 4}),
+                         ("cai", {"start_layer": 4})]:
         assert knob_problem(name, params(name, values), TOY) is None, (name, values)
 
 

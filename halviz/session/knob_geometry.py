@@ -61,6 +61,12 @@ def knob_problem(name: str, params: Mapping[str, Any], g: Geometry) -> str | Non
         if count > g.layers:
             return f"This model has {g.layers} layers; Last layers {count} asks for more."
         return None
+    if name == "cai":
+        start = int(params.get("start_layer", -1))
+        if start > g.layers - 2:  # ℓ_s is checked, the layers after it tilted: the last layer cannot be ℓ_s
+            return (f"{g.layer_text}; the start layer {start} leaves no later layer to tilt: set it to at most "
+                    f"{g.layers - 2} (or −1 for the paper's share).")
+        return None
     if "first_layer" in params and "last_layer" in params:
         problem = _layer_range_problem(int(params["first_layer"]), int(params["last_layer"]), g)
         if problem:
