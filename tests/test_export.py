@@ -120,6 +120,7 @@ def test_the_page_saves_a_steps_figures_as_valid_images_of_the_drawn_size(contro
 
     from conftest import run_greedy
     from halviz.ui.errors import file_paths
+    from halviz.viz import lens
     from halviz.viz.step_view import step_figures
 
     controller, gr = controller
@@ -130,6 +131,9 @@ def test_the_page_saves_a_steps_figures_as_valid_images_of_the_drawn_size(contro
     assert update.visible and controller.app.files.owns(archive)
     expected = {name: fig for name, fig in step_figures(runs["vanilla"].trace, 2, 1).items() if fig is not None}
     assert {"overlay", "candidates", "entropy", "shares", "top_keys"} <= set(expected)  # greedy has no mask
+    trace = runs["vanilla"].trace  # the logit lens too, as the page draws it (no other column: alone)
+    expected.update(lens=lens.lens_heatmap_figure(trace, 2, None, ("Greedy", "")),
+                    lens_words=lens.lens_words_figure(trace, 2, None, ("Greedy", "")))
     with zipfile.ZipFile(archive) as files:
         assert len(files.namelist()) == len(expected)
         for name, fig in expected.items():

@@ -18,7 +18,7 @@ from halviz.viz import span_offset, step_at_offset
 from halviz.ui.compare_callbacks import UPLOAD_PREFIX
 from halviz.session.budget import check_kept
 from halviz.session.figure_files import write_step_figures
-from halviz.ui.debugger import head_layers, in_model, parse_view, still_held
+from halviz.ui.debugger import head_layers, in_model, lens_reference, parse_view, still_held
 from halviz.viz.common import clamp_step
 from halviz.viz.image_files import ExportError
 from halviz.ui.errors import session_of, ui_error, user_errors
@@ -94,8 +94,10 @@ class TraceCallbacks:
         step = clamp_step(trace, int(step or 0))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         try:
+            reference = lens_reference(runs, key)
             paths = self.app.files.write(lambda folder: [write_step_figures(entry, step, layer, head, parse_view(view),
-                                                                            fmt, folder, stamp)], session_of(caller))
+                                                                            fmt, folder, stamp, reference)],
+                                         session_of(caller))
         except ExportError as exc:
             raise ui_error(str(exc), title="Could not save the figures") from None
         return {self.ui.panel.figure_files: gr.File(value=paths, visible=True)}
