@@ -10,8 +10,10 @@ processor offers). Printed per model: the budget and its image tokens, seconds f
 first caption words on the page, and seconds for 5 columns x N tokens end to end (with the tokens
 each column really produced: random weights may meet EOS early). Minimum over rounds.
 
-The first words are checked before they count: they must come after 0 s and before the end, and
-every card's text in that update must be its column's first token as the saved trace recorded it.
+The first words are the first update that carries tokens; they count only if checked: after 0 s and
+before the end, the status line says token 1, and every card's text in that update is its column's
+first token as the saved trace recorded it. Random weights may begin with tokens that render as
+nothing, so the first visible text is printed too, with the token it came at.
 Also printed, from the last round: when the page said the vision tower and the prompt started
 (the status phases), and the trace's step times (step 0: the vision tower and the prefill, then one
 decode round per step).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -37,16 +40,22 @@ GOALS = {"smolvlm-256m": (5.0, 20.0), "interleave-0.5b": (None, 60.0)}  # (first
 PHASES = {"image": "Encoding the picture", "prompt": "Reading the prompt"}  # the status line's phases
 
 
-def _cards(outputs) -> list[str] | None:
-    """The caption cards' texts in a streamed /compare update, in column order, or None where it sets
-    none (the client gets no State outputs, so the cards are found by their value: HighlightedText's
-    list of token/class pairs)."""
+def _cards(outputs) -> list[str]:
+    """The caption cards' texts in a streamed /compare update, in column order (the client gets no
+    State outputs, so the cards are found by their value: HighlightedText's list of token/class pairs,
+    empty for a card whose text is still empty)."""
     cards = []
     for value in outputs:
         items = value.get("value") if isinstance(value, dict) else value
-        if isinstance(items, list) and items and all(isinstance(c, dict) and "token" in c for c in items):
+        if isinstance(items, list) and all(isinstance(c, dict) and "token" in c for c in items):
             cards.append("".join(str(c["token"]) for c in items))
-    return cards or None
+    return cards
+
+
+def _tokens_shown(status: str) -> int | None:
+    """How many tokens the status line says each column has: k of "token k of at most N"; -1 once done."""
+    found = re.search(r"· token (\d+) of at most", status)
+    return int(found.group(1)) if found else -1 if re.match(r"(✓|⚠) Done", status) else None
 
 
 def _traces(outputs) -> list:
@@ -62,7 +71,7 @@ def _compare(client, model: str, image: Path, tokens: int) -> dict:
     from gradio_client import handle_file
 
     started = time.perf_counter()
-    first, seen, phases = None, None, {}
+    first, shown, seen, visible, phases = None, None, None, None, {}
     job = client.submit(handle_file(str(image)), PROMPT, list(METHODS), tokens, "", model, "", api_name="/compare")
     last = None
     for outputs in job:
@@ -72,23 +81,28 @@ def _compare(client, model: str, image: Path, tokens: int) -> dict:
         for phase, words in PHASES.items():
             if status.startswith(words):
                 phases.setdefault(phase, now)
+        count = _tokens_shown(status)
+        if count is None:
+            continue
         cards = _cards(outputs)
-        if first is None and cards and any(c.strip() for c in cards):
-            first, seen = now, cards
+        if first is None:  # the first update that carries tokens: the first words
+            first, shown, seen = now, count, cards
+        if visible is None and any(c.strip() for c in cards):  # random weights may begin with empty tokens
+            visible = (now, count)
     if not job.status().success:
         job.result()  # raises the server's message
     total = time.perf_counter() - started
     summary = last[-1] if last and isinstance(last[-1], dict) else {}
     traces = _traces(last or [])
-    # The reading counts only if it is the first token's words, seen between Compare and the end.
-    firsts = [t.texts[0] for t in traces if t.num_steps and t.texts[0]]  # an empty card sends no list
-    checked = first is not None and 0 < first < total and seen == firsts
+    # The reading counts only if that update was the first token's, shown between Compare and the end.
+    firsts = [t.texts[0] if t.num_steps else "" for t in traces]
+    checked = first is not None and 0 < first < total and shown == 1 and seen == firsts
     if first is not None and not checked:
-        print(f"  first-words reading rejected: at {first:.2f} s of {total:.2f} s the cards showed {seen}, "
-              f"the traces' first tokens are {firsts}", flush=True)
+        print(f"  first-words reading rejected: at {first:.2f} s of {total:.2f} s the page showed token {shown} "
+              f"with cards {seen}; the traces' first tokens are {firsts}", flush=True)
     step_ms = traces[0].arrays["step_ms"].tolist() if traces else []
-    return {"first": first if checked else None, "total": total, "summary": summary, "phases": phases,
-            "step_ms": step_ms}
+    return {"first": first if checked else None, "first_texts": firsts, "visible": visible, "total": total,
+            "summary": summary, "phases": phases, "step_ms": step_ms}
 
 
 def bench(name: str, tokens: int, rounds: int) -> dict:
@@ -125,11 +139,15 @@ def bench(name: str, tokens: int, rounds: int) -> dict:
     summary = runs[-1]["summary"]
     produced = {m: int(s.get("tokens", 0)) for m, s in summary.items() if isinstance(s, dict)}
     step_ms = runs[-1]["step_ms"]
+    visible = runs[-1]["visible"]
     return {"model": name, "budget": budget, "image": image.name, "image_size": list(picture.size),
             "image_tokens": plan.tokens, "plan": plan.describe(), "columns": len(METHODS), "tokens": tokens,
             "build_s": round(built, 1), "startup_s": round(startup, 1),
             "first_words_s": round(min(firsts), 2) if firsts else None,
             "end_to_end_s": round(min(r["total"] for r in runs), 2), "tokens_per_column": produced,
+            "first_token_texts": runs[-1]["first_texts"],
+            "first_visible_text_s": None if visible is None else round(visible[0], 2),
+            "first_visible_at_token": None if visible is None else visible[1],
             "phases_s": {k: round(v, 2) for k, v in runs[-1]["phases"].items()},
             "prefill_ms": round(step_ms[0], 1) if step_ms else None,
             "decode_ms_per_round": round(sum(step_ms[1:]) / len(step_ms[1:]), 1) if step_ms[1:] else None,
@@ -156,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
               f"  {result['columns']} columns x {args.tokens} tokens {result['end_to_end_s']:7.2f} s"
               + (f"   (goal <= {total_goal:g})" if total_goal else "") + "\n"
               f"  tokens per column     {result['tokens_per_column']}\n"
-              f"  page phases (s after Compare) {result['phases_s']}; first words checked against the traces\n"
+              f"  first tokens' texts   {result['first_token_texts']} (checked: the page showed them as token 1)\n"
+              f"  first visible text    {result['first_visible_text_s']} s (token {result['first_visible_at_token']}"
+              f" on the status line; -1: the last update)\n"
+              f"  page phases (s after Compare) {result['phases_s']}\n"
               f"  trace step_ms: step 0 (vision tower + prefill) {result['prefill_ms']} ms, "
               f"decode {result['decode_ms_per_round']} ms per round (5 columns)\n"
               f"  start-up (load+warm)  {result['startup_s']:7.1f} s; OMP_NUM_THREADS={result['threads']}, "
