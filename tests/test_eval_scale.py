@@ -103,13 +103,18 @@ def test_two_torchrun_processes_equal_one_process(single, tmp_path):
     assert ranks == ["rank-0.jsonl", "rank-1.jsonl"]
     assert all((out / "cache" / r).read_text().strip() for r in ranks)  # both ranks decoded a share
     assert _files(out) == _files(single)
-    # without --out the ranks share rank 0's temporary cache folder
-    plain = subprocess.run([*cmd[:-2], "--json", str(tmp_path / "plain.json")], env=env, capture_output=True,
-                           text=True, timeout=600)
+    # Without --out the ranks share rank 0's temporary cache folder. CHAIR alone shows it (POPE would only
+    # repeat the same gathering): rank 0 reports every image's caption and the one-process figures.
+    plain = subprocess.run([*cmd[:-2], "--benchmarks", "chair", "--json", str(tmp_path / "plain.json")], env=env,
+                           capture_output=True, text=True, timeout=600)
     assert plain.returncode == 0, plain.stderr[-3000:]
     rows = json.loads((tmp_path / "plain.json").read_text())["methods"]
     want = json.loads((single / "results.json").read_text())["chair"]["methods"]
-    assert {m: r["chair_s"] for m, r in rows.items()} == {m: r["chair_s"]["value"] for m, r in want.items()}
+    assert set(rows) == set(want)
+    for method, row in rows.items():
+        assert row["captions"] == 4, method  # --num-images: rank 1's share reached rank 0
+        for metric in ("chair_s", "chair_i", "recall", "precision", "f1", "len"):
+            assert row[metric] == pytest.approx(want[method][metric]["value"], rel=1e-9), (method, metric)
 
 
 def test_pope_presets_list_their_sources_and_guesses(capsys):
