@@ -10,9 +10,7 @@ import pytest
 from halviz.ui.fairness import ClientGuard, Limits, fair_workers
 from tools.load import LIMIT_RATIO, LoadPlan, print_figures, run_load
 
-# hostile_tokens: each holder loops, so its share stays held whatever the length; a shorter comparison only
-# shortens the wait for the last ones in flight when the attack stops (40 tokens cost ~10 s of it).
-TINY = LoadPlan(polite=2, rounds=2, tokens=3, pause_s=0.3, stagger_s=0.2, hostile_tokens=16, holders=4,
+TINY = LoadPlan(polite=2, rounds=2, tokens=3, pause_s=0.3, stagger_s=0.2, hostile_tokens=40, holders=4,
                 walk_aways=6, no_session_calls=3, invented_sessions=12, uploads=8, deadline_s=200.0)
 
 
