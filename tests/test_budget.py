@@ -144,10 +144,15 @@ def test_another_visitors_pressure_drops_the_idle_sessions_trace_with_a_sentence
     assert not fresh["vanilla"].dropped and ctl.show_first(fresh, ["vanilla"])[panel.choice].value == "vanilla"
 
 
+ONCE = ("sink_tokens",)  # recorded once per trace, not per step
+
+
 def longer(trace: Trace, steps: int) -> Trace:
-    """``trace`` with its steps repeated up to ``steps`` (a legal trace, larger)."""
+    """``trace`` with its steps repeated up to ``steps`` (a legal trace, larger); arrays that are not per
+    step (the prompt's sink tokens per layer) stay as they are."""
     reps = -(-steps // trace.num_steps)
-    arrays = {k: np.concatenate([v] * reps)[:steps] for k, v in trace.arrays.items() if not k.startswith("method/")}
+    arrays = {k: v if k in ONCE else np.concatenate([v] * reps)[:steps]
+              for k, v in trace.arrays.items() if not k.startswith("method/")}
     return Trace({**trace.meta, "num_steps": steps, "texts": (trace.texts * reps)[:steps]}, arrays)
 
 
