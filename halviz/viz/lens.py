@@ -101,7 +101,7 @@ def lens_heatmap_figure(trace: Trace, step: int, reference: Trace | None = None,
                            ranks.T, probs.T], axis=-1)
         hover = ("step %{x} writes %{customdata[0]}<br>%{y}: rank %{customdata[1]:.0f} (0 = top), "
                  "p = %{customdata[2]:.3f}<extra></extra>")
-        ticks = [r for r in RANK_TICKS if r <= max(ranks.max(), 1) * 10]
+        ticks = [r for r in RANK_TICKS if r <= max(ranks.max(), 1) * 10 and r != 1]  # 1 sits on top of 0 (log of r + 1)
         rank_bar = dict(title=dict(text="rank<br>(log)", side="top"), tickvals=[np.log10(r + 1) for r in ticks],
                         ticktext=["0 (top)" if r == 0 else f"{r:,}" for r in ticks], **COLORBAR)
         fig.add_trace(go.Heatmap(z=np.log10(ranks.T + 1), x=steps, y=layers, customdata=custom, hovertemplate=hover,
@@ -141,7 +141,7 @@ def lens_heatmap_figure(trace: Trace, step: int, reference: Trace | None = None,
         moment, _divergence_note(trace, reference, names),
         f"recorded layers {index_ranges(layers)} of 0–{int(trace.meta.get('num_layers', 0)) - 1}",
         "red box: the chosen step"]))
-    return base_layout(fig, title, 200 + 22 * len(layers), panel="full")
+    return _room_for_column_titles(base_layout(fig, title, 200 + 22 * len(layers), panel="full"))
 
 
 def lens_words_figure(trace: Trace, step: int, reference: Trace | None = None,
@@ -173,7 +173,7 @@ def lens_words_figure(trace: Trace, step: int, reference: Trace | None = None,
     title = f"Logit lens at step {step}: each layer's five likeliest next tokens" + subtitle([
         "colour: the token's probability when that layer is read through the final norm and head",
         "bold: the word the column wrote", _divergence_note(trace, reference, names)])
-    return base_layout(fig, title, 170 + 24 * len(lens_layers(trace)), panel="full")
+    return _room_for_column_titles(base_layout(fig, title, 170 + 24 * len(lens_layers(trace)), panel="full"))
 
 
 def lens_summary(trace: Trace | None) -> str:
@@ -186,3 +186,12 @@ def lens_summary(trace: Trace | None) -> str:
     median = f"; the written word is typically decided by layer {layers[int(np.median(known))]}" if known.size else ""
     return (f"Lens recorded for layers {index_ranges(layers)} of 0–{int(trace.meta.get('num_layers', 0)) - 1}"
             f" over {trace.num_steps} steps{median}.")
+
+
+COLUMN_TITLE_PX = 24  # a subplot's title sits above its plot, below the figure's title
+
+
+def _room_for_column_titles(fig: go.Figure) -> go.Figure:
+    """Move the plots down by one line so the columns' titles never overlap the figure's subtitles."""
+    fig.update_layout(margin=dict(t=fig.layout.margin.t + COLUMN_TITLE_PX), height=fig.layout.height + COLUMN_TITLE_PX)
+    return fig
