@@ -101,7 +101,8 @@ def lens_heatmap_figure(trace: Trace, step: int, reference: Trace | None = None,
                            ranks.T, probs.T], axis=-1)
         hover = ("step %{x} writes %{customdata[0]}<br>%{y}: rank %{customdata[1]:.0f} (0 = top), "
                  "p = %{customdata[2]:.3f}<extra></extra>")
-        ticks = [r for r in RANK_TICKS if r <= max(ranks.max(), 1) * 10 and r != 1]  # 1 sits on top of 0 (log of r + 1)
+        # On a long scale the tick 1 (at log 2) sits on top of 0: show it only when the ranks stay below 10.
+        ticks = [r for r in RANK_TICKS if r <= max(ranks.max(), 1) * 10 and (r != 1 or ranks.max() < 10)]
         rank_bar = dict(title=dict(text="rank<br>(log)", side="top"), tickvals=[np.log10(r + 1) for r in ticks],
                         ticktext=["0 (top)" if r == 0 else f"{r:,}" for r in ticks], **COLORBAR)
         fig.add_trace(go.Heatmap(z=np.log10(ranks.T + 1), x=steps, y=layers, customdata=custom, hovertemplate=hover,
