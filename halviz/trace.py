@@ -76,8 +76,9 @@ class Trace:
         arrays that are not per step (``sink_tokens``)."""
         arrays: dict[str, np.ndarray] = {
             "token_ids": np.array([s.token_id for s in steps], dtype=np.int64),
-            "top_ids": np.array([s.top_ids for s in steps], dtype=np.int32).reshape(len(steps), -1),
-            "top_probs": np.array([s.top_probs for s in steps], dtype=np.float32).reshape(len(steps), -1),
+            # (steps, k); a column that ended before its first step (a method refusing its setup) has (0, 0)
+            "top_ids": np.array([s.top_ids for s in steps], dtype=np.int32).reshape(len(steps), -1 if steps else 0),
+            "top_probs": np.array([s.top_probs for s in steps], dtype=np.float32).reshape(len(steps), -1 if steps else 0),
             "step_ms": np.array([s.elapsed_ms for s in steps], dtype=np.float32),
         }
         records = [s.record for s in steps if s.record is not None]

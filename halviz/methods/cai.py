@@ -155,6 +155,9 @@ class CAI(Method):
 
     def setup(self, column: Column) -> None:
         self.layers = gated_layers(column.num_layers, int(self.params["start_layer"]))
+        if column.num_layers < 2:
+            raise ValueError(f"CAI needs at least 2 decoder layers (it reads one layer's logit lens and tilts the "
+                             f"next); this model has {column.num_layers}")
         if not self.layers:
             raise ValueError(f"CAI's start layer {int(self.params['start_layer'])} leaves no layer to tilt: this "
                              f"model has layers 0–{column.num_layers - 1}, so it must be at most "

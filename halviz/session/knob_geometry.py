@@ -62,6 +62,8 @@ def knob_problem(name: str, params: Mapping[str, Any], g: Geometry) -> str | Non
             return f"This model has {g.layers} layers; Last layers {count} asks for more."
         return None
     if name == "cai":
+        if g.layers < 2:
+            return f"CAI needs at least 2 decoder layers (it reads one layer's logit lens and tilts the next); this model has {g.layers}."
         start = int(params.get("start_layer", -1))
         if start > g.layers - 2:  # ℓ_s is checked, the layers after it tilted: the last layer cannot be ℓ_s
             return (f"{g.layer_text}; the start layer {start} leaves no later layer to tilt: set it to at most "
