@@ -31,16 +31,23 @@ def assert_edit_acts(tokens, loaded, photo, logits):
     assert (logits - vanilla).abs().max().item() > 1e-4
 
 
+def eager_scores(query, key, value, attention_mask, scaling=None):
+    """Eager attention's logits (batch, heads, q, kv), mask added, and the values, the key/value heads
+    repeated for grouped-query attention: what a hand-edited attention function starts from."""
+    rep = query.shape[1] // key.shape[1]
+    k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+    scores = torch.matmul(query, k.transpose(2, 3)) * (scaling or query.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : k.shape[2]]
+    return scores, v
+
+
 def edited_attention(hide=None, edit=None):
     """Eager attention, edited by hand: ``hide(layer, query_positions, kv_len)`` → bool (q, kv) or None
     says which logits are −inf; ``edit(layer, query_positions, weights)`` → weights rewrites the softmax
     output (batch, heads, q, kv) before it multiplies the values."""
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        rep = query.shape[1] // key.shape[1]
-        k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
-        scores = torch.matmul(query, k.transpose(2, 3)) * (scaling or query.shape[-1] ** -0.5)
-        if attention_mask is not None:
-            scores = scores + attention_mask[..., : k.shape[2]]
+        scores, v = eager_scores(query, key, value, attention_mask, scaling)
         q, kv = scores.shape[-2:]
         queries = torch.arange(kv - q, kv)
         mask = hide(module.layer_idx, queries, kv) if hide is not None else None

@@ -17,7 +17,7 @@ from halviz.trace import Trace
 from halviz.viz.panels import panel_for
 from halviz.viz.panels.cai import cai_gate_figure, cai_weights_figure
 from spies import LogitSpy
-from stock import _stock, decode_logits
+from stock import _stock, decode_logits, eager_scores
 
 TOKENS = 6
 FAMILIES = ("llava-1.5", "llava-interleave")
@@ -89,11 +89,7 @@ def _reference(folder, name, dec, threshold, gated, sharpness=100.0):
     modules = {}
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        rep = query.shape[1] // key.shape[1]
-        k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
-        scores = torch.matmul(query, k.transpose(2, 3)) * (scaling or query.shape[-1] ** -0.5)
-        if attention_mask is not None:
-            scores = scores + attention_mask[..., : k.shape[2]]
+        scores, v = eager_scores(query, key, value, attention_mask, scaling)
         layer = module.layer_idx
         scores = scores.clone()
         for r in range(n - 1, scores.shape[2]):
@@ -196,11 +192,7 @@ def test_contrast_uses_the_stock_text_only_logits(tiny_models_f64, tiny_model_di
 
 
 def _plain(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    rep = query.shape[1] // key.shape[1]
-    k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
-    scores = torch.matmul(query, k.transpose(2, 3)) * (scaling or query.shape[-1] ** -0.5)
-    if attention_mask is not None:
-        scores = scores + attention_mask[..., : k.shape[2]]
+    scores, v = eager_scores(query, key, value, attention_mask, scaling)
     weights = torch.softmax(scores, -1)
     return torch.matmul(weights, v).transpose(1, 2).contiguous(), weights
 
