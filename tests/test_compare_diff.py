@@ -75,7 +75,7 @@ def test_a_duplicated_object_on_a_one_clock_scene_is_flagged_only_where_counts_a
     exact = GroundTruth(frozenset({"clock"}), "toy scene", "exact", counts={"clock": 1})
     counted = column_result("v", "V", pieces, 1.0, "eos", exact)
     assert counted.counts["correct"] == 1 and counted.over_counted == {"clock": 1}
-    assert "＋1 over-counted" in counted.summary_markdown()
+    assert "+1 over-counted" in counted.summary_markdown()  # a plain plus: the fullwidth one drew as a box
     assert ("clock", "over-counted") in counted.spans
     typed, _ = ground_truth_from_text("clock")  # a typed list gives no counts: none are invented
     unknown = column_result("v", "V", pieces, 1.0, "eos", typed)

@@ -296,7 +296,7 @@ class ColumnResult:
         over = sum((self.over_counted or {}).values())
         if sum(c.values()) + over + self.in_loop:
             marks = (f"<span class='hv-ok'>✔ {c[CORRECT]}</span> <span class='hv-bad'>✘ {c[HALLUCINATED]}</span>"
-                     + (f" <span class='hv-bad'>＋{over} over-counted</span>" if over else "")
+                     + (f" <span class='hv-bad'>+{over} over-counted</span>" if over else "")
                      + f" <span class='hv-unk'>? {c[UNVERIFIED]}</span> mentions")
             if self.in_loop:
                 marks += f" (+{self.in_loop} in the loop, not counted)"
