@@ -151,3 +151,12 @@ def test_the_page_saves_a_steps_figures_as_valid_images_of_the_drawn_size(contro
     assert panel.at_step(runs, "vanilla", 3, "1", "mean")[panel.figure_files].visible is False
     with pytest.raises(gr.Error, match="first"):
         controller.save_figures({}, None, 2, "1", "mean", "primary", "png")
+
+
+def test_a_format_the_page_does_not_offer_is_one_sentence(tmp_path):
+    from halviz.session.checks import InputError
+    from halviz.session.figure_files import write_step_figures
+
+    with pytest.raises(InputError, match="Figures are saved as PNG, SVG, PDF, not 'gif'"):
+        write_step_figures(None, 0, "mean", "mean", fmt="GIF", folder=tmp_path)  # checked before any drawing
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from halviz.session.checks import InputError
 from halviz.session.state import RunEntry, download_stem
 from halviz.viz import lens
 from halviz.viz.grid_views import PRIMARY
@@ -25,7 +26,7 @@ def write_step_figures(entry: RunEntry, step: int, layer: int | str, head: int |
     or a browser is missing."""
     fmt = str(fmt).lower()
     if fmt not in FIGURE_FORMATS:
-        raise ValueError(f"Figures are saved as {', '.join(FIGURE_FORMATS).upper()}, not {fmt!r}.")
+        raise InputError(f"Figures are saved as {', '.join(FIGURE_FORMATS).upper()}, not {fmt!r}.")
     trace = entry.trace
     figures = {**step_figures(trace, step, layer, head, entry.image, view), **panel_figures(trace, step)}
     if lens.has_lens(trace):  # drawn as the page draws it: beside the reference column, when there is one
