@@ -60,6 +60,13 @@ def view_picker(trace: Trace) -> gr.Dropdown:
     return gr.Dropdown(choices=choices, value=viz.PRIMARY, visible=len(choices) > 1)
 
 
+def shown_layer_head(trace: Trace, layer: Any, head: Any) -> tuple[int | str, int | str]:
+    """The picked layer and head as drawn: within the model, and the head mean where the layer has no
+    single-head record."""
+    layer, head = in_model(trace, layer, head)
+    return layer, head if layer != "mean" and layer in head_layers(trace) else "mean"
+
+
 def head_layers(trace: Trace) -> list[int]:
     return [int(l) for l in trace.meta.get("head_layers") or []]
 
@@ -230,9 +237,7 @@ class DebuggerPanel:
         if key not in still_held(runs, key):
             return {}
         trace = check_kept(runs[key]).trace
-        layer, head = in_model(trace, layer, head)
-        if layer == "mean" or layer not in head_layers(trace):
-            head = "mean"
+        layer, head = shown_layer_head(trace, layer, head)
         return self.whatif.view(runs[key], viz.common.clamp_step(trace, int(step or 0)), layer, head, selection)
 
     def at_step(self, runs: Runs | None, key: str | None, step: Any, layer: Any, head: Any,

@@ -18,7 +18,7 @@ from halviz.viz import span_offset, step_at_offset
 from halviz.ui.compare_callbacks import UPLOAD_PREFIX
 from halviz.session.budget import check_kept
 from halviz.session.figure_files import write_step_figures
-from halviz.ui.debugger import head_layers, in_model, lens_reference, parse_view, still_held
+from halviz.ui.debugger import lens_reference, parse_view, shown_layer_head, still_held
 from halviz.viz.common import clamp_step
 from halviz.viz.image_files import ExportError
 from halviz.ui.errors import session_of, ui_error, user_errors
@@ -88,9 +88,7 @@ class TraceCallbacks:
             raise ui_error("Run a comparison (or open a trace) first; then save its figures.")
         entry = check_kept(runs[key])
         trace = entry.trace
-        layer, head = in_model(trace, layer, head)
-        if layer == "mean" or layer not in head_layers(trace):
-            head = "mean"
+        layer, head = shown_layer_head(trace, layer, head)
         step = clamp_step(trace, int(step or 0))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         try:
